@@ -1,0 +1,33 @@
+# Domus: `make run` starts the console on this machine; `make test` runs the whole suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup run test check lint types unit guest clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+run: setup
+	@$(PY) -m console.launcher
+
+guest:
+	@bash tests/guest/build.sh
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+types:
+	$(VENV)/bin/mypy .
+
+# The quick tier for the inner loop: lint, types and the tests that need no guest or browser.
+check: setup lint types
+	$(PY) -m console.embedded_redis exec $(PY) -m pytest -q -m "not libvirt and not e2e and not browser" $(PYTEST_ARGS)
+
+# Everything: real libvirt guests, the whole stack and a real browser.
+test: setup guest lint types
+	$(PY) -m console.embedded_redis exec $(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+clean:
+	rm -rf var .cache tests/artifacts

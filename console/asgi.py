@@ -1,0 +1,26 @@
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from console.realtime.consumers import EventsConsumer  # noqa: E402
+from console.realtime.origin import BrowserOriginValidator  # noqa: E402
+from domains.consumers import ConsoleConsumer  # noqa: E402
+
+websocket_urlpatterns = [
+    path("ws/events/", EventsConsumer.as_asgi()),
+    path("ws/console/", ConsoleConsumer.as_asgi()),
+]
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": BrowserOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    }
+)

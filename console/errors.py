@@ -1,0 +1,33 @@
+"""Typed errors raised by services; the edges (API, pages, jobs) turn them into clear messages."""
+
+from __future__ import annotations
+
+
+class DomusError(Exception):
+    status = 400
+    code = "invalid"
+
+    def __init__(self, detail: str, *, fields: dict[str, list[str]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.fields = fields or {}
+
+
+class InvalidInput(DomusError):
+    status = 400
+    code = "invalid"
+
+
+class NotFound(DomusError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(DomusError):
+    status = 409
+    code = "conflict"
+
+
+class PermissionDenied(DomusError):
+    status = 403
+    code = "forbidden"

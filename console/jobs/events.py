@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from typing import Any
+
+from console.jobs.models import Job
+
+
+def job_event(job: Job) -> dict[str, Any]:
+    return {
+        "type": "job.updated",
+        "job": {
+            "id": job.pk,
+            "kind": job.kind,
+            "status": job.status,
+            "progress": job.progress,
+            "step": job.step,
+            "error": job.error,
+            "domain": job.domain_id,
+            "host": job.host_id,
+            "target": job.target_name,
+        },
+    }

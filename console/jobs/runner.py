@@ -1,0 +1,141 @@
+"""Runs one job: finds its handler, serialises it per domain, records progress, log and outcome.
+
+Handlers are registered by the apps that own the work (`domains/jobs.py`) with `@job_handler`.
+A handler raises `JobFailed` with a message written for a person; agent errors are reported with
+the agent's own detail. Redelivery after a worker died re-runs the handler: agent operations are
+idempotent, so that is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from agent.client import AgentError
+from django.conf import settings
+from django.utils import timezone
+
+from console.jobs.events import job_event
+from console.jobs.models import Job
+from console.realtime.events import publish
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[["JobContext"], dict[str, Any] | None]
+HANDLERS: dict[str, Handler] = {}
+
+DOMAIN_LOCK_SECONDS = 15 * 60
+
+
+class JobFailed(Exception):
+    """The job cannot finish; the message is shown to the person who started it."""
+
+
+class DomainBusy(Exception):
+    """Another job holds the domain; the task retries later."""
+
+
+def job_handler(kind: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+class JobContext:
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.job.params
+
+    def progress(self, percent: int, step: str) -> None:
+        self.job.progress = max(0, min(100, percent))
+        self.job.step = step
+        self._append_log(step)
+        self._save("progress", "step", "log")
+
+    def log(self, line: str) -> None:
+        self._append_log(line)
+        self._save("log")
+
+    def _append_log(self, line: str) -> None:
+        stamp = timezone.now().strftime("%H:%M:%S")
+        self.job.log += f"{stamp} {line}\n"
+
+    def _save(self, *fields: str) -> None:
+        self.job.save(update_fields=list(fields))
+        publish(job_event(self.job))
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def job_run(job_id: int) -> None:
+    job = Job.objects.select_related("host", "domain").filter(pk=job_id).first()
+    if job is None or job.is_finished:
+        return  # deleted, or a redelivery of a job that already finished
+    handler = HANDLERS.get(job.kind)
+    if handler is None:
+        _finish(job, Job.Status.FAILED, error=f"No handler for job kind {job.kind!r}.")
+        return
+    lock = None
+    if job.domain_id is not None:
+        lock = _redis().lock(f"domus:lock:domain:{job.domain_id}", timeout=DOMAIN_LOCK_SECONDS)
+        if not lock.acquire(blocking=False):
+            if job.step != "Waiting for another job on this domain":
+                JobContext(job).progress(0, "Waiting for another job on this domain")
+            raise DomainBusy(job.domain_id)
+    try:
+        _execute(job, handler)
+    finally:
+        if lock is not None and lock.owned():
+            lock.release()
+
+
+def _execute(job: Job, handler: Handler) -> None:
+    ctx = JobContext(job)
+    job.status = Job.Status.RUNNING
+    job.started_at = job.started_at or timezone.now()
+    job.attempts += 1
+    job.save(update_fields=["status", "started_at", "attempts"])
+    if job.attempts > 1:
+        ctx.log(f"Attempt {job.attempts} (the previous worker stopped before finishing)")
+    try:
+        result = handler(ctx)
+    except JobFailed as exc:
+        _finish(job, Job.Status.FAILED, error=str(exc))
+    except AgentError as exc:
+        host = job.host.name if job.host else "host"
+        _finish(job, Job.Status.FAILED, error=f"{host}: {exc.detail}")
+    except Exception as exc:
+        logger.exception("job %s (%s) crashed", job.pk, job.kind)
+        _finish(
+            job,
+            Job.Status.FAILED,
+            error=f"Internal error ({type(exc).__name__}); see the worker log.",
+        )
+    else:
+        _finish(job, Job.Status.SUCCEEDED, result=result or {})
+
+
+def _finish(job: Job, status: str, *, error: str = "", result: dict[str, Any] | None = None) -> None:
+    job.status = status
+    job.error = error
+    job.result = result or {}
+    job.finished_at = timezone.now()
+    if status == Job.Status.SUCCEEDED:
+        job.progress = 100
+        job.step = "Done"
+    else:
+        job.step = "Failed"
+    stamp = job.finished_at.strftime("%H:%M:%S")
+    job.log += f"{stamp} {job.step}{': ' + error if error else ''}\n"
+    # The domain may have been deleted by this very job: don't let the FK write resurrect it.
+    job.save(update_fields=["status", "error", "result", "finished_at", "progress", "step", "log"])
+    publish(job_event(job))

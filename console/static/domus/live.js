@@ -1,0 +1,82 @@
+// Live state: one WebSocket to /ws/events/, applied to whatever the page shows.
+// After a reconnect the page re-fetches a snapshot so that nothing missed stays stale.
+(function () {
+  "use strict";
+  const indicator = document.getElementById("live-status");
+  let retry = 500;
+  let connectedOnce = false;
+
+  function setState(el, state, label) {
+    el.className = el.className.replace(/\b(state|host|job)-\S+/g, "").trim();
+    el.classList.add(el.dataset.domainState ? "state-" + state : el.dataset.hostState ? "host-" + state : "job-" + state);
+    el.textContent = label || state;
+  }
+
+  function applyDomain(d) {
+    document.querySelectorAll('[data-domain-state="' + d.id + '"]').forEach((el) => setState(el, d.state, d.state_label));
+    const term = document.getElementById("terminal");
+    if (term && String(d.id) === term.dataset.domain) {
+      term.dataset.state = d.state;
+      document.dispatchEvent(new CustomEvent("domus:domain-state", { detail: d }));
+    }
+  }
+
+  function applyJob(j) {
+    let row = document.querySelector('[data-job="' + j.id + '"]');
+    const table = document.getElementById("jobs");
+    if (!row && table && (!table.dataset.domain || table.dataset.domain === String(j.domain))) {
+      const empty = table.querySelector("tr.empty");
+      if (empty) empty.remove();
+      row = document.createElement("tr");
+      row.dataset.job = j.id;
+      row.innerHTML = "<td></td><td></td><td></td><td>—</td>" +
+        '<td><span class="badge" data-field="status"></span></td>' +
+        '<td><progress max="100" data-field="progress"></progress></td><td data-field="step"></td>';
+      row.cells[0].textContent = j.id;
+      row.cells[1].textContent = j.kind;
+      row.cells[2].textContent = j.target;
+      table.tBodies[0].prepend(row);
+    }
+    if (!row) return;
+    setState(row.querySelector('[data-field="status"]'), j.status);
+    row.querySelector('[data-field="progress"]').value = j.progress;
+    row.querySelector('[data-field="step"]').textContent = j.error || j.step;
+  }
+
+  function applyHost(h) {
+    document.querySelectorAll('[data-host-state="' + h.id + '"]').forEach((el) => {
+      setState(el, h.state, h.state.charAt(0).toUpperCase() + h.state.slice(1));
+      el.title = h.detail || "";
+    });
+  }
+
+  async function resync() {
+    const get = (url) => fetch(url, { credentials: "same-origin" }).then((r) => (r.ok ? r.json() : { results: [] }));
+    const [domains, hosts] = await Promise.all([get("/api/v1/domains/?limit=1000"), get("/api/v1/hosts/?limit=1000")]);
+    domains.results.forEach((d) => applyDomain({ ...d, state_label: null }));
+    hosts.results.forEach(applyHost);
+  }
+
+  function connect() {
+    const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/events/");
+    ws.onopen = () => {
+      retry = 500;
+      if (indicator) { indicator.classList.add("on"); indicator.title = "Live updates: connected"; }
+      if (connectedOnce) resync();
+      connectedOnce = true;
+    };
+    ws.onmessage = (msg) => {
+      const ev = JSON.parse(msg.data);
+      if (ev.type === "domain.state") applyDomain(ev.domain);
+      else if (ev.type === "domain.deleted") document.querySelectorAll('[data-domain-row="' + ev.domain.id + '"]').forEach((r) => r.remove());
+      else if (ev.type === "job.updated") applyJob(ev.job);
+      else if (ev.type === "host.state") applyHost(ev.host);
+    };
+    ws.onclose = () => {
+      if (indicator) { indicator.classList.remove("on"); indicator.title = "Live updates: reconnecting"; }
+      setTimeout(connect, retry + Math.random() * retry);
+      retry = Math.min(retry * 2, 10000);
+    };
+  }
+  connect();
+})();

@@ -1,0 +1,52 @@
+// The domain page's serial console: xterm.js <-> /ws/console/ (binary frames both ways).
+(function () {
+  "use strict";
+  const el = document.getElementById("terminal");
+  const status = document.getElementById("console-status");
+  if (!el) return;
+  const term = new Terminal({ cursorBlink: true, convertEol: false, scrollback: 5000, fontSize: 14,
+    theme: { background: "#10151c" } });
+  const fit = new FitAddon.FitAddon();
+  term.loadAddon(fit);
+  term.open(el);
+  fit.fit();
+  window.addEventListener("resize", () => fit.fit());
+  window.domusTerminal = term; // for tests and the curious
+  const encoder = new TextEncoder();
+  let ws = null;
+
+  function say(text, cls) { status.textContent = text; status.className = "console-status " + (cls || ""); }
+
+  function csrf() {
+    const m = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+
+  async function connect() {
+    if (ws || el.dataset.state !== "running") {
+      if (el.dataset.state !== "running") say("the domain is not running");
+      return;
+    }
+    say("connecting…");
+    const resp = await fetch("/api/v1/domains/" + el.dataset.domain + "/console-tickets/", {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf() },
+      body: JSON.stringify({ kind: "serial" }),
+    });
+    const body = await resp.json();
+    if (!resp.ok) { say("cannot connect: " + (body.detail || resp.status), "bad"); return; }
+    ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + body.url);
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => { say("connected", "ok"); term.focus(); ws.send(encoder.encode("\r")); };
+    ws.onmessage = (msg) => term.write(typeof msg.data === "string" ? msg.data : new Uint8Array(msg.data));
+    ws.onclose = (ev) => {
+      ws = null;
+      say("disconnected" + (ev.reason ? ": " + ev.reason : ""), ev.code === 1000 ? "" : "bad");
+      if (el.dataset.state === "running" && ev.code !== 4403) setTimeout(connect, 2000);
+    };
+  }
+
+  term.onData((data) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(encoder.encode(data)); });
+  document.addEventListener("domus:domain-state", (e) => { if (e.detail.state === "running") connect(); });
+  connect();
+})();

@@ -1,0 +1,30 @@
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from console.health import healthz
+from console.jobs.api.views import JobViewSet
+from domains import views as domain_views
+from domains.api.views import DomainViewSet
+from hosts import views as host_views
+from hosts.api.views import HostViewSet
+
+router = DefaultRouter()
+router.register("hosts", HostViewSet, basename="host")
+router.register("domains", DomainViewSet, basename="domain")
+router.register("jobs", JobViewSet, basename="job")
+
+urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/v1/", include(router.urls)),
+    path("", domain_views.home, name="home"),
+    path("hosts/", host_views.host_list_page, name="host-list"),
+    path("domains/new/", domain_views.domain_new, name="domain-new"),
+    path("domains/<int:domain_id>/", domain_views.domain_detail, name="domain-detail"),
+    path("domains/<int:domain_id>/<str:action>/", domain_views.domain_action, name="domain-action"),
+]

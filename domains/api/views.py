@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import Http404
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from console.access.policy import has_perm
+from console.errors import InvalidInput, NotFound, PermissionDenied
+from console.jobs.api.serializers import JobSerializer
+from console.jobs.models import Job
+from domains.api.serializers import (
+    ConsoleTicketRequestSerializer,
+    ConsoleTicketSerializer,
+    DomainCreateSerializer,
+    DomainSerializer,
+)
+from domains.consoles import console_ticket_issue
+from domains.models import Domain
+from domains.selectors import domain_list
+from domains.services import domain_create, domain_delete, domain_power
+from hosts.selectors import host_list
+
+
+def _accepted(job: Job, **extra: Any) -> Response:
+    return Response({**extra, "job": JobSerializer(job).data}, status=status.HTTP_202_ACCEPTED)
+
+
+class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
+    serializer_class = DomainSerializer
+
+    def get_queryset(self) -> QuerySet[Domain]:
+        return domain_list(user=self.request.user)
+
+    def _require(self, action_name: str, domain: Domain | None = None) -> None:
+        if not has_perm(self.request.user, action_name, domain):
+            raise PermissionDenied(f"You lack the permission {action_name}.")
+
+    @extend_schema(request=DomainCreateSerializer, responses={202: DomainSerializer})
+    def create(self, request: Request) -> Response:
+        self._require("domain.create")
+        if not isinstance(request.data, dict):
+            raise InvalidInput("The body must be a JSON object.")
+        data = dict(request.data)
+        host_id = data.pop("host", None)
+        start = data.pop("start", False)
+        if not isinstance(host_id, int) or isinstance(host_id, bool):
+            raise InvalidInput("Missing host.", fields={"host": ["required: the id of a host"]})
+        host = host_list(user=request.user).filter(pk=host_id).first()
+        if host is None:
+            raise InvalidInput("Unknown host.", fields={"host": [f"no host with id {host_id}"]})
+        if not isinstance(start, bool):
+            raise InvalidInput("Invalid start.", fields={"start": ["must be true or false"]})
+        domain, job = domain_create(actor=request.user, host=host, data=data, start=start)
+        return _accepted(job, domain=DomainSerializer(domain).data)
+
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        domain = self.get_object()
+        self._require("domain.delete", domain)
+        delete_disks = request.query_params.get("delete_disks", "false").lower() in (
+            "1",
+            "true",
+            "yes",
+        )
+        return _accepted(domain_delete(actor=request.user, domain=domain, delete_disks=delete_disks))
+
+    def _power(self, request: Request, name: str) -> Response:
+        domain = self.get_object()
+        self._require("domain.power", domain)
+        return _accepted(domain_power(actor=request.user, domain=domain, action=name))
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, pk: str | None = None) -> Response:
+        return self._power(request, "start")
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def shutdown(self, request: Request, pk: str | None = None) -> Response:
+        return self._power(request, "shutdown")
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"], url_path="force-off")
+    def force_off(self, request: Request, pk: str | None = None) -> Response:
+        return self._power(request, "force-off")
+
+    @extend_schema(request=ConsoleTicketRequestSerializer, responses={201: ConsoleTicketSerializer})
+    @action(detail=True, methods=["post"], url_path="console-tickets")
+    def console_tickets(self, request: Request, pk: str | None = None) -> Response:
+        domain = self.get_object()
+        kind = request.data.get("kind", "serial") if isinstance(request.data, dict) else None
+        if not isinstance(kind, str):
+            raise InvalidInput("Invalid kind.", fields={"kind": ["must be a string"]})
+        ticket, key = console_ticket_issue(user=request.user, domain=domain, kind=kind)
+        body = {"ticket": key, "url": f"/ws/console/?ticket={key}", "expires_at": ticket.expires_at}
+        return Response(ConsoleTicketSerializer(body).data, status=status.HTTP_201_CREATED)
+
+    def get_object(self) -> Domain:
+        try:
+            return super().get_object()
+        except Http404 as exc:
+            raise NotFound(f"No domain with id {self.kwargs.get('pk')}.") from exc

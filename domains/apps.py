@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class DomainsConfig(AppConfig):
+    name = "domains"
+
+    def ready(self) -> None:
+        from domains import jobs  # noqa: F401  (registers the job handlers)

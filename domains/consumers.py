@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from urllib.parse import parse_qs
+
+import aiohttp
+from agent.client import AgentClient, AgentError
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from domains.consoles import TicketRefused, console_ticket_redeem
+
+logger = logging.getLogger(__name__)
+
+CLOSE_REFUSED = 4403
+CLOSE_AGENT = 4502
+
+
+class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+    """/ws/console/?ticket=...: pipes bytes between the browser and the agent's console socket.
+
+    Bytes never go through the channel layer: this consumer holds its own WebSocket to the agent.
+    """
+
+    agent_ws: aiohttp.ClientWebSocketResponse | None = None
+    pump: asyncio.Task[None] | None = None
+    stack: contextlib.AsyncExitStack | None = None
+
+    async def connect(self) -> None:
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        key = (query.get("ticket") or [""])[0]
+        try:
+            ticket = await database_sync_to_async(console_ticket_redeem)(key=key, user=self.scope.get("user"))
+        except TicketRefused as exc:
+            # Accept then close, so the browser sees the reason instead of a bare 403.
+            await self.accept()
+            await self.close(code=CLOSE_REFUSED, reason=str(exc))
+            return
+        host = ticket.domain.host
+        self.stack = contextlib.AsyncExitStack()
+        try:
+            client = await self.stack.enter_async_context(AgentClient(host.url, host.secret))
+            self.agent_ws = await self.stack.enter_async_context(client.open_serial(ticket.domain.uuid))
+        except (AgentError, aiohttp.ClientError, OSError) as exc:
+            detail = getattr(exc, "detail", str(exc))
+            await self._close_client()
+            await self.accept()
+            await self.close(code=CLOSE_AGENT, reason=f"console unavailable: {detail}"[:120])
+            return
+        await self.accept()
+        self.pump = asyncio.create_task(self._agent_to_browser())
+
+    async def _agent_to_browser(self) -> None:
+        assert self.agent_ws is not None
+        reason = "console closed by the host"
+        async for msg in self.agent_ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                await self.send(bytes_data=msg.data)
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                await self.send(bytes_data=msg.data.encode())
+            else:
+                break
+        if self.agent_ws.close_code not in (None, 1000) and self.agent_ws.exception():
+            reason = f"console lost: {self.agent_ws.exception()}"
+        await self.close(code=1000, reason=reason[:120])
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.agent_ws is None or self.agent_ws.closed:
+            return
+        data = bytes_data if bytes_data is not None else (text_data or "").encode()
+        await self.agent_ws.send_bytes(data)
+
+    async def disconnect(self, code: int) -> None:
+        if self.pump is not None and self.pump is not asyncio.current_task():
+            self.pump.cancel()
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        self.agent_ws = None
+        if self.stack is not None:
+            stack, self.stack = self.stack, None
+            await stack.aclose()

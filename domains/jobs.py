@@ -1,0 +1,123 @@
+"""Job handlers for domain lifecycle work; they run in a Celery worker (see console/jobs/runner)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from agent.client import AgentClient, AgentNotFound
+from django.conf import settings
+
+from agent.protocol import DomainInfo, DomainSpec
+from console.jobs.runner import JobContext, JobFailed, job_handler
+from domains.models import Domain
+from domains.services import domain_forget, domain_observe
+from hosts.agent import run_agent
+
+
+def _domain(ctx: JobContext) -> Domain:
+    domain = ctx.job.domain
+    if domain is None:
+        raise JobFailed("The domain no longer exists.")
+    return domain
+
+
+def _observe(domain: Domain, info: DomainInfo) -> None:
+    domain_observe(host=domain.host, info=info)
+
+
+@job_handler("domain.create")
+def domain_create_job(ctx: JobContext) -> dict[str, Any]:
+    domain = _domain(ctx)
+    spec = DomainSpec.model_validate(domain.spec)
+    disks = len(spec.disks)
+    ctx.progress(
+        10,
+        f"Defining {domain.name} on {domain.host.name}" + (f" with {disks} disk(s)" if disks else ""),
+    )
+
+    async def define(client: AgentClient) -> DomainInfo:
+        return await client.define(spec)
+
+    info = run_agent(domain.host, define)
+    _observe(domain, info)
+    ctx.progress(70 if ctx.params.get("start") else 90, f"Defined {domain.name}")
+    if ctx.params.get("start"):
+        _start(ctx, domain)
+    return {"uuid": str(info.uuid)}
+
+
+def _start(ctx: JobContext, domain: Domain) -> None:
+    ctx.progress(max(ctx.job.progress, 20), f"Starting {domain.name}")
+
+    async def start(client: AgentClient) -> DomainInfo:
+        return await client.start(domain.uuid)
+
+    _observe(domain, run_agent(domain.host, start))
+
+
+@job_handler("domain.start")
+def domain_start_job(ctx: JobContext) -> None:
+    _start(ctx, _domain(ctx))
+
+
+@job_handler("domain.force_off")
+def domain_force_off_job(ctx: JobContext) -> None:
+    domain = _domain(ctx)
+    ctx.progress(20, f"Forcing {domain.name} off")
+
+    async def destroy(client: AgentClient) -> DomainInfo:
+        return await client.destroy(domain.uuid)
+
+    _observe(domain, run_agent(domain.host, destroy))
+
+
+@job_handler("domain.shutdown")
+def domain_shutdown_job(ctx: JobContext) -> None:
+    domain = _domain(ctx)
+    timeout = settings.DOMUS_SHUTDOWN_TIMEOUT_SECONDS
+    ctx.progress(10, f"Asking {domain.name} to shut down (ACPI power button)")
+
+    async def request_and_wait(client: AgentClient) -> DomainInfo:
+        info = await client.shutdown(domain.uuid)
+        deadline = time.monotonic() + timeout
+        while info.state not in ("shutoff", "crashed") and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            info = await client.get_domain(domain.uuid)
+        return info
+
+    info = run_agent(domain.host, request_and_wait)
+    _observe(domain, info)
+    if info.state not in ("shutoff", "crashed"):
+        raise JobFailed(
+            f"{domain.name} did not power off within {timeout:.0f} s: the guest ignored the ACPI "
+            "shutdown request. Use Force off to stop it."
+        )
+
+
+@job_handler("domain.delete")
+def domain_delete_job(ctx: JobContext) -> dict[str, Any]:
+    domain = _domain(ctx)
+    delete_disks = bool(ctx.params.get("delete_disks"))
+    what = "with its disks" if delete_disks else "keeping its disks"
+    ctx.progress(20, f"Deleting {domain.name} from {domain.host.name}, {what}")
+
+    async def delete(client: AgentClient) -> dict[str, Any]:
+        try:
+            result = await client.delete(domain.uuid, delete_disks=delete_disks)
+        except AgentNotFound:
+            return {
+                "deleted_volumes": [],
+                "kept_volumes": [],
+                "note": "was not defined on the host",
+            }
+        return result.model_dump(mode="json")
+
+    result = run_agent(domain.host, delete)
+    for volume in result.get("deleted_volumes", []):
+        ctx.log(f"Deleted volume {volume}")
+    for volume in result.get("kept_volumes", []):
+        ctx.log(f"Kept volume {volume}")
+    domain_forget(domain=domain)
+    return result

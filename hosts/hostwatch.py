@@ -1,0 +1,139 @@
+"""hostwatch: one event subscription per agent, in one asyncio process for many hosts.
+
+It writes what agents report (host facts, domain states, liveness) to the database through the
+services, which publish the matching events to browsers. A host silent for
+DOMUS_HOST_OFFLINE_AFTER_SECONDS is marked offline; reconnects back off with jitter and reconcile
+the full inventory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from dataclasses import dataclass
+
+import aiohttp
+from agent.client import AgentClient, AgentError
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from pydantic import TypeAdapter, ValidationError
+
+from agent.protocol import AgentEvent, DomainEvent, DomainInfo, InventoryEvent
+from domains.models import Domain
+from domains.services import domain_mark_missing, domain_observe
+from hosts.models import Host
+from hosts.services import host_observe
+
+logger = logging.getLogger(__name__)
+
+EVENT = TypeAdapter(AgentEvent)
+RESCAN_SECONDS = 3.0
+MAX_BACKOFF_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """What a watcher depends on: a change restarts the watcher."""
+
+    id: int
+    name: str
+    url: str
+    secret: str
+
+
+def _reconcile(host_id: int, event: InventoryEvent) -> None:
+    host = host_observe(host_id=host_id, state=Host.State.ONLINE, facts=event.host.model_dump(mode="json"))
+    if host is None:
+        return
+    seen = set()
+    for info in event.domains:
+        domain_observe(host=host, info=info)
+        seen.add(info.uuid)
+    for domain in Domain.objects.filter(host=host).exclude(uuid__in=seen):
+        domain_mark_missing(domain=domain)
+
+
+def _domain_changed(host_id: int, event: DomainEvent) -> None:
+    host = Host.objects.filter(pk=host_id).first()
+    if host is None:
+        return
+    if event.state is None:
+        domain = Domain.objects.filter(uuid=event.uuid, host=host).first()
+        # A delete job forgets the row itself; anything else undefined it behind our back.
+        if (
+            domain is not None
+            and not domain.jobs.filter(kind="domain.delete", status__in=["queued", "running"]).exists()
+        ):
+            domain_mark_missing(domain=domain)
+        return
+    known = Domain.objects.filter(uuid=event.uuid).first()
+    info = DomainInfo(
+        uuid=event.uuid,
+        name=event.name,
+        state=event.state,
+        vcpus=known.vcpus if known else 1,
+        memory_mib=known.memory_mib if known else 0,
+    )
+    domain_observe(host=host, info=info)
+
+
+class HostWatch:
+    def __init__(self, *, shard: int = 0, shards: int = 1) -> None:
+        self.shard, self.shards = shard, shards
+        self.watchers: dict[HostKey, asyncio.Task[None]] = {}
+        self.offline_after = settings.DOMUS_HOST_OFFLINE_AFTER_SECONDS
+
+    async def run(self) -> None:
+        logger.info("hostwatch shard %d/%d started", self.shard, self.shards)
+        while True:
+            await self.rescan()
+            await asyncio.sleep(RESCAN_SECONDS)
+
+    async def rescan(self) -> None:
+        hosts = await sync_to_async(list)(Host.objects.values_list("id", "name", "url", "secret"))
+        wanted = {HostKey(*h) for h in hosts if h[0] % self.shards == self.shard}
+        for key in set(self.watchers) - wanted:
+            self.watchers.pop(key).cancel()
+        for key in wanted - set(self.watchers):
+            self.watchers[key] = asyncio.create_task(self.watch(key), name=f"watch-{key.name}")
+
+    async def watch(self, key: HostKey) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self._follow(key)
+                detail = "event stream closed by the agent"
+            except (AgentError, aiohttp.ClientError, OSError) as exc:
+                detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+            except TimeoutError:
+                detail = f"no heartbeat for {self.offline_after:.0f} s"
+            else:
+                backoff = 0.5
+            logger.warning("host %s offline: %s", key.name, detail)
+            await sync_to_async(host_observe)(host_id=key.id, state=Host.State.OFFLINE, detail=detail[:255])
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not crypto
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    async def _follow(self, key: HostKey) -> None:
+        async with AgentClient(key.url, key.secret) as client, client.events() as ws:
+            while True:
+                msg = await asyncio.wait_for(ws.receive(), timeout=self.offline_after)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    return
+                try:
+                    event = EVENT.validate_python(json.loads(msg.data))
+                except (ValidationError, ValueError):
+                    logger.warning("host %s sent an unreadable event: %.200s", key.name, msg.data)
+                    continue
+                await self._apply(key, event)
+
+    async def _apply(self, key: HostKey, event: object) -> None:
+        if isinstance(event, InventoryEvent):
+            logger.info("host %s online: %d domains", key.name, len(event.domains))
+            await sync_to_async(_reconcile)(key.id, event)
+        elif isinstance(event, DomainEvent):
+            await sync_to_async(_domain_changed)(key.id, event)
+        else:
+            await sync_to_async(host_observe)(host_id=key.id, state=Host.State.ONLINE)

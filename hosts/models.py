@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class Host(models.Model):
+    """A machine running the Domus agent. `facts` caches what the agent last reported."""
+
+    class State(models.TextChoices):
+        UNKNOWN = "unknown", "Unknown"
+        ONLINE = "online", "Online"
+        OFFLINE = "offline", "Offline"
+
+    name = models.CharField(max_length=63, unique=True)
+    url = models.URLField(max_length=255, help_text="The agent's base URL, e.g. http://127.0.0.1:8901")
+    # The console's credential towards this agent (it must be sent, so it is not hashed here).
+    secret = models.CharField(max_length=128)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.UNKNOWN)
+    state_detail = models.CharField(max_length=255, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    facts = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def default_pool_path(self) -> str:
+        return str(self.facts.get("default_pool_path") or "/var/lib/libvirt/images")

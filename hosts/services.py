@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from console.realtime.events import publish_on_commit
+from hosts.events import host_event
+from hosts.models import Host
+
+
+@transaction.atomic
+def host_register(*, name: str, url: str, secret: str, actor: Any = None) -> Host:
+    """Add (or update the address and secret of) a host whose agent is reachable at `url`.
+
+    Pinned enrolment with a pairing code replaces this for remote hosts (issue 4); loopback
+    agents such as `make run`'s own are registered this way.
+    """
+    host, _ = Host.objects.update_or_create(name=name, defaults={"url": url, "secret": secret})
+    publish_on_commit(host_event(host))
+    return host
+
+
+@transaction.atomic
+def host_observe(
+    *, host_id: int, state: str, detail: str = "", facts: dict[str, Any] | None = None
+) -> Host | None:
+    """Record what hostwatch saw of a host; publishes an event when the state changed."""
+    host = Host.objects.select_for_update().filter(pk=host_id).first()
+    if host is None:
+        return None
+    changed = host.state != state or host.state_detail != detail
+    host.state = state
+    host.state_detail = detail
+    fields = ["state", "state_detail"]
+    if state == Host.State.ONLINE:
+        host.last_seen_at = timezone.now()
+        fields.append("last_seen_at")
+    if facts is not None:
+        host.facts = facts
+        fields.append("facts")
+    host.save(update_fields=fields)
+    if changed or facts is not None:
+        publish_on_commit(host_event(host))
+    return host

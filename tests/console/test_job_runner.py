@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from django.conf import settings
+
+from console.jobs.models import Job
+from console.jobs.runner import HANDLERS, DomainBusy, JobContext, JobFailed, job_handler, job_run
+from domains.models import Domain
+from hosts.models import Host
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def handlers() -> Iterator[dict[str, int]]:
+    calls = {"ok": 0}
+
+    @job_handler("test.ok")
+    def ok(ctx: JobContext) -> dict[str, str]:
+        calls["ok"] += 1
+        ctx.progress(50, "Half way")
+        ctx.log("a detail")
+        return {"answer": "42"}
+
+    @job_handler("test.refused")
+    def refused(ctx: JobContext) -> None:
+        raise JobFailed("The guest ignored it; use Force off.")
+
+    @job_handler("test.crash")
+    def crash(ctx: JobContext) -> None:
+        raise KeyError("bug")
+
+    yield calls
+    for kind in ("test.ok", "test.refused", "test.crash"):
+        HANDLERS.pop(kind)
+
+
+def make(kind: str, domain: Domain | None = None) -> Job:
+    return Job.objects.create(kind=kind, domain=domain, host=domain.host if domain else None)
+
+
+def test_success_records_progress_log_and_result(handlers: dict[str, int]) -> None:
+    job = make("test.ok")
+    job_run(job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.progress == 100
+    assert job.result == {"answer": "42"}
+    assert "Half way" in job.log and "a detail" in job.log
+    assert job.started_at is not None and job.finished_at is not None
+
+
+def test_failure_message_is_for_a_person(handlers: dict[str, int]) -> None:
+    job = make("test.refused")
+    job_run(job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert job.error == "The guest ignored it; use Force off."
+
+
+def test_a_crash_ends_failed_not_stuck_running(handlers: dict[str, int]) -> None:
+    job = make("test.crash")
+    job_run(job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert "KeyError" in job.error
+
+
+def test_unknown_kind_fails_clearly() -> None:
+    job = make("test.nobody-handles-this")
+    job_run(job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert "No handler" in job.error
+
+
+def test_redelivered_finished_job_is_not_run_again(handlers: dict[str, int]) -> None:
+    job = make("test.ok")
+    job_run(job.pk)
+    job_run(job.pk)
+    assert handlers["ok"] == 1
+
+
+def test_one_job_at_a_time_per_domain(handlers: dict[str, int], host: Host) -> None:
+    domain = Domain.objects.create(name="d", host=host)
+    held = redis.Redis.from_url(settings.REDIS_URL).lock(f"domus:lock:domain:{domain.pk}", timeout=30)
+    assert held.acquire(blocking=False)
+    try:
+        job = make("test.ok", domain)
+        with pytest.raises(DomainBusy):
+            job_run(job.pk)
+        job.refresh_from_db()
+        assert job.status == Job.Status.QUEUED
+        assert "another job" in job.step
+    finally:
+        held.release()
+    job_run(job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from console.jobs.models import Job
+from domains.models import Domain
+from hosts.models import Host
+
+pytestmark = pytest.mark.django_db
+
+POOL = "/var/lib/libvirt/images"
+
+
+def body(host: Host, **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "web1",
+        "host": host.pk,
+        "vcpus": 1,
+        "memory_mib": 256,
+        "disks": [{"size_gib": 1}],
+        "boot": {
+            "kernel": f"{POOL}/vmlinuz",
+            "initrd": f"{POOL}/initrd.img",
+            "cmdline": "console=ttyS0",
+        },
+    }
+    data.update(overrides)
+    return data
+
+
+def test_create_answers_202_with_domain_and_queued_job(api: APIClient, host: Host) -> None:
+    response = api.post("/api/v1/domains/", body(host), format="json")
+    assert response.status_code == 202, response.content
+    data = response.json()
+    assert data["domain"]["name"] == "web1"
+    assert data["domain"]["state"] == "new"
+    assert data["job"]["status"] == "queued"
+    assert data["job"]["kind"] == "domain.create"
+    domain = Domain.objects.get(pk=data["domain"]["id"])
+    assert domain.spec["boot"]["kernel"] == f"{POOL}/vmlinuz"
+    assert domain.spec["uuid"] == str(domain.uuid)
+    assert Job.objects.get(pk=data["job"]["id"]).domain == domain
+
+
+def test_create_with_iso_boot(api: APIClient, host: Host) -> None:
+    response = api.post("/api/v1/domains/", body(host, boot={"iso": f"{POOL}/x.iso"}), format="json")
+    assert response.status_code == 202, response.content
+    assert response.json()["domain"]["spec"]["boot"] == {"iso": f"{POOL}/x.iso"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"name": "bad name"}, "name"),
+        ({"name": "<domain>"}, "name"),
+        ({"name": "x" * 64}, "name"),
+        ({"vcpus": 0}, "vcpus"),
+        ({"memory_mib": "lots"}, "memory_mib"),
+        ({"memory_mib": 10**12}, "memory_mib"),
+        ({"disks": [{"size_gib": -1}]}, "disks.0.size_gib"),
+        ({"disks": [{"size_gib": 1, "pool": "../etc"}]}, "disks.0.pool"),
+        ({"boot": {"kernel": f"{POOL}/../../../etc/shadow"}}, "boot.kernel"),
+        ({"boot": {"kernel": "/etc/passwd"}}, "boot.kernel"),
+        ({"boot": {"kernel": "vmlinuz"}}, "boot.kernel"),
+        ({"boot": {"iso": "/tmp/x.iso"}}, "boot.iso"),
+        ({"boot": {"iso": f"{POOL}/a.iso", "extra": 1}}, "boot.extra"),
+        ({"boot": "cdrom"}, "boot"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_create_refuses_bad_input_naming_the_field(
+    api: APIClient, host: Host, overrides: dict[str, Any], field: str
+) -> None:
+    response = api.post("/api/v1/domains/", body(host, **overrides), format="json")
+    assert response.status_code == 400, response.content
+    assert field in response.json()["fields"], response.json()
+    assert not Domain.objects.exists()
+    assert not Job.objects.exists()
+
+
+def test_create_refuses_unknown_host(api: APIClient, host: Host) -> None:
+    data = body(host)
+    data["host"] = host.pk + 100
+    response = api.post("/api/v1/domains/", data, format="json")
+    assert response.status_code == 400
+    assert "host" in response.json()["fields"]
+
+
+def test_create_refuses_duplicate_name_on_host(api: APIClient, host: Host) -> None:
+    assert api.post("/api/v1/domains/", body(host), format="json").status_code == 202
+    response = api.post("/api/v1/domains/", body(host), format="json")
+    assert response.status_code == 400
+    assert "already exists" in response.json()["fields"]["name"][0]
+
+
+def test_hostile_cmdline_is_stored_as_data(api: APIClient, host: Host) -> None:
+    cmdline = "console=ttyS0 </cmdline><devices>&amp; ' \" ünïcode"
+    boot = {"kernel": f"{POOL}/vmlinuz", "cmdline": cmdline}
+    response = api.post("/api/v1/domains/", body(host, boot=boot), format="json")
+    assert response.status_code == 202
+    assert Domain.objects.get().spec["boot"]["cmdline"] == cmdline
+
+
+def test_power_actions_answer_202_with_job(api: APIClient, host: Host) -> None:
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.SHUTOFF)
+    for action, kind in [
+        ("start", "domain.start"),
+        ("shutdown", "domain.shutdown"),
+        ("force-off", "domain.force_off"),
+    ]:
+        response = api.post(f"/api/v1/domains/{domain.pk}/{action}/")
+        assert response.status_code == 202, response.content
+        assert response.json()["job"]["kind"] == kind
+
+
+def test_delete_keeps_disks_unless_asked(api: APIClient, host: Host) -> None:
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.SHUTOFF)
+    job = api.delete(f"/api/v1/domains/{domain.pk}/").json()["job"]
+    assert job["params"] == {"delete_disks": False}
+    job = api.delete(f"/api/v1/domains/{domain.pk}/?delete_disks=true").json()["job"]
+    assert job["params"] == {"delete_disks": True}
+
+
+def test_unknown_domain_is_404_problem(api: APIClient, host: Host) -> None:
+    response = api.post("/api/v1/domains/999/start/")
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+
+
+def test_job_detail(api: APIClient, host: Host) -> None:
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.SHUTOFF)
+    job_id = api.post(f"/api/v1/domains/{domain.pk}/start/").json()["job"]["id"]
+    data = api.get(f"/api/v1/jobs/{job_id}/").json()
+    assert data["status"] == "queued"
+    assert {"progress", "log", "error", "step"} <= set(data)

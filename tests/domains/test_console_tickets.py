@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import AnonymousUser
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from domains.consoles import TicketRefused, console_ticket_redeem
+from domains.models import ConsoleTicket, Domain
+from hosts.models import Host
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def running(host: Host) -> Domain:
+    return Domain.objects.create(name="d", host=host, state=Domain.State.RUNNING)
+
+
+def issue(api: APIClient, domain: Domain) -> str:
+    response = api.post(f"/api/v1/domains/{domain.pk}/console-tickets/", {"kind": "serial"}, format="json")
+    assert response.status_code == 201, response.content
+    data = response.json()
+    assert data["url"] == f"/ws/console/?ticket={data['ticket']}"
+    return str(data["ticket"])
+
+
+def test_ticket_is_single_use(api: APIClient, running: Domain, user: Any) -> None:
+    key = issue(api, running)
+    assert console_ticket_redeem(key=key, user=AnonymousUser()).domain == running
+    with pytest.raises(TicketRefused, match="already used"):
+        console_ticket_redeem(key=key, user=AnonymousUser())
+
+
+def test_expired_ticket_is_refused(api: APIClient, running: Domain) -> None:
+    key = issue(api, running)
+    ConsoleTicket.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    with pytest.raises(TicketRefused, match="expired"):
+        console_ticket_redeem(key=key, user=AnonymousUser())
+
+
+def test_ticket_lives_30_seconds(api: APIClient, running: Domain) -> None:
+    issue(api, running)
+    ticket = ConsoleTicket.objects.get()
+    assert timedelta(seconds=29) < ticket.expires_at - ticket.created_at <= timedelta(seconds=31)
+
+
+def test_ticket_of_another_user_is_refused(api: APIClient, running: Domain, django_user_model: Any) -> None:
+    key = issue(api, running)
+    other = django_user_model.objects.create_user("bob", password="x-pass-1234")
+    with pytest.raises(TicketRefused, match="another user"):
+        console_ticket_redeem(key=key, user=other)
+
+
+def test_unknown_ticket_is_refused(running: Domain) -> None:
+    with pytest.raises(TicketRefused, match="unknown"):
+        console_ticket_redeem(key="forged", user=AnonymousUser())
+
+
+def test_ticket_is_stored_hashed(api: APIClient, running: Domain) -> None:
+    key = issue(api, running)
+    assert not ConsoleTicket.objects.filter(key_hash=key).exists()
+
+
+def test_no_ticket_for_a_stopped_domain(api: APIClient, host: Host) -> None:
+    domain = Domain.objects.create(name="off", host=host, state=Domain.State.SHUTOFF)
+    response = api.post(f"/api/v1/domains/{domain.pk}/console-tickets/", {"kind": "serial"}, format="json")
+    assert response.status_code == 409
+    assert "start it first" in response.json()["detail"]
+
+
+def test_unknown_console_kind_is_refused(api: APIClient, running: Domain) -> None:
+    response = api.post(f"/api/v1/domains/{running.pk}/console-tickets/", {"kind": "telnet"}, format="json")
+    assert response.status_code == 400
+    assert "kind" in response.json()["fields"]

@@ -1,0 +1,181 @@
+"""The whole stack, started the way `make run` starts it, with real guests under QEMU."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+GUEST_DIR = Path(os.environ.get("DOMUS_GUEST_DIR", ROOT / ".cache" / "guest"))
+POOL = Path("/var/lib/libvirt/images")
+ADMIN_PASSWORD = "e2e-admin-password"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _libvirt_works() -> bool:
+    return subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode == 0
+
+
+def _postgres_database(url: str) -> str:
+    """A fresh database beside the one in DATABASE_URL, for the stack under test."""
+    import psycopg
+
+    name = f"domus_e2e_{os.getpid()}"
+    base = url.rsplit("/", 1)[0]
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{base}/{name}"
+
+
+def _drop_postgres_database(url: str) -> None:
+    import psycopg
+
+    base, name = url.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Stack:
+    url: str
+    token: str
+    log: Path
+    host_id: int
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Token {self.token}"}
+        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def wait_job(self, job: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.api("GET", f"/api/v1/jobs/{job['id']}/").json()
+            if job["status"] in ("succeeded", "failed"):
+                return job
+            time.sleep(0.3)
+        raise AssertionError(f"job {job['id']} ({job['kind']}) still {job['status']}: {job['log']}")
+
+    def wait_state(self, domain_id: int, state: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        seen = None
+        while time.monotonic() < deadline:
+            seen = self.api("GET", f"/api/v1/domains/{domain_id}/").json().get("state")
+            if seen == state:
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"domain {domain_id} is {seen}, not {state}")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not _libvirt_works():
+        pytest.skip("no libvirt daemon answers on qemu:///system (run `make test`, which starts it)")
+    data_dir = tmp_path_factory.mktemp("stack")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DOMUS_DATA_DIR": str(data_dir),
+        "PORT": str(port),
+        "DOMUS_AGENT_PORT": str(_free_port()),
+        "DOMUS_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "DOMUS_SHUTDOWN_TIMEOUT_SECONDS": "60",
+    }
+    database = os.environ.get("DATABASE_URL", "")
+    if database.startswith("postgres"):
+        env["DATABASE_URL"] = _postgres_database(database)
+    else:
+        env.pop("DATABASE_URL", None)
+    log = data_dir / "stack.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "console.launcher"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while b"console ready" not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the stack did not start:\n{log.read_text()[-4000:]}")
+            time.sleep(0.3)
+        token = subprocess.run(
+            [sys.executable, "manage.py", "issue_token", "admin"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        stack = Stack(url=f"http://127.0.0.1:{port}", token=token, log=log, host_id=0)
+        hosts = stack.api("GET", "/api/v1/hosts/").json()["results"]
+        stack.host_id = next(h["id"] for h in hosts if h["name"] == "local")
+        yield stack
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if env.get("DATABASE_URL", "").startswith("postgres"):
+            _drop_postgres_database(env["DATABASE_URL"])
+
+
+@pytest.fixture(scope="session")
+def guest_files() -> dict[str, str]:
+    """The test guest's kernel and initrd, copied into the host's default pool."""
+    kernel, initrd = GUEST_DIR / "vmlinuz", GUEST_DIR / "initrd.img"
+    if not (kernel.exists() and initrd.exists()):
+        pytest.skip(f"no test guest in {GUEST_DIR}: run tests/guest/build.sh (make test does)")
+    POOL.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, src in (("kernel", kernel), ("initrd", initrd)):
+        dest = POOL / f"domus-test-guest-{src.name}"
+        if not dest.exists() or dest.stat().st_mtime < src.stat().st_mtime:
+            shutil.copy2(src, dest)
+            dest.chmod(0o644)
+        files[name] = str(dest)
+    return files
+
+
+@pytest.fixture
+def domain_name() -> Iterator[str]:
+    name = f"domus-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    # Nothing may be left behind, whatever the test did.
+    subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True)
+    subprocess.run(
+        ["virsh", "-c", "qemu:///system", "undefine", name, "--remove-all-storage"],
+        capture_output=True,
+    )
+
+
+def virsh_names() -> set[str]:
+    out = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from agent.protocol import DomainEvent, DomainInfo, HostFacts, InventoryEvent
+from domains.models import Domain
+from hosts.hostwatch import _domain_changed, _reconcile
+from hosts.models import Host
+
+pytestmark = pytest.mark.django_db
+
+FACTS = HostFacts(
+    hostname="h1", uri="test:///default", hypervisor="test", accel="test", arch="x86_64",
+    hvm_hardware_assisted=False, kvm_usable=False, cpus=2, memory_mib=2048, free_memory_mib=1024,
+    libvirt_version="9.0.0", agent_version="0.1.0",
+)
+
+
+def info(name: str, state: str = "running", u: uuid.UUID | None = None) -> DomainInfo:
+    return DomainInfo(uuid=u or uuid.uuid4(), name=name, state=state, vcpus=1, memory_mib=128)  # type: ignore[arg-type]
+
+
+def test_inventory_updates_adds_and_flags_missing(host: Host) -> None:
+    known = Domain.objects.create(name="known", host=host, state=Domain.State.SHUTOFF)
+    gone = Domain.objects.create(name="gone", host=host, state=Domain.State.RUNNING)
+    being_created = Domain.objects.create(name="new", host=host, state=Domain.State.NEW)
+    behind_our_back = info("made-with-virsh")
+    _reconcile(host.pk, InventoryEvent(host=FACTS, domains=[info("known", u=known.uuid), behind_our_back]))
+
+    known.refresh_from_db()
+    gone.refresh_from_db()
+    being_created.refresh_from_db()
+    assert known.state == "running"
+    assert gone.state == Domain.State.MISSING
+    assert being_created.state == Domain.State.NEW
+    assert Domain.objects.get(uuid=behind_our_back.uuid).name == "made-with-virsh"
+    host.refresh_from_db()
+    assert host.state == Host.State.ONLINE
+    assert host.facts["hypervisor"] == "test"
+
+    # Reconciling the same inventory again changes nothing and duplicates nothing.
+    _reconcile(host.pk, InventoryEvent(host=FACTS, domains=[info("known", u=known.uuid), behind_our_back]))
+    assert Domain.objects.filter(host=host).count() == 4
+
+
+def test_name_clash_with_an_unknown_uuid_keeps_both(host: Host) -> None:
+    Domain.objects.create(name="web", host=host, state=Domain.State.NEW)
+    stranger = info("web")
+    _reconcile(host.pk, InventoryEvent(host=FACTS, domains=[stranger]))
+    assert Domain.objects.get(uuid=stranger.uuid).name.startswith("web-")
+
+
+def test_lifecycle_event_updates_state(host: Host) -> None:
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.RUNNING, memory_mib=256)
+    _domain_changed(host.pk, DomainEvent(uuid=domain.uuid, name="d", event="stopped", state="shutoff"))
+    domain.refresh_from_db()
+    assert domain.state == "shutoff"
+    assert domain.memory_mib == 256
+
+
+def test_undefined_behind_our_back_is_flagged_missing(host: Host) -> None:
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.SHUTOFF)
+    _domain_changed(host.pk, DomainEvent(uuid=domain.uuid, name="d", event="undefined", state=None))
+    domain.refresh_from_db()
+    assert domain.state == Domain.State.MISSING
