@@ -1,0 +1,171 @@
+"""HTTP side of the agent: middlewares (request log, auth, problem bodies) and JSON routes."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid as uuid_mod
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from pydantic import BaseModel, ValidationError
+
+from agent import __version__
+from agent.errors import AgentProblem, InvalidSpec, NotFound, Unauthorized
+from agent.protocol import DomainSpec, Problem
+from agent.runtime import AgentRuntime
+
+log = logging.getLogger("agent.http")
+
+RUNTIME: web.AppKey[AgentRuntime] = web.AppKey("runtime", AgentRuntime)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC_PATHS = frozenset({"/v1/health"})
+
+
+def problem_response(status: int, code: str, detail: str) -> web.Response:
+    body = Problem(error=code, detail=detail).model_dump_json()
+    return web.Response(status=status, text=body, content_type="application/json")
+
+
+def model_response(model: BaseModel | list[BaseModel], status: int = 200) -> web.Response:
+    if isinstance(model, list):
+        text = "[" + ",".join(m.model_dump_json() for m in model) + "]"
+    else:
+        text = model.model_dump_json()
+    return web.Response(status=status, text=text, content_type="application/json")
+
+
+def render_validation_error(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "body"
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
+    return "; ".join(parts)
+
+
+@web.middleware
+async def log_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        log.info(
+            "%s %s %s %.1fms %s",
+            request.method,
+            request.path,
+            status,
+            (time.monotonic() - started) * 1000,
+            request.remote,
+        )
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except AgentProblem as err:
+        if err.status >= 500:
+            log.warning("%s %s: %s", request.method, request.path, err.detail)
+        return problem_response(err.status, err.code, err.detail)
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status, "http_error")
+        return problem_response(err.status, code, f"{request.method} {request.path}: {err.reason}")
+
+
+def make_auth(secret: str) -> Middleware:
+    expected = f"Bearer {secret}".encode()
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in PUBLIC_PATHS:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                raise Unauthorized("missing or wrong bearer token")
+        return await handler(request)
+
+    return authenticate
+
+
+def _uuid(request: web.Request) -> uuid_mod.UUID:
+    raw = request.match_info["uuid"]
+    try:
+        return uuid_mod.UUID(raw)
+    except ValueError as err:
+        raise NotFound(f"no domain with uuid {raw!r} (not a valid UUID)") from err
+
+
+def _bool_param(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false").lower()
+    if raw in ("1", "true", "yes"):
+        return True
+    if raw in ("0", "false", "no", ""):
+        return False
+    raise InvalidSpec(f"{name}: expected true or false, got {raw!r}")
+
+
+async def health(_request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "version": __version__})
+
+
+async def host(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].host_facts())
+
+
+async def list_domains(request: web.Request) -> web.Response:
+    return model_response(list(await request.app[RUNTIME].domains.list()))
+
+
+async def get_domain(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].domains.get(_uuid(request)))
+
+
+async def define_domain(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InvalidSpec(f"body: not valid JSON ({err})") from err
+    try:
+        spec = DomainSpec.model_validate(body)
+    except ValidationError as err:
+        raise InvalidSpec(render_validation_error(err)) from err
+    info, created = await request.app[RUNTIME].domains.define(spec)
+    return model_response(info, status=201 if created else 200)
+
+
+async def start_domain(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].domains.start(_uuid(request)))
+
+
+async def shutdown_domain(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].domains.shutdown(_uuid(request)))
+
+
+async def destroy_domain(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].domains.destroy(_uuid(request)))
+
+
+async def delete_domain(request: web.Request) -> web.Response:
+    delete_disks = _bool_param(request, "delete_disks")
+    result = await request.app[RUNTIME].domains.delete(_uuid(request), delete_disks=delete_disks)
+    return model_response(result)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/host", host)
+    app.router.add_get("/v1/domains", list_domains)
+    app.router.add_post("/v1/domains", define_domain)
+    app.router.add_get("/v1/domains/{uuid}", get_domain)
+    app.router.add_delete("/v1/domains/{uuid}", delete_domain)
+    app.router.add_post("/v1/domains/{uuid}/start", start_domain)
+    app.router.add_post("/v1/domains/{uuid}/shutdown", shutdown_domain)
+    app.router.add_post("/v1/domains/{uuid}/destroy", destroy_domain)

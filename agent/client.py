@@ -1,0 +1,187 @@
+"""Async client of the agent API, for the console side (aiohttp only, no Django).
+
+async with AgentClient("http://127.0.0.1:8901", secret) as agent:
+    info = await agent.define(spec)
+    async with agent.events() as ws:
+        async for msg in ws: ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid as uuid_mod
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from agent.protocol import DeleteResult, DomainInfo, DomainSpec, HostFacts, Problem
+
+M = TypeVar("M", bound=BaseModel)
+_DOMAINS = TypeAdapter(list[DomainInfo])
+
+
+class AgentError(Exception):
+    """A non-2xx answer from the agent (or no answer at all, see AgentUnreachable)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{code} ({status}): {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class AgentUnauthorized(AgentError):
+    pass
+
+
+class AgentNotFound(AgentError):
+    pass
+
+
+class AgentInvalid(AgentError):
+    pass
+
+
+class AgentConflict(AgentError):
+    pass
+
+
+class AgentUnreachable(AgentError):
+    """Connection refused, DNS failure or timeout: the agent could not be asked."""
+
+
+_BY_STATUS: dict[int, type[AgentError]] = {
+    400: AgentInvalid,
+    401: AgentUnauthorized,
+    404: AgentNotFound,
+    409: AgentConflict,
+}
+
+
+class AgentClient:
+    def __init__(self, base_url: str, secret: str, *, timeout: float = 120.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {secret}"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AgentClient:
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("use `async with AgentClient(...)` before calling it")
+        return self._session
+
+    def _unreachable(self, err: BaseException) -> AgentUnreachable:
+        if isinstance(err, asyncio.TimeoutError):
+            why = "timed out"
+        else:
+            why = str(err) or type(err).__name__
+        return AgentUnreachable(0, "unreachable", f"agent at {self.base_url} is unreachable: {why}")
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        try:
+            async with self.session.request(method, self.base_url + path, **kwargs) as resp:
+                text = await resp.text()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientConnectionError) as err:
+            raise self._unreachable(err) from err
+        try:
+            body = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            body = None
+        if status >= 400:
+            try:
+                problem = Problem.model_validate(body)
+            except ValidationError:
+                problem = Problem(error="http_error", detail=text[:500] or f"HTTP {status}")
+            raise _BY_STATUS.get(status, AgentError)(status, problem.error, problem.detail)
+        return status, body
+
+    async def _model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        _status, body = await self._request(method, path, **kwargs)
+        return model.model_validate(body)
+
+    # -- API ---------------------------------------------------------------------------------
+    async def health(self) -> dict[str, Any]:
+        _status, body = await self._request("GET", "/v1/health")
+        return dict(body)
+
+    async def host(self) -> HostFacts:
+        return await self._model(HostFacts, "GET", "/v1/host")
+
+    async def list_domains(self) -> list[DomainInfo]:
+        _status, body = await self._request("GET", "/v1/domains")
+        return _DOMAINS.validate_python(body)
+
+    async def get_domain(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._model(DomainInfo, "GET", f"/v1/domains/{domain_uuid}")
+
+    async def define(self, spec: DomainSpec) -> DomainInfo:
+        payload = json.loads(spec.model_dump_json())
+        return await self._model(DomainInfo, "POST", "/v1/domains", json=payload)
+
+    async def start(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/start")
+
+    async def shutdown(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/shutdown")
+
+    async def destroy(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/destroy")
+
+    async def delete(self, domain_uuid: uuid_mod.UUID, delete_disks: bool) -> DeleteResult:
+        params = {"delete_disks": "true" if delete_disks else "false"}
+        return await self._model(DeleteResult, "DELETE", f"/v1/domains/{domain_uuid}", params=params)
+
+    # -- WebSockets --------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _ws(self, path: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+        try:
+            ws = await self.session.ws_connect(
+                self.base_url + path, timeout=aiohttp.ClientWSTimeout(ws_close=10), heartbeat=30
+            )
+        except aiohttp.WSServerHandshakeError as err:
+            # The agent answers before the upgrade with a Problem; its status is what counts.
+            cls = _BY_STATUS.get(err.status, AgentError)
+            raise cls(err.status, _BY_STATUS_CODE.get(err.status, "http_error"), err.message) from err
+        except (TimeoutError, aiohttp.ClientConnectionError) as err:
+            raise self._unreachable(err) from err
+        try:
+            yield ws
+        finally:
+            await ws.close()
+
+    def events(self) -> AbstractAsyncContextManager[aiohttp.ClientWebSocketResponse]:
+        """`async with client.events() as ws:` — JSON text frames (see agent.protocol.AgentEvent)."""
+        return self._ws("/v1/events")
+
+    def open_serial(
+        self, domain_uuid: uuid_mod.UUID
+    ) -> AbstractAsyncContextManager[aiohttp.ClientWebSocketResponse]:
+        """`async with client.open_serial(uuid) as ws:` — binary frames both ways."""
+        return self._ws(f"/v1/domains/{domain_uuid}/console/serial")
+
+
+_BY_STATUS_CODE = {400: "invalid_spec", 401: "unauthorized", 404: "not_found", 409: "conflict"}

@@ -1,0 +1,268 @@
+"""Domain operations (list, define, start, shutdown, destroy, delete) on the libvirt connection.
+
+Blocking libvirt work happens in `_..._sync` functions run through `LibvirtConnection.call`;
+the parsed static part of each domain (its XML) is cached per uuid and invalidated by
+lifecycle events, so listing is one `getAllDomainStats` call in the steady state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid as uuid_mod
+from dataclasses import dataclass
+
+import libvirt
+from lxml import etree
+
+from agent import storage
+from agent.connection import LibvirtConnection
+from agent.domxml import parse_disks, render_domain_xml
+from agent.errors import Conflict, NotFound
+from agent.events import STATE_NAMES
+from agent.protocol import DeleteResult, DiskInfo, DomainEvent, DomainInfo, DomainSpec
+
+log = logging.getLogger(__name__)
+
+_UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+)
+_MEMORY_UNITS = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "m": 1024, "mib": 1024}
+
+
+@dataclass(frozen=True)
+class _StaticInfo:
+    name: str
+    vcpus: int
+    memory_mib: int
+    persistent: bool
+    disks: list[DiskInfo]
+
+
+def _static_info(dom: libvirt.virDomain) -> _StaticInfo:
+    xml = dom.XMLDesc(0)
+    root = etree.fromstring(xml.encode())
+    vcpu = root.find("vcpu")
+    vcpus = int((vcpu.get("current") or vcpu.text or "1") if vcpu is not None else "1")
+    memory = root.find("memory")
+    kib = 0.0
+    if memory is not None and memory.text:
+        kib = int(memory.text) * _MEMORY_UNITS.get(memory.get("unit", "KiB").lower(), 1)
+    return _StaticInfo(
+        name=root.findtext("name") or dom.name(),
+        vcpus=vcpus,
+        memory_mib=int(kib // 1024),
+        persistent=bool(dom.isPersistent()),
+        disks=parse_disks(xml),
+    )
+
+
+class DomainService:
+    def __init__(
+        self, conn: LibvirtConnection, *, domain_type: str, default_pool_dir: str, local_files: bool
+    ) -> None:
+        self._conn = conn
+        self.domain_type = domain_type
+        self.default_pool_dir = default_pool_dir
+        # Whether volume and boot paths are real files on this machine (not for test://).
+        self.local_files = local_files
+        self._cache: dict[str, _StaticInfo] = {}
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    # -- cache -------------------------------------------------------------------------------
+    def invalidate(self, event: DomainEvent | None = None) -> None:
+        with self._lock:
+            self._generation += 1
+            if event is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(str(event.uuid), None)
+
+    def _cached_static(self, dom: libvirt.virDomain) -> _StaticInfo:
+        key = dom.UUIDString()
+        with self._lock:
+            hit = self._cache.get(key)
+            generation = self._generation
+        if hit is not None:
+            return hit
+        info = _static_info(dom)
+        with self._lock:
+            if generation == self._generation:
+                self._cache[key] = info
+        return info
+
+    def _info(self, dom: libvirt.virDomain, state: int) -> DomainInfo:
+        static = self._cached_static(dom)
+        return DomainInfo(
+            uuid=uuid_mod.UUID(dom.UUIDString()),
+            name=static.name,
+            state=STATE_NAMES.get(state, "nostate"),
+            vcpus=static.vcpus,
+            memory_mib=static.memory_mib,
+            persistent=static.persistent,
+            disks=static.disks,
+        )
+
+    def _info_now(self, dom: libvirt.virDomain) -> DomainInfo:
+        state, _reason = dom.state()
+        return self._info(dom, state)
+
+    # -- reads -------------------------------------------------------------------------------
+    def _list_sync(self, conn: libvirt.virConnect) -> list[DomainInfo]:
+        stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
+        return [self._info(dom, int(values.get("state.state", 0))) for dom, values in stats]
+
+    async def list(self) -> list[DomainInfo]:
+        return await self._conn.call(self._list_sync, what="listing domains")
+
+    @staticmethod
+    def _lookup(conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> libvirt.virDomain:
+        try:
+            return conn.lookupByUUIDString(str(domain_uuid))
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise NotFound(f"no domain with uuid {domain_uuid}") from err
+            raise
+
+    async def get(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._conn.call(
+            lambda c: self._info_now(self._lookup(c, domain_uuid)), what="reading domain"
+        )
+
+    async def state(self, domain_uuid: uuid_mod.UUID) -> tuple[libvirt.virDomain, str]:
+        def run(c: libvirt.virConnect) -> tuple[libvirt.virDomain, str]:
+            dom = self._lookup(c, domain_uuid)
+            return dom, STATE_NAMES.get(dom.state()[0], "nostate")
+
+        return await self._conn.call(run, what="reading domain state")
+
+    # -- define ------------------------------------------------------------------------------
+    def _define_sync(self, conn: libvirt.virConnect, spec: DomainSpec) -> tuple[DomainInfo, bool]:
+        try:
+            return self._info_now(conn.lookupByUUIDString(str(spec.uuid))), False
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+        try:
+            other = conn.lookupByName(spec.name)
+            raise Conflict(f"name: {spec.name!r} is already used by domain {other.UUIDString()}")
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+        boot = storage.resolve_boot(conn, spec, self.default_pool_dir)
+        paths, created = storage.create_volumes(conn, spec)
+        xml = render_domain_xml(spec, domain_type=self.domain_type, boot=boot, disk_paths=paths)
+        try:
+            dom = conn.defineXML(xml)
+        except BaseException:
+            storage.delete_volumes(created)
+            raise
+        log.info("defined domain %s (%s) with %d disk(s)", spec.name, spec.uuid, len(paths))
+        return self._info_now(dom), True
+
+    async def define(self, spec: DomainSpec) -> tuple[DomainInfo, bool]:
+        """Define `spec`; returns the domain and whether it was created by this call."""
+        return await self._conn.call(lambda c: self._define_sync(c, spec), what="defining domain")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _check_files(self, dom: libvirt.virDomain) -> None:
+        if not self.local_files:
+            return
+        xml = dom.XMLDesc(0)
+        for disk in parse_disks(xml):
+            if disk.path and not os.path.exists(disk.path):
+                raise Conflict(f"disk {disk.target} is missing: {disk.path}")
+        root = etree.fromstring(xml.encode())
+        for tag in ("kernel", "initrd"):
+            path = root.findtext(f"os/{tag}")
+            if path and not os.path.exists(path):
+                raise Conflict(f"{tag} is missing: {path}")
+
+    def _start_sync(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        dom = self._lookup(conn, domain_uuid)
+        state = dom.state()[0]
+        if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
+            return self._info(dom, state)
+        if state == libvirt.VIR_DOMAIN_PAUSED:
+            dom.resume()
+        else:
+            self._check_files(dom)
+            dom.create()
+        return self._info_now(dom)
+
+    def _shutdown_sync(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        dom = self._lookup(conn, domain_uuid)
+        state = dom.state()[0]
+        if state != libvirt.VIR_DOMAIN_SHUTOFF:
+            dom.shutdown()  # ACPI request; the guest decides, events report the outcome
+        return self._info_now(dom)
+
+    def _destroy_sync(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        dom = self._lookup(conn, domain_uuid)
+        if dom.isActive():
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as err:
+                # It stopped on its own between the check and the call: that is the goal.
+                if err.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise
+        return self._info_now(dom)
+
+    async def start(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._conn.call(lambda c: self._start_sync(c, domain_uuid), what="starting domain")
+
+    async def shutdown(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._conn.call(
+            lambda c: self._shutdown_sync(c, domain_uuid), what="shutting down domain"
+        )
+
+    async def destroy(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._conn.call(lambda c: self._destroy_sync(c, domain_uuid), what="destroying domain")
+
+    # -- delete ------------------------------------------------------------------------------
+    def _delete_sync(
+        self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, delete_disks: bool
+    ) -> DeleteResult:
+        dom = self._lookup(conn, domain_uuid)
+        volumes = [d.path for d in parse_disks(dom.XMLDesc(0)) if d.device == "disk" and d.path]
+        if dom.isActive():
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as err:
+                if err.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise
+        if dom.isPersistent():
+            try:
+                dom.undefineFlags(_UNDEFINE_FLAGS)
+            except libvirt.libvirtError as err:
+                # Older drivers (test://, some Xen) reject flags they do not know.
+                if err.get_error_code() not in (
+                    libvirt.VIR_ERR_INVALID_ARG,
+                    libvirt.VIR_ERR_NO_SUPPORT,
+                ):
+                    raise
+                dom.undefine()
+        self.invalidate(None)
+        result = DeleteResult(uuid=domain_uuid)
+        for path in volumes:
+            if delete_disks and storage.delete_volume_by_path(conn, path):
+                result.deleted_volumes.append(path)
+            else:
+                result.kept_volumes.append(path)
+        log.info(
+            "deleted domain %s: volumes deleted %s, kept %s",
+            domain_uuid,
+            result.deleted_volumes,
+            result.kept_volumes,
+        )
+        return result
+
+    async def delete(self, domain_uuid: uuid_mod.UUID, *, delete_disks: bool) -> DeleteResult:
+        return await self._conn.call(
+            lambda c: self._delete_sync(c, domain_uuid, delete_disks), what="deleting domain"
+        )

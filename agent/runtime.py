@@ -1,0 +1,105 @@
+"""Wiring of one running agent: config, libvirt connection, accel decision, services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import libvirt
+
+from agent import storage
+from agent.accel import AccelDecision, AccelRequest, decide_accel
+from agent.connection import LibvirtConnection
+from agent.domains import DomainService
+from agent.events import EventHub
+from agent.hostfacts import Capabilities, domain_type_for, hypervisor_for, read_capabilities, read_host_facts
+from agent.protocol import HostFacts, InventoryEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    uri: str = "qemu:///system"
+    listen: str = "127.0.0.1"
+    port: int = 8901
+    secret: str = ""
+    accel: AccelRequest = "auto"
+    pool_path: str = "/var/lib/libvirt/images"
+    probe_timeout_s: float = 180.0
+
+
+class AgentRuntime:
+    """Everything a request handler needs; built once by `start()`."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.conn = LibvirtConnection(config.uri)
+        self.hub = EventHub()
+        self.hub.inventory = self.inventory
+        self._caps: Capabilities | None = None
+        self.decision: AccelDecision | None = None
+        self.pool_dir: str = config.pool_path
+        self._domains: DomainService | None = None
+
+    @property
+    def domains(self) -> DomainService:
+        if self._domains is None:
+            raise RuntimeError("agent runtime not started")
+        return self._domains
+
+    async def _on_connected(self, conn: libvirt.virConnect) -> None:
+        # Runs on every (re)connection: pool, capabilities and event registration.
+        self.pool_dir = await asyncio.to_thread(storage.ensure_default_pool, conn, self.config.pool_path)
+        self._caps = await asyncio.to_thread(read_capabilities, conn)
+        await self.hub.attach(conn)
+        if self._domains is not None:
+            self._domains.invalidate(None)
+
+    async def start(self) -> None:
+        self.conn.on_connected(self._on_connected)
+        await self.conn.open()
+        caps = self._caps
+        assert caps is not None
+        self.decision = await decide_accel(
+            self.conn.get(),
+            caps,
+            self.config.accel,
+            work_dir=self.pool_dir,
+            timeout_s=self.config.probe_timeout_s,
+        )
+        log.info("accelerator: %s (%s)", self.decision.accel, self.decision.reason)
+        hypervisor = hypervisor_for(caps.driver, self.decision.accel)
+        self._domains = DomainService(
+            self.conn,
+            domain_type=domain_type_for(hypervisor),
+            default_pool_dir=self.pool_dir,
+            local_files=hypervisor != "test",
+        )
+        self.hub.add_listener(self._domains.invalidate)
+        self.hub.start()
+
+    async def stop(self) -> None:
+        await self.hub.stop()
+        await self.conn.close()
+
+    async def host_facts(self) -> HostFacts:
+        caps, decision = self._caps, self.decision
+        if caps is None or decision is None:
+            raise RuntimeError("agent runtime not started")
+
+        def run(conn: libvirt.virConnect) -> HostFacts:
+            return read_host_facts(
+                conn,
+                caps=caps,
+                uri=self.config.uri,
+                accel=decision.accel,
+                kvm_usable=decision.kvm_usable,
+                pool_path=self.pool_dir,
+            )
+
+        return await self.conn.call(run, what="reading host facts")
+
+    async def inventory(self) -> InventoryEvent:
+        return InventoryEvent(host=await self.host_facts(), domains=await self.domains.list())

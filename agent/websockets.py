@@ -1,0 +1,82 @@
+"""WebSocket routes: the events feed and the serial console byte pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import WSCloseCode, web
+
+from agent.api import RUNTIME, _uuid
+from agent.errors import AgentProblem, Conflict
+from agent.serial import SerialPipe, open_console_stream
+
+log = logging.getLogger(__name__)
+
+_RUNNING = ("running", "blocked", "paused")
+
+
+async def _drain_incoming(ws: web.WebSocketResponse) -> None:
+    # Reading is what notices a client close; events subscribers send nothing useful.
+    async for _msg in ws:
+        pass
+
+
+async def events(request: web.Request) -> web.WebSocketResponse:
+    runtime = request.app[RUNTIME]
+    ws = web.WebSocketResponse(heartbeat=30)
+    await ws.prepare(request)
+    sub = runtime.hub.subscribe()  # before the inventory, so nothing falls in between
+    reader = asyncio.ensure_future(_drain_incoming(ws))
+    reason = "client closed"
+    try:
+        try:
+            await ws.send_str((await runtime.inventory()).model_dump_json())
+        except AgentProblem as err:
+            # The socket is already upgraded: say why in the close frame (at most 123 bytes).
+            reason = f"{err.code}: {err.detail}"[:120]
+            return ws
+        while not reader.done():
+            getter = asyncio.ensure_future(sub.queue.get())
+            await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                break
+            message = getter.result()
+            if message is None:
+                reason = "event queue overflow" if sub.dropped else "agent stopping"
+                break
+            await ws.send_str(message)
+    finally:
+        runtime.hub.unsubscribe(sub)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        if not ws.closed:
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason.encode())
+    return ws
+
+
+async def serial_console(request: web.Request) -> web.WebSocketResponse:
+    runtime = request.app[RUNTIME]
+    domain_uuid = _uuid(request)
+    dom, state = await runtime.domains.state(domain_uuid)  # 404 before the upgrade
+    if state not in _RUNNING:
+        raise Conflict(f"domain {domain_uuid} is {state}; its serial console needs it running")
+    stream = await runtime.conn.call(lambda c: open_console_stream(c, dom), what="opening serial console")
+    ws = web.WebSocketResponse(heartbeat=30)
+    pipe = SerialPipe(stream, ws, domain_uuid)
+    runtime.hub.add_listener(pipe.on_domain_event)
+    try:
+        await ws.prepare(request)
+        reason = await pipe.run()
+        log.info("serial console of %s closed: %s", domain_uuid, reason)
+    finally:
+        runtime.hub.remove_listener(pipe.on_domain_event)
+    return ws
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/events", events)
+    app.router.add_get("/v1/domains/{uuid}/console/serial", serial_console)

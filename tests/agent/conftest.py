@@ -1,0 +1,107 @@
+"""Fixtures: a real agent process (python -m agent) on a free port."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningAgent:
+    url: str
+    secret: str
+    pool_dir: Path
+    proc: subprocess.Popen[str]
+    log_path: Path
+    banner: str
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def launch_agent(
+    *, uri: str, pool_dir: Path, log_path: Path, accel: str = "auto", ready_timeout: float = 30.0
+) -> RunningAgent:
+    port = free_port()
+    secret = secrets.token_urlsafe(24)
+    env = dict(os.environ, DOMUS_AGENT_SECRET=secret, PYTHONUNBUFFERED="1")
+    log_file = log_path.open("w")
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "agent", "--uri", uri, "--port", str(port)),
+            *("--pool-path", str(pool_dir), "--accel", accel),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log_file,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + ready_timeout
+    banner = ""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            banner = proc.stdout.readline()
+            if banner.startswith("domus-agent listening on"):
+                break
+        if proc.poll() is not None:
+            break
+    else:
+        proc.kill()
+    if not banner.startswith("domus-agent listening on"):
+        proc.kill()
+        raise RuntimeError(f"agent did not start ({uri}):\n{log_path.read_text()}")
+    return RunningAgent(
+        url=f"http://127.0.0.1:{port}",
+        secret=secret,
+        pool_dir=pool_dir,
+        proc=proc,
+        log_path=log_path,
+        banner=banner.strip(),
+    )
+
+
+def stop_agent(agent: RunningAgent) -> None:
+    agent.proc.terminate()
+    try:
+        agent.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        agent.proc.kill()
+        agent.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def test_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
+    """An agent on libvirt's in-memory test driver (its state is private to the process)."""
+    base = tmp_path_factory.mktemp("agent")
+    pool = base / "pool"
+    pool.mkdir()
+    (pool / "vmlinuz").write_bytes(b"not really a kernel")
+    (pool / "initrd.img").write_bytes(b"not really an initrd")
+    (pool / "install.iso").write_bytes(b"not really an iso")
+    (base / "outside").write_bytes(b"secret")
+    agent = launch_agent(uri="test:///default", pool_dir=pool, log_path=base / "agent.log")
+    try:
+        yield agent
+    finally:
+        stop_agent(agent)

@@ -1,0 +1,184 @@
+"""Against the host's real libvirt (qemu:///system): accel decision and a real guest's serial.
+
+On this kind of host every libvirt call that consults QEMU capabilities is slow (tens of
+seconds), hence the generous timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import libvirt
+import pytest
+
+from agent.client import AgentClient, AgentConflict
+from agent.protocol import DiskSpec, DomainEvent, DomainSpec, KernelBoot
+from tests.agent.conftest import REPO, RunningAgent, launch_agent, stop_agent
+from tests.agent.test_events import next_event, wait_for_domain_event
+
+URI = "qemu:///system"
+POOL_PATH = Path("/var/lib/libvirt/images")
+GUEST = REPO / ".cache" / "guest"
+PREFIX = "domus-test-"
+SLOW = 300.0  # seconds allowed for one libvirt operation on a slow host
+
+
+def _libvirt_available() -> bool:
+    if shutil.which("virsh") is None:
+        return False
+    result = subprocess.run(
+        ["virsh", "-c", URI, "version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    return result.returncode == 0
+
+
+pytestmark = [
+    pytest.mark.libvirt,
+    pytest.mark.asyncio,
+    pytest.mark.skipif(not _libvirt_available(), reason=f"`virsh -c {URI} version` fails"),
+]
+
+
+@pytest.fixture(scope="module")
+def real_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
+    log = tmp_path_factory.mktemp("real-agent") / "agent.log"
+    # --accel auto on purpose: the KVM probe must fall back to TCG on this host.
+    agent = launch_agent(uri=URI, pool_dir=POOL_PATH, log_path=log, accel="auto", ready_timeout=2 * SLOW)
+    try:
+        yield agent
+    finally:
+        stop_agent(agent)
+
+
+def _force_cleanup(domain_uuid: uuid.UUID, paths: list[Path]) -> None:
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # "not found" is expected here
+    conn = libvirt.open(URI)
+    try:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom = conn.lookupByUUIDString(str(domain_uuid))
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        for path in paths:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.storageVolLookupByPath(str(path)).delete(0)
+            path.unlink(missing_ok=True)
+    finally:
+        conn.close()
+
+
+async def test_host_facts_choose_tcg(real_agent: RunningAgent) -> None:
+    async with AgentClient(real_agent.url, real_agent.secret, timeout=SLOW) as client:
+        facts = await client.host()
+    assert facts.hypervisor == "qemu" and facts.accel == "tcg" and facts.kvm_usable is False
+    assert facts.default_pool_path == str(POOL_PATH)
+    assert "accelerator: tcg" in real_agent.log()
+    print(next(line for line in real_agent.log().splitlines() if "accelerator:" in line))
+
+
+async def _read_until(ws: aiohttp.ClientWebSocketResponse, needle: bytes, timeout: float) -> bytes:
+    seen = b""
+    async with asyncio.timeout(timeout):
+        while needle not in seen:
+            msg = await ws.receive()
+            assert msg.type == aiohttp.WSMsgType.BINARY, (msg, seen[-500:])
+            seen += msg.data
+    return seen
+
+
+@pytest.mark.skipif(
+    not (GUEST / "vmlinuz").exists() or not (GUEST / "initrd.img").exists(),
+    reason="test guest not built: run tests/guest/build.sh (.cache/guest/vmlinuz, initrd.img)",
+)
+async def test_real_guest_serial_console(real_agent: RunningAgent) -> None:
+    tag = uuid.uuid4().hex[:8]
+    name = f"{PREFIX}{tag}"
+    kernel, initrd = POOL_PATH / f"{name}-vmlinuz", POOL_PATH / f"{name}-initrd.img"
+    spec = DomainSpec(
+        uuid=uuid.uuid4(),
+        name=name,
+        memory_mib=256,
+        disks=[DiskSpec(size_gib=0.0625)],
+        boot=KernelBoot(kernel=kernel.name, initrd=initrd.name, cmdline="console=ttyS0 quiet"),
+    )
+    volume = POOL_PATH / f"{name}-disk0.qcow2"
+    shutil.copyfile(GUEST / "vmlinuz", kernel)
+    shutil.copyfile(GUEST / "initrd.img", initrd)
+    try:
+        async with AgentClient(real_agent.url, real_agent.secret, timeout=SLOW) as client:
+            info = await client.define(spec)
+            assert info.state == "shutoff" and info.disks[0].path == str(volume)
+            assert volume.exists()
+            with pytest.raises(AgentConflict):  # no serial console while shut off
+                async with client.open_serial(spec.uuid):
+                    pass
+            async with client.events() as events:
+                await next_event(events)  # inventory
+                started = await client.start(spec.uuid)
+                assert started.state == "running"
+                async with client.open_serial(spec.uuid) as serial:
+                    await _read_until(serial, b"DOMUS-TEST-GUEST READY", timeout=180)
+                    await serial.send_bytes(b"echo hello-$((6*7))\n")
+                    await _read_until(serial, b"hello-42", timeout=60)
+                    assert isinstance(await wait_for_domain_event(events, spec.uuid, "started"), DomainEvent)
+                    stopped = await client.destroy(spec.uuid)
+                    assert stopped.state == "shutoff"
+                    # The agent closes the console with a reason once the domain stops.
+                    async with asyncio.timeout(30):
+                        while (await serial.receive()).type not in (
+                            aiohttp.WSMsgType.CLOSE,
+                            aiohttp.WSMsgType.CLOSING,
+                            aiohttp.WSMsgType.CLOSED,
+                        ):
+                            pass
+                    assert serial.closed or serial.close_code is not None
+            result = await client.delete(spec.uuid, delete_disks=True)
+            assert result.deleted_volumes == [str(volume)] and result.kept_volumes == []
+            assert not volume.exists()
+            assert kernel.exists() and initrd.exists()  # boot files are never deleted
+            assert spec.uuid not in {d.uuid for d in await client.list_domains()}
+        listed = subprocess.run(
+            ["virsh", "-c", URI, "list", "--all", "--name"], capture_output=True, text=True
+        ).stdout
+        assert name not in listed
+    finally:
+        _force_cleanup(spec.uuid, [volume, kernel, initrd])
+
+
+async def test_probe_guest_boots_under_tcg(real_agent: RunningAgent) -> None:
+    """The accel probe's boot sector really runs (here under TCG) and is cleaned up."""
+    from agent.accel import time_probe_guest
+
+    conn = libvirt.open(URI)
+    try:
+        seconds = await asyncio.to_thread(time_probe_guest, conn, "qemu", str(POOL_PATH))
+        assert seconds is not None and seconds < 10
+    finally:
+        conn.close()
+    assert not list(POOL_PATH.glob(".domus-accel-probe-*"))
+
+
+async def test_a_transient_domain_is_gone_once_stopped(real_agent: RunningAgent) -> None:
+    """A transient domain (as the accel probe makes) must not linger as 'shut off' for the console."""
+    name = f"{PREFIX}transient-{uuid.uuid4().hex[:6]}"
+    xml = f"<domain type='qemu'><name>{name}</name><memory>16384</memory><os><type>hvm</type></os></domain>"
+    async with AgentClient(real_agent.url, real_agent.secret) as client, client.events() as ws:
+        await next_event(ws)  # the inventory
+        conn = libvirt.open(URI)
+        try:
+            dom = await asyncio.to_thread(conn.createXML, xml, 0)
+            dom_uuid = uuid.UUID(dom.UUIDString())
+            await asyncio.to_thread(dom.destroy)
+        finally:
+            conn.close()
+        started = await asyncio.wait_for(wait_for_domain_event(ws, dom_uuid, "started"), SLOW)
+        assert started.state == "running"
+        stopped = await asyncio.wait_for(wait_for_domain_event(ws, dom_uuid, "stopped"), SLOW)
+        assert stopped.state is None
