@@ -35,6 +35,7 @@ def _worker() -> dict[str, Any]:
         replies = celery_app.control.ping(timeout=1.0, limit=1)
     except (redis.RedisError, OSError) as exc:
         return {"ok": False, "error": str(exc)}
+    replies = replies or []
     return {"ok": bool(replies), "workers": [name for reply in replies for name in reply]}
 
 

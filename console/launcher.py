@@ -124,24 +124,10 @@ def main() -> int:
         agent_url = f"http://127.0.0.1:{agent_port}"
         local_host_ensure(url=agent_url, secret=secret_file.read_text().strip())
 
-        stack.spawn(
-            "agent",
-            [
-                PY,
-                "-m",
-                "agent",
-                "--uri",
-                uri,
-                "--listen",
-                "127.0.0.1",
-                "--port",
-                str(agent_port),
-                "--secret-file",
-                str(secret_file),
-                "--accel",
-                os.environ.get("DOMUS_ACCEL", "auto"),
-            ],
-        )
+        accel = os.environ.get("DOMUS_ACCEL", "auto")
+        agent_args = f"--uri {uri} --listen 127.0.0.1 --port {agent_port} --accel {accel}"
+        stack.spawn("agent", [PY, "-m", "agent", *agent_args.split(), "--secret-file", str(secret_file)])
+        web_args = "--log-level warning --no-access-log --ws-max-size 1048576"
         stack.spawn(
             "web",
             [
@@ -153,31 +139,13 @@ def main() -> int:
                 listen,
                 "--port",
                 str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "--ws-max-size",
-                "1048576",
+                *web_args.split(),
             ],
         )
+        # Threads: a job mostly waits on an agent, and a long shutdown must not hold up the others.
+        worker_args = "--quiet worker --pool threads --concurrency 4 --loglevel WARNING"
         stack.spawn(
-            "worker",
-            [
-                PY,
-                "-m",
-                "celery",
-                "-A",
-                "console",
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                "4",
-                "--loglevel",
-                "WARNING",
-                "-n",
-                f"domus-{port}@%h",
-            ],
+            "worker", [PY, "-m", "celery", "-A", "console", *worker_args.split(), "-n", f"domus-{port}@%h"]
         )
         stack.spawn("hostwatch", [PY, "manage.py", "hostwatch"])
         url = f"http://{'127.0.0.1' if listen in ('0.0.0.0', '::') else listen}:{port}/"  # noqa: S104

@@ -83,7 +83,7 @@ TEMPLATES = [
 
 def _database() -> dict[str, Any]:
     url = os.environ.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'domus.sqlite3'}"
-    db: dict[str, Any] = dj_database_url.parse(url, conn_max_age=0)
+    db: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=0))
     if db["ENGINE"] == "django.db.backends.sqlite3":
         # Several processes (web, worker, hostwatch) share one file: WAL, a busy timeout and
         # IMMEDIATE transactions keep them from failing with "database is locked".
@@ -144,6 +144,7 @@ STATIC_ROOT = DATA_DIR / "staticfiles"  # `collectstatic` for production; empty 
 STATIC_ROOT.mkdir(exist_ok=True)
 # Browser libraries come from the npm registry (package.json) and are served from node_modules.
 STATICFILES_DIRS = [
+    BASE_DIR / "console" / "static",
     ("vendor/xterm", BASE_DIR / "node_modules" / "@xterm" / "xterm"),
     ("vendor/xterm-addon-fit", BASE_DIR / "node_modules" / "@xterm" / "addon-fit"),
 ]
@@ -176,7 +177,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"not_healthz": {"()": "console.logfilters.NotHealthzFilter"}},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["not_healthz"]}
+    },
     "root": {"handlers": ["stderr"], "level": os.environ.get("DOMUS_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

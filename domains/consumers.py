@@ -6,10 +6,10 @@ import logging
 from urllib.parse import parse_qs
 
 import aiohttp
-from agent.client import AgentClient, AgentError
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from agent.client import AgentClient, AgentError
 from domains.consoles import TicketRefused, console_ticket_redeem
 
 logger = logging.getLogger(__name__)

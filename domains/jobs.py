@@ -6,9 +6,9 @@ import asyncio
 import time
 from typing import Any
 
-from agent.client import AgentClient, AgentNotFound
 from django.conf import settings
 
+from agent.client import AgentClient, AgentNotFound
 from agent.protocol import DomainInfo, DomainSpec
 from console.jobs.runner import JobContext, JobFailed, job_handler
 from domains.models import Domain
@@ -120,4 +120,5 @@ def domain_delete_job(ctx: JobContext) -> dict[str, Any]:
     for volume in result.get("kept_volumes", []):
         ctx.log(f"Kept volume {volume}")
     domain_forget(domain=domain)
+    ctx.job.domain = None  # the row is gone; the job keeps target_name
     return result

@@ -93,9 +93,13 @@ def domain_observe(*, host: Host, info: DomainInfo) -> Domain:
 
 
 @transaction.atomic
-def domain_mark_missing(*, domain: Domain) -> None:
-    """The host no longer knows this domain (undefined behind Domus's back)."""
-    if domain.state not in (Domain.State.NEW, Domain.State.MISSING):
+def domain_vanished(*, domain: Domain) -> None:
+    """The host no longer knows this domain (undefined behind Domus's back). A domain Domus
+    created is kept and flagged missing, so that someone notices; one it only discovered is
+    forgotten."""
+    if not domain.spec:
+        domain_forget(domain=domain)
+    elif domain.state not in (Domain.State.NEW, Domain.State.MISSING):
         domain.state = Domain.State.MISSING
         domain.save(update_fields=["state", "updated_at"])
         publish_on_commit(domain_event(domain))

@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from agent.client import AgentClient
-
 from hosts.models import Host
 
 T = TypeVar("T")

@@ -15,14 +15,15 @@ import random
 from dataclasses import dataclass
 
 import aiohttp
-from agent.client import AgentClient, AgentError
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from pydantic import TypeAdapter, ValidationError
 
+from agent.client import AgentClient, AgentError
 from agent.protocol import AgentEvent, DomainEvent, DomainInfo, InventoryEvent
+from console.jobs.models import Job
 from domains.models import Domain
-from domains.services import domain_mark_missing, domain_observe
+from domains.services import domain_observe, domain_vanished
 from hosts.models import Host
 from hosts.services import host_observe
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 EVENT = TypeAdapter(AgentEvent)
 RESCAN_SECONDS = 3.0
+ACTIVE = [Job.Status.QUEUED, Job.Status.RUNNING]
 MAX_BACKOFF_SECONDS = 10.0
 
 
@@ -52,7 +54,7 @@ def _reconcile(host_id: int, event: InventoryEvent) -> None:
         domain_observe(host=host, info=info)
         seen.add(info.uuid)
     for domain in Domain.objects.filter(host=host).exclude(uuid__in=seen):
-        domain_mark_missing(domain=domain)
+        domain_vanished(domain=domain)
 
 
 def _domain_changed(host_id: int, event: DomainEvent) -> None:
@@ -62,11 +64,8 @@ def _domain_changed(host_id: int, event: DomainEvent) -> None:
     if event.state is None:
         domain = Domain.objects.filter(uuid=event.uuid, host=host).first()
         # A delete job forgets the row itself; anything else undefined it behind our back.
-        if (
-            domain is not None
-            and not domain.jobs.filter(kind="domain.delete", status__in=["queued", "running"]).exists()
-        ):
-            domain_mark_missing(domain=domain)
+        if domain is not None and not domain.jobs.filter(kind="domain.delete", status__in=ACTIVE).exists():
+            domain_vanished(domain=domain)
         return
     known = Domain.objects.filter(uuid=event.uuid).first()
     info = DomainInfo(
@@ -92,8 +91,11 @@ class HostWatch:
             await asyncio.sleep(RESCAN_SECONDS)
 
     async def rescan(self) -> None:
-        hosts = await sync_to_async(list)(Host.objects.values_list("id", "name", "url", "secret"))
-        wanted = {HostKey(*h) for h in hosts if h[0] % self.shards == self.shard}
+        def hosts() -> list[HostKey]:
+            rows = Host.objects.values_list("id", "name", "url", "secret")
+            return [HostKey(*row) for row in rows]
+
+        wanted = {key for key in await sync_to_async(hosts)() if key.id % self.shards == self.shard}
         for key in set(self.watchers) - wanted:
             self.watchers.pop(key).cancel()
         for key in wanted - set(self.watchers):

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from agent.client import AgentError
 from django.conf import settings
 from django.utils import timezone
 
+from agent.client import AgentError
 from console.jobs.events import job_event
 from console.jobs.models import Job
 from console.realtime.events import publish
@@ -51,7 +51,7 @@ class JobContext:
 
     @property
     def params(self) -> dict[str, Any]:
-        return self.job.params
+        return dict(self.job.params)
 
     def progress(self, percent: int, step: str) -> None:
         self.job.progress = max(0, min(100, percent))

@@ -5,7 +5,7 @@ from celery import shared_task
 from console.jobs.runner import DomainBusy, job_run
 
 
-@shared_task(bind=True, max_retries=None, acks_late=True)  # type: ignore[misc]
+@shared_task(bind=True, max_retries=None, acks_late=True)
 def run_job(self, job_id: int) -> None:  # type: ignore[no-untyped-def]
     try:
         job_run(job_id)

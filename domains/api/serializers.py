@@ -8,6 +8,8 @@ from domains.models import Domain
 
 
 class DomainSerializer(serializers.ModelSerializer[Domain]):
+    state_label = serializers.CharField(source="get_state_display", read_only=True)
+
     class Meta:
         model = Domain
         fields = [
@@ -18,6 +20,7 @@ class DomainSerializer(serializers.ModelSerializer[Domain]):
             "vcpus",
             "memory_mib",
             "state",
+            "state_label",
             "spec",
             "created_at",
             "updated_at",

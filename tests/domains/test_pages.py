@@ -25,8 +25,15 @@ def test_overview_lists_hosts_and_domains(browser: Any, host: Host) -> None:
 def test_new_domain_form_shows_field_errors_and_keeps_input(browser: Any, host: Host) -> None:
     response = browser.post(
         "/domains/new/",
-        {"name": "ok-name", "host": host.pk, "vcpus": "1", "memory_mib": "256", "disk_gib": "1",
-         "boot_kind": "kernel", "kernel": "/etc/passwd"},
+        {
+            "name": "ok-name",
+            "host": host.pk,
+            "vcpus": "1",
+            "memory_mib": "256",
+            "disk_gib": "1",
+            "boot_kind": "kernel",
+            "kernel": "/etc/passwd",
+        },
     )
     assert response.status_code == 400
     page = response.content.decode()
@@ -38,8 +45,16 @@ def test_new_domain_form_shows_field_errors_and_keeps_input(browser: Any, host: 
 def test_new_domain_form_creates_and_redirects(browser: Any, host: Host) -> None:
     response = browser.post(
         "/domains/new/",
-        {"name": "web2", "host": host.pk, "vcpus": "2", "memory_mib": "512", "disk_gib": "2",
-         "boot_kind": "iso", "iso": "/var/lib/libvirt/images/install.iso", "start": "on"},
+        {
+            "name": "web2",
+            "host": host.pk,
+            "vcpus": "2",
+            "memory_mib": "512",
+            "disk_gib": "2",
+            "boot_kind": "iso",
+            "iso": "/var/lib/libvirt/images/install.iso",
+            "start": "on",
+        },
     )
     domain = Domain.objects.get(name="web2")
     assert response.status_code == 302 and response["Location"] == f"/domains/{domain.pk}/"
@@ -58,6 +73,16 @@ def test_unknown_domain_page_is_404(browser: Any) -> None:
     assert browser.get("/domains/12345/").status_code == 404
 
 
-def test_xterm_is_served_from_the_npm_package(browser: Any) -> None:
-    response = browser.get("/static/vendor/xterm/lib/xterm.js")
-    assert response.status_code == 200
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/vendor/xterm/lib/xterm.js",  # from the npm package
+        "/static/vendor/xterm/css/xterm.css",
+        "/static/vendor/xterm-addon-fit/lib/addon-fit.js",
+        "/static/domus/domus.css",
+        "/static/domus/live.js",
+        "/static/domus/serial.js",
+    ],
+)
+def test_static_files_are_served(browser: Any, path: str) -> None:
+    assert browser.get(path).status_code == 200

@@ -11,10 +11,20 @@ from hosts.models import Host
 
 pytestmark = pytest.mark.django_db
 
+SPEC = {"name": "gone", "boot": {"iso": "/var/lib/libvirt/images/x.iso"}}
 FACTS = HostFacts(
-    hostname="h1", uri="test:///default", hypervisor="test", accel="test", arch="x86_64",
-    hvm_hardware_assisted=False, kvm_usable=False, cpus=2, memory_mib=2048, free_memory_mib=1024,
-    libvirt_version="9.0.0", agent_version="0.1.0",
+    hostname="h1",
+    uri="test:///default",
+    hypervisor="test",
+    accel="test",
+    arch="x86_64",
+    hvm_hardware_assisted=False,
+    kvm_usable=False,
+    cpus=2,
+    memory_mib=2048,
+    free_memory_mib=1024,
+    libvirt_version="9.0.0",
+    agent_version="0.1.0",
 )
 
 
@@ -24,8 +34,9 @@ def info(name: str, state: str = "running", u: uuid.UUID | None = None) -> Domai
 
 def test_inventory_updates_adds_and_flags_missing(host: Host) -> None:
     known = Domain.objects.create(name="known", host=host, state=Domain.State.SHUTOFF)
-    gone = Domain.objects.create(name="gone", host=host, state=Domain.State.RUNNING)
-    being_created = Domain.objects.create(name="new", host=host, state=Domain.State.NEW)
+    gone = Domain.objects.create(name="gone", host=host, state=Domain.State.RUNNING, spec=SPEC)
+    discovered_then_gone = Domain.objects.create(name="was-virsh", host=host, state=Domain.State.RUNNING)
+    being_created = Domain.objects.create(name="new", host=host, state=Domain.State.NEW, spec=SPEC)
     behind_our_back = info("made-with-virsh")
     _reconcile(host.pk, InventoryEvent(host=FACTS, domains=[info("known", u=known.uuid), behind_our_back]))
 
@@ -34,6 +45,7 @@ def test_inventory_updates_adds_and_flags_missing(host: Host) -> None:
     being_created.refresh_from_db()
     assert known.state == "running"
     assert gone.state == Domain.State.MISSING
+    assert not Domain.objects.filter(pk=discovered_then_gone.pk).exists()
     assert being_created.state == Domain.State.NEW
     assert Domain.objects.get(uuid=behind_our_back.uuid).name == "made-with-virsh"
     host.refresh_from_db()
@@ -42,7 +54,7 @@ def test_inventory_updates_adds_and_flags_missing(host: Host) -> None:
 
     # Reconciling the same inventory again changes nothing and duplicates nothing.
     _reconcile(host.pk, InventoryEvent(host=FACTS, domains=[info("known", u=known.uuid), behind_our_back]))
-    assert Domain.objects.filter(host=host).count() == 4
+    assert Domain.objects.filter(host=host).count() == 4  # known, gone (missing), new, virsh
 
 
 def test_name_clash_with_an_unknown_uuid_keeps_both(host: Host) -> None:
@@ -61,7 +73,15 @@ def test_lifecycle_event_updates_state(host: Host) -> None:
 
 
 def test_undefined_behind_our_back_is_flagged_missing(host: Host) -> None:
-    domain = Domain.objects.create(name="d", host=host, state=Domain.State.SHUTOFF)
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.SHUTOFF, spec=SPEC)
     _domain_changed(host.pk, DomainEvent(uuid=domain.uuid, name="d", event="undefined", state=None))
     domain.refresh_from_db()
     assert domain.state == Domain.State.MISSING
+
+
+def test_a_discovered_domain_that_goes_away_is_forgotten(host: Host) -> None:
+    stranger = info("transient-probe")
+    _domain_changed(host.pk, DomainEvent(uuid=stranger.uuid, name="p", event="started", state="running"))
+    assert Domain.objects.filter(uuid=stranger.uuid).exists()
+    _domain_changed(host.pk, DomainEvent(uuid=stranger.uuid, name="p", event="stopped", state=None))
+    assert not Domain.objects.filter(uuid=stranger.uuid).exists()

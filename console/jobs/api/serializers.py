@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
 from console.jobs.models import Job
 
 
 class JobSerializer(serializers.ModelSerializer[Job]):
-    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    actor: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
 
     class Meta:
         model = Job

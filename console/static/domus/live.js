@@ -1,10 +1,10 @@
 // Live state: one WebSocket to /ws/events/, applied to whatever the page shows.
-// After a reconnect the page re-fetches a snapshot so that nothing missed stays stale.
+// Each time the socket opens (the first time too: the page was rendered a moment earlier) the
+// page re-fetches a snapshot, so that nothing that happened in between stays stale.
 (function () {
   "use strict";
   const indicator = document.getElementById("live-status");
   let retry = 500;
-  let connectedOnce = false;
 
   function setState(el, state, label) {
     el.className = el.className.replace(/\b(state|host|job)-\S+/g, "").trim();
@@ -51,10 +51,24 @@
   }
 
   async function resync() {
-    const get = (url) => fetch(url, { credentials: "same-origin" }).then((r) => (r.ok ? r.json() : { results: [] }));
-    const [domains, hosts] = await Promise.all([get("/api/v1/domains/?limit=1000"), get("/api/v1/hosts/?limit=1000")]);
-    domains.results.forEach((d) => applyDomain({ ...d, state_label: null }));
-    hosts.results.forEach(applyHost);
+    const get = (url) => fetch(url, { credentials: "same-origin" }).then((r) => (r.ok ? r.json() : null));
+    const [domains, hosts, jobs] = await Promise.all([
+      get("/api/v1/domains/?limit=1000"), get("/api/v1/hosts/?limit=1000"), get("/api/v1/jobs/?limit=20"),
+    ]);
+    if (domains) {
+      const ids = new Set(domains.results.map((d) => String(d.id)));
+      document.querySelectorAll("[data-domain-row]").forEach((row) => { if (!ids.has(row.dataset.domainRow)) row.remove(); });
+      domains.results.forEach(applyDomain);
+    }
+    if (hosts) hosts.results.forEach(applyHost);
+    if (jobs) {
+      // Update the rows shown; add only jobs newer than the newest shown, oldest first.
+      const shown = [...document.querySelectorAll("[data-job]")].map((r) => Number(r.dataset.job));
+      const newest = Math.max(0, ...shown);
+      jobs.results.reverse().forEach((j) => {
+        if (j.id > newest || shown.includes(j.id)) applyJob({ ...j, target: j.target_name });
+      });
+    }
   }
 
   function connect() {
@@ -62,8 +76,7 @@
     ws.onopen = () => {
       retry = 500;
       if (indicator) { indicator.classList.add("on"); indicator.title = "Live updates: connected"; }
-      if (connectedOnce) resync();
-      connectedOnce = true;
+      resync();
     };
     ws.onmessage = (msg) => {
       const ev = JSON.parse(msg.data);
