@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import logging
 import os
 import time
@@ -83,7 +84,17 @@ def time_probe_guest(conn: libvirt.virConnect, domain_type: str, work_dir: str) 
                 os.unlink(path)
 
 
+def remove_stale_probe_files(work_dir: str, *, older_than_s: float = 3600) -> None:
+    """Probe files left behind by an agent killed mid-probe (live probes last seconds)."""
+    cutoff = time.time() - older_than_s
+    for path in glob.glob(os.path.join(work_dir, ".domus-accel-probe-*")):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_mtime < cutoff:
+                os.unlink(path)
+
+
 def _probe_kvm(conn: libvirt.virConnect, work_dir: str) -> tuple[bool, str]:
+    remove_stale_probe_files(work_dir)
     try:
         kvm = time_probe_guest(conn, "kvm", work_dir)
     except libvirt.libvirtError as err:

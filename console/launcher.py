@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,6 +71,19 @@ def _agent_secret(data_dir: Path) -> Path:
     return path
 
 
+def _port_taken(address: str, port: int) -> str | None:
+    """Why `address:port` cannot be listened on (another `make run`?), or None when it can."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((address, port))
+    except OSError as exc:
+        return (
+            f"{address}:{port} is taken ({exc.strerror}): is Domus already running? (PORT, DOMUS_AGENT_PORT)"
+        )
+    return None
+
+
 def _wait_healthy(url: str, stack: Stack, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer yet"
@@ -96,12 +110,18 @@ def main() -> int:
     listen = os.environ.get("DOMUS_LISTEN", "127.0.0.1")
     agent_port = int(os.environ.get("DOMUS_AGENT_PORT", "8901"))
     uri = os.environ.get("DOMUS_LIBVIRT_URI", "qemu:///system")
+    for what, address, number in (("web", listen, port), ("agent", "127.0.0.1", agent_port)):
+        if problem := _port_taken(address, number):
+            log(f"cannot start the {what} server: {problem}")
+            return 1
     stack = Stack()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, which Python would inherit.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         if not os.environ.get("REDIS_URL"):
             socket_path = data_dir / "redis.sock"

@@ -14,7 +14,7 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     async def connect(self) -> None:
         user = self.scope.get("user")
         if not has_perm(user, "event.view"):
-            await self.close(code=4401)
+            await self.close()  # before accept: the handshake is refused with 403
             return
         await self.channel_layer.group_add(EVENTS_GROUP, self.channel_name)
         await self.accept()

@@ -133,7 +133,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.host_id = next(h["id"] for h in hosts if h["name"] == "local")
         yield stack
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signal.SIGTERM)  # the launcher stops what it started
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:

@@ -63,7 +63,7 @@ def test_sign_in_create_and_use_the_serial_console(
     page.fill("input[name=disk_gib]", "0")
     page.fill("input[name=kernel]", guest_files["kernel"])
     page.fill("input[name=initrd]", guest_files["initrd"])
-    page.fill("input[name=cmdline]", "console=ttyS0")
+    page.fill("input[name=cmdline]", "console=ttyS0 quiet")
     page.check("input[name=start]")
     page.click("button:has-text('Create')")
 
