@@ -84,17 +84,33 @@ def time_probe_guest(conn: libvirt.virConnect, domain_type: str, work_dir: str) 
                 os.unlink(path)
 
 
-def remove_stale_probe_files(work_dir: str, *, older_than_s: float = 3600) -> None:
-    """Probe files left behind by an agent killed mid-probe (live probes last seconds)."""
-    cutoff = time.time() - older_than_s
+def _is_stale(path: str, cutoff: float) -> bool:
+    try:
+        return os.stat(path).st_mtime < cutoff
+    except FileNotFoundError:
+        return True
+
+
+def clean_stale_probes(conn: libvirt.virConnect, work_dir: str) -> None:
+    """Probe guests and files left behind by an agent killed mid-probe. A live probe (maybe
+    another agent's) has a fresh image file; anything older than a probe can last is stale."""
+    cutoff = time.time() - 2 * PROBE_DEADLINE_S
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT):
+        name = dom.name()
+        if name.startswith("domus-accel-probe-") and _is_stale(
+            os.path.join(work_dir, f".{name}.img"), cutoff
+        ):
+            log.info("destroying stale probe guest %s", name)
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
     for path in glob.glob(os.path.join(work_dir, ".domus-accel-probe-*")):
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(path).st_mtime < cutoff:
+        if _is_stale(path, cutoff):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
 
 def _probe_kvm(conn: libvirt.virConnect, work_dir: str) -> tuple[bool, str]:
-    remove_stale_probe_files(work_dir)
+    clean_stale_probes(conn, work_dir)
     try:
         kvm = time_probe_guest(conn, "kvm", work_dir)
     except libvirt.libvirtError as err:

@@ -18,5 +18,6 @@ def job_event(job: Job) -> dict[str, Any]:
             "domain": job.domain_id,
             "host": job.host_id,
             "target": job.target_name,
+            "actor": job.actor.get_username() if job.actor else None,
         },
     }

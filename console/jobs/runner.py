@@ -77,7 +77,7 @@ def _redis() -> redis.Redis:
 
 
 def job_run(job_id: int) -> None:
-    job = Job.objects.select_related("host", "domain").filter(pk=job_id).first()
+    job = Job.objects.select_related("host", "domain", "actor").filter(pk=job_id).first()
     if job is None or job.is_finished:
         return  # deleted, or a redelivery of a job that already finished
     handler = HANDLERS.get(job.kind)

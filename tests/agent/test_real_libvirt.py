@@ -183,3 +183,26 @@ async def test_a_transient_domain_is_gone_once_stopped(real_agent: RunningAgent)
         assert started.state == "running"
         stopped = await asyncio.wait_for(wait_for_domain_event(ws, dom_uuid, "stopped"), SLOW)
         assert stopped.state is None
+
+
+async def test_stale_probe_guests_are_cleaned(tmp_path: Path) -> None:
+    """An agent killed mid-probe leaves a running probe guest; the next probe destroys it, but
+    leaves alone a live probe (fresh image file) that another agent may be running."""
+    from agent.accel import clean_stale_probes
+
+    conn = libvirt.open(URI)
+    names = [f"domus-accel-probe-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    try:
+        for name in names:
+            xml = f"<domain type='qemu'><name>{name}</name><memory>16384</memory><os><type>hvm</type></os></domain>"
+            await asyncio.to_thread(conn.createXML, xml, 0)
+        (tmp_path / f".{names[1]}.img").write_bytes(b"live")
+        await asyncio.to_thread(clean_stale_probes, conn, str(tmp_path))
+        running = {d.name() for d in conn.listAllDomains()}
+        assert names[0] not in running
+        assert names[1] in running
+    finally:
+        for name in names:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.lookupByName(name).destroy()
+        conn.close()

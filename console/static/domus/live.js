@@ -12,8 +12,18 @@
     el.textContent = label || state;
   }
 
+  // Buttons that make no sense in the current state are disabled (the server checks anyway).
+  function applyActions(state) {
+    document.querySelectorAll("#actions [data-when]").forEach((button) => {
+      button.disabled = !button.dataset.when.split(" ").includes(state);
+    });
+  }
+  const actions = document.getElementById("actions");
+  if (actions) applyActions(actions.dataset.state);
+
   function applyDomain(d) {
     document.querySelectorAll('[data-domain-state="' + d.id + '"]').forEach((el) => setState(el, d.state, d.state_label));
+    if (actions && actions.dataset.domain === String(d.id)) applyActions(d.state);
     const term = document.getElementById("terminal");
     if (term && String(d.id) === term.dataset.domain) {
       term.dataset.state = d.state;
@@ -35,6 +45,7 @@
       row.cells[0].textContent = j.id;
       row.cells[1].textContent = j.kind;
       row.cells[2].textContent = j.target;
+      row.cells[3].textContent = j.actor || "—";
       table.tBodies[0].prepend(row);
     }
     if (!row) return;
@@ -70,6 +81,31 @@
       });
     }
   }
+
+  function csrf() {
+    const m = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+  window.domusCsrf = csrf;
+
+  function flash(text, kind) {
+    const div = document.createElement("div");
+    div.className = "flash " + kind;
+    div.textContent = text;
+    document.querySelector("main").prepend(div);
+    setTimeout(() => div.remove(), 8000);
+  }
+
+  // Power actions go through the API, so the page (and the console's scrollback) stays.
+  document.querySelectorAll("form[data-api]").forEach((form) => form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const resp = await fetch(form.dataset.api, {
+      method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrf() },
+    });
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) flash(body.detail || "The request failed (" + resp.status + ").", "error");
+    else applyJob({ ...body.job, target: body.job.target_name });
+  }));
 
   function connect() {
     const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/events/");

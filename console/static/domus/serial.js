@@ -17,11 +17,6 @@
 
   function say(text, cls) { status.textContent = text; status.className = "console-status " + (cls || ""); }
 
-  function csrf() {
-    const m = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
-    return m ? decodeURIComponent(m[1]) : "";
-  }
-
   async function connect() {
     if (ws || el.dataset.state !== "running") {
       if (el.dataset.state !== "running") say("the domain is not running");
@@ -30,7 +25,7 @@
     say("connecting…");
     const resp = await fetch("/api/v1/domains/" + el.dataset.domain + "/console-tickets/", {
       method: "POST", credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf() },
+      headers: { "Content-Type": "application/json", "X-CSRFToken": window.domusCsrf() },
       body: JSON.stringify({ kind: "serial" }),
     });
     const body = await resp.json();
@@ -47,6 +42,9 @@
   }
 
   term.onData((data) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(encoder.encode(data)); });
-  document.addEventListener("domus:domain-state", (e) => { if (e.detail.state === "running") connect(); });
+  document.addEventListener("domus:domain-state", (e) => {
+    if (e.detail.state === "running") connect();
+    else if (!ws) say("the domain is " + (e.detail.state_label || e.detail.state).toLowerCase());
+  });
   connect();
 })();
