@@ -61,6 +61,16 @@ def _static_info(dom: libvirt.virDomain) -> _StaticInfo:
     )
 
 
+def _destroy_if_active(dom: libvirt.virDomain) -> None:
+    if dom.isActive():
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as err:
+            # It stopped on its own between the check and the call: that is the goal.
+            if err.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                raise
+
+
 class DomainService:
     def __init__(
         self, conn: LibvirtConnection, *, domain_type: str, default_pool_dir: str, local_files: bool
@@ -204,13 +214,7 @@ class DomainService:
 
     def _destroy_sync(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         dom = self._lookup(conn, domain_uuid)
-        if dom.isActive():
-            try:
-                dom.destroy()
-            except libvirt.libvirtError as err:
-                # It stopped on its own between the check and the call: that is the goal.
-                if err.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
-                    raise
+        _destroy_if_active(dom)
         return self._info_now(dom)
 
     async def start(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
@@ -230,12 +234,7 @@ class DomainService:
     ) -> DeleteResult:
         dom = self._lookup(conn, domain_uuid)
         volumes = [d.path for d in parse_disks(dom.XMLDesc(0)) if d.device == "disk" and d.path]
-        if dom.isActive():
-            try:
-                dom.destroy()
-            except libvirt.libvirtError as err:
-                if err.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
-                    raise
+        _destroy_if_active(dom)
         if dom.isPersistent():
             try:
                 dom.undefineFlags(_UNDEFINE_FLAGS)
