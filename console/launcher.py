@@ -135,9 +135,11 @@ def main() -> int:
         from django.conf import settings
         from django.core.management import call_command
 
-        from console.setup import admin_ensure, local_host_ensure
+        from console.setup import admin_ensure, database_ensure, local_host_ensure
 
         log(f"database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}")
+        if created := database_ensure():
+            log(f"created the PostgreSQL database {created}")
         call_command("migrate", interactive=False, verbosity=0)
         password = admin_ensure(password=os.environ.get("DOMUS_ADMIN_PASSWORD"))
         secret_file = _agent_secret(data_dir)

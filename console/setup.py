@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from hosts.models import Host
 from hosts.services import host_register
+
+
+def database_ensure(db: dict[str, Any] | None = None) -> str | None:
+    """Create the PostgreSQL database named in DATABASE_URL when it does not exist yet, as a
+    first `make run` against a fresh server needs. Returns its name when it was created."""
+    db = db or settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        return None
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    given = {
+        "host": db.get("HOST"),
+        "port": db.get("PORT"),
+        "user": db.get("USER"),
+        "password": db.get("PASSWORD"),
+    }
+    conninfo = make_conninfo("", dbname="postgres", **{k: str(v) for k, v in given.items() if v})
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone():
+            return None
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db["NAME"])))
+    return str(db["NAME"])
 
 
 @transaction.atomic
