@@ -33,6 +33,13 @@ SECRET_KEY = _secret_key()
 DEBUG = os.environ.get("DOMUS_DEBUG", "") == "1"
 ALLOWED_HOSTS = [h for h in os.environ.get("DOMUS_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DOMUS_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+if os.environ.get("DOMUS_HTTPS", "") == "1":
+    # Behind a TLS-terminating proxy that sets X-Forwarded-Proto.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = 31536000
 
 INSTALLED_APPS = [
     "django.contrib.auth",
