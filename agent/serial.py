@@ -1,8 +1,15 @@
-"""Serial console byte pipe: a libvirt console stream <-> a WebSocket (binary frames).
+"""Serial console: one libvirt console stream per domain, fanned out to any number of WebSockets.
+
+The first viewer of a domain opens the stream (with VIR_DOMAIN_CONSOLE_FORCE: there is no Domus
+session yet, so whatever holds the console — a stale `virsh console` — is displaced); later
+viewers join that session and receive everything the guest prints from then on. Input from any
+viewer goes to the stream in arrival order. When the last viewer leaves the stream is aborted;
+when the stream ends (domain stopped, EOF, error) every viewer is closed with the reason and the
+session is forgotten, so the next viewer opens a fresh stream.
 
 The stream is non-blocking and driven by libvirtaio: its readable callback runs on the event
-loop and drains `recv()` until it would block (-2). Output is queued (bounded); when the queue
-is full, reading pauses until the WebSocket side catches up.
+loop and drains `recv()` until it would block (-2). Each viewer has a bounded output queue; a
+viewer that cannot keep up (queue full) is dropped with a reason rather than slowing the others.
 """
 
 from __future__ import annotations
@@ -11,18 +18,24 @@ import asyncio
 import contextlib
 import logging
 import uuid as uuid_mod
+from collections.abc import Awaitable, Callable
 
 import libvirt
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSMsgType, web
 
+from agent.events import EventHub
 from agent.protocol import DomainEvent
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
-_QUEUE_CHUNKS = 256
+_QUEUE_CHUNKS = 256  # per viewer, output chunks not yet sent
+_INPUT_CHUNKS = 256  # per session, input chunks not yet written to the stream
+_FLUSH_GRACE_S = 5.0  # after the stream ended, how long a viewer may take to send what it has
 _WATCH = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP
 _EOF = b""
+
+StreamOpener = Callable[[], Awaitable[libvirt.virStream]]
 
 
 def open_console_stream(conn: libvirt.virConnect, dom: libvirt.virDomain) -> libvirt.virStream:
@@ -37,124 +50,269 @@ def open_console_stream(conn: libvirt.virConnect, dom: libvirt.virDomain) -> lib
     return stream
 
 
-class SerialPipe:
-    def __init__(
-        self, stream: libvirt.virStream, ws: web.WebSocketResponse, domain_uuid: uuid_mod.UUID
-    ) -> None:
-        self._stream = stream
-        self._ws = ws
-        self._uuid = domain_uuid
+def _abort_stream(stream: libvirt.virStream) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        stream.abort()
+
+
+class SerialViewer:
+    """One WebSocket attached to a session: a bounded output queue and an input reader."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.reason = "console closed"
         self._out: asyncio.Queue[bytes] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
-        self._paused = False
-        self._close_reason = "console stream ended"
-        self._stopped = asyncio.Event()
+        self._ended = asyncio.Event()
+        self._finishing = False
+        self._grace: asyncio.TimerHandle | None = None
 
-    # -- libvirt -> queue (event loop callbacks) ---------------------------------------------
-    def _on_stream(self, stream: libvirt.virStream, events: int, _opaque: object) -> None:
-        if events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP):
-            self._finish("console stream closed by the host")
-            return
-        if events & libvirt.VIR_STREAM_EVENT_READABLE:
-            self._drain(stream)
-
-    def _drain(self, stream: libvirt.virStream) -> None:
-        while not self._out.full():
-            try:
-                data = stream.recv(_CHUNK)
-            except libvirt.libvirtError as err:
-                self._finish(f"console stream error: {err.get_error_message()}")
-                return
-            if data == -2:  # would block: wait for the next readable event
-                return
-            if not isinstance(data, bytes) or not data:
-                self._finish("console stream ended")
-                return
+    def offer(self, data: bytes) -> bool:
+        """Queue output for this viewer; False when its queue is full (the viewer is too slow)."""
+        if self._finishing:
+            return True
+        try:
             self._out.put_nowait(data)
-        self._pause()
+        except asyncio.QueueFull:
+            return False
+        return True
 
-    def _pause(self) -> None:
-        if not self._paused:
-            self._paused = True
-            with contextlib.suppress(libvirt.libvirtError):
-                self._stream.eventUpdateCallback(
-                    libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP
-                )
-
-    def _resume(self) -> None:
-        if self._paused:
-            self._paused = False
-            with contextlib.suppress(libvirt.libvirtError):
-                self._stream.eventUpdateCallback(_WATCH)
-            self._drain(self._stream)
-
-    def _finish(self, reason: str) -> None:
-        if not self._stopped.is_set():
-            self._close_reason = reason
-            self._stopped.set()
-            with contextlib.suppress(asyncio.QueueFull):
+    def end(self, reason: str, *, flush: bool) -> None:
+        """Stop this viewer: after sending what is queued (flush), or right away."""
+        if self._finishing:
+            if not flush:
+                self._ended.set()
+            return
+        self._finishing = True
+        self.reason = reason
+        if flush:
+            try:
                 self._out.put_nowait(_EOF)
+            except asyncio.QueueFull:
+                self._ended.set()
+            else:
+                self._grace = asyncio.get_running_loop().call_later(_FLUSH_GRACE_S, self._ended.set)
+        else:
+            self._ended.set()
 
-    def on_domain_event(self, event: DomainEvent) -> None:
-        if event.uuid == self._uuid and event.event in ("stopped", "crashed", "undefined"):
-            self._finish(f"domain {event.event}")
-
-    # -- the two directions ------------------------------------------------------------------
-    async def _guest_to_ws(self) -> None:
+    async def _send_output(self) -> None:
         while True:
-            if self._out.empty() and self._stopped.is_set():
-                return
             data = await self._out.get()
             if data == _EOF:
                 return
-            await self._ws.send_bytes(data)
-            if self._paused and self._out.qsize() < _QUEUE_CHUNKS // 2:
-                self._resume()
+            await self.ws.send_bytes(data)
 
-    async def _ws_to_guest(self) -> None:
-        async for msg in self._ws:
+    async def _read_input(self, session: SerialSession) -> None:
+        async for msg in self.ws:
             if msg.type == WSMsgType.BINARY:
-                await self._send(msg.data)
+                await session.write(msg.data)
             elif msg.type == WSMsgType.TEXT:
-                await self._send(msg.data.encode())
+                await session.write(msg.data.encode())
             elif msg.type == WSMsgType.ERROR:
                 break
-        self._finish("client disconnected")
 
-    async def _send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                sent = self._stream.send(bytes(view))
-            except libvirt.libvirtError as err:
-                self._finish(f"console stream error: {err.get_error_message()}")
-                return
-            if sent == -2:  # would block: the console is not taking input yet
-                await asyncio.sleep(0.01)
-                continue
-            view = view[sent:]
-
-    async def run(self) -> str:
-        """Pipe bytes until either side ends; returns the close reason."""
-        self._stream.eventAddCallback(_WATCH, self._on_stream, None)
-        tasks = [
-            asyncio.ensure_future(self._guest_to_ws()),
-            asyncio.ensure_future(self._ws_to_guest()),
-        ]
+    async def run(self, session: SerialSession) -> str:
+        """Pipe bytes until the viewer leaves, is dropped or the session ends; returns why."""
+        sender = asyncio.ensure_future(self._send_output())
+        reader = asyncio.ensure_future(self._read_input(session))
+        ended = asyncio.ensure_future(self._ended.wait())
+        tasks = (sender, reader, ended)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if not self._finishing:
+                if reader.done():
+                    self.reason = "client disconnected"
+                elif sender.done() and sender.exception() is not None:
+                    self.reason = f"sending to the client failed: {sender.exception()!r}"
+                self._finishing = True
         finally:
             for task in tasks:
                 task.cancel()
             for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            self._cleanup()
-        if not self._ws.closed:
-            await self._ws.close(code=WSCloseCode.GOING_AWAY, message=self._close_reason.encode()[:120])
-        return self._close_reason
+            if self._grace is not None:
+                self._grace.cancel()
+                self._grace = None
+        return self.reason
 
-    def _cleanup(self) -> None:
-        with contextlib.suppress(libvirt.libvirtError):
-            self._stream.eventRemoveCallback()
-        with contextlib.suppress(libvirt.libvirtError):
-            self._stream.abort()
+
+class SerialSession:
+    """The one console stream of a domain and the viewers sharing it."""
+
+    def __init__(
+        self,
+        stream: libvirt.virStream,
+        domain_uuid: uuid_mod.UUID,
+        *,
+        hub: EventHub,
+        on_closed: Callable[[SerialSession], None],
+    ) -> None:
+        self.uuid = domain_uuid
+        self.viewers: set[SerialViewer] = set()
+        self.closed = False
+        self.reason = ""
+        self._stream = stream
+        self._hub = hub
+        self._on_closed = on_closed
+        self._input: asyncio.Queue[bytes] = asyncio.Queue(maxsize=_INPUT_CHUNKS)
+        self._writer: asyncio.Task[None] | None = None
+        self._callback_added = False
+
+    def start(self) -> None:
+        self._hub.add_listener(self.on_domain_event)
+        try:
+            self._stream.eventAddCallback(_WATCH, self._on_stream, None)
+            self._callback_added = True
+        except BaseException:
+            self.close("could not watch the console stream")
+            raise
+        self._writer = asyncio.ensure_future(self._write_input())
+
+    # -- membership ----------------------------------------------------------------------------
+    def add(self, viewer: SerialViewer) -> None:
+        assert not self.closed
+        self.viewers.add(viewer)
+
+    def leave(self, viewer: SerialViewer) -> None:
+        self.viewers.discard(viewer)
+        if not self.viewers and not self.closed:
+            self.close("last viewer left", flush=False)
+
+    # -- libvirt -> viewers (event loop callbacks) ------------------------------------------------
+    def _on_stream(self, stream: libvirt.virStream, events: int, _opaque: object) -> None:
+        if self.closed:
+            return
+        if events & libvirt.VIR_STREAM_EVENT_READABLE:
+            self._drain(stream)
+        if not self.closed and events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP):
+            self.close("console stream closed by the host")
+
+    def _drain(self, stream: libvirt.virStream) -> None:
+        while not self.closed:
+            try:
+                data = stream.recv(_CHUNK)
+            except libvirt.libvirtError as err:
+                self.close(f"console stream error: {err.get_error_message()}")
+                return
+            if data == -2:  # would block: wait for the next readable event
+                return
+            if not isinstance(data, bytes) or not data:
+                self.close("console stream ended", eof=True)
+                return
+            for viewer in list(self.viewers):
+                if not viewer.offer(data):
+                    log.warning("serial console of %s: dropping a viewer that cannot keep up", self.uuid)
+                    viewer.end("viewer too slow: console output queue overflowed", flush=False)
+                    self.leave(viewer)
+
+    def on_domain_event(self, event: DomainEvent) -> None:
+        if event.uuid == self.uuid and event.event in ("stopped", "crashed", "undefined"):
+            self.close(f"domain {event.event}")
+
+    # -- viewers -> libvirt ----------------------------------------------------------------------
+    async def write(self, data: bytes) -> None:
+        if not self.closed and data:
+            await self._input.put(data)
+
+    async def _write_input(self) -> None:
+        while True:
+            view = memoryview(await self._input.get())
+            while view:
+                try:
+                    sent = self._stream.send(bytes(view))
+                except libvirt.libvirtError as err:
+                    self.close(f"console stream error: {err.get_error_message()}")
+                    return
+                if sent == -2:  # would block: the console is not taking input yet
+                    await asyncio.sleep(0.01)
+                    continue
+                view = view[sent:]
+
+    # -- the end ---------------------------------------------------------------------------------
+    def close(self, reason: str, *, flush: bool = True, eof: bool = False) -> None:
+        """End the session: release the stream and close every viewer with `reason`."""
+        if self.closed:
+            return
+        self.closed = True
+        self.reason = reason
+        log.info("serial console session of %s closed: %s", self.uuid, reason)
+        self._hub.remove_listener(self.on_domain_event)
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
+        if self._callback_added:
+            self._callback_added = False
+            with contextlib.suppress(libvirt.libvirtError):
+                self._stream.eventRemoveCallback()
+        if eof:
+            try:
+                self._stream.finish()
+            except libvirt.libvirtError:
+                _abort_stream(self._stream)
+        else:
+            _abort_stream(self._stream)
+        viewers, self.viewers = self.viewers, set()
+        for viewer in viewers:
+            viewer.end(reason, flush=flush)
+        self._on_closed(self)
+
+
+class SerialConsoles:
+    """The agent's serial console sessions, at most one per domain."""
+
+    def __init__(self, hub: EventHub) -> None:
+        self._hub = hub
+        self._sessions: dict[uuid_mod.UUID, SerialSession] = {}
+        # Per-domain opening locks, with the number of joiners using each (to drop it after).
+        self._locks: dict[uuid_mod.UUID, tuple[asyncio.Lock, int]] = {}
+
+    def session(self, domain_uuid: uuid_mod.UUID) -> SerialSession | None:
+        return self._sessions.get(domain_uuid)
+
+    async def join(
+        self, domain_uuid: uuid_mod.UUID, viewer: SerialViewer, opener: StreamOpener
+    ) -> SerialSession:
+        """Attach `viewer` to the domain's session, opening the stream if there is none.
+
+        The caller must `session.leave(viewer)` when done, whatever happens in between: the
+        last viewer leaving is what releases the stream."""
+        lock, users = self._locks.get(domain_uuid, (asyncio.Lock(), 0))
+        self._locks[domain_uuid] = (lock, users + 1)
+        try:
+            async with lock:
+                session = self._sessions.get(domain_uuid)
+                if session is None or session.closed:
+                    stream = await _open_uncancellable(opener)
+                    session = SerialSession(stream, domain_uuid, hub=self._hub, on_closed=self._forget)
+                    self._sessions[domain_uuid] = session
+                    session.start()
+                session.add(viewer)
+                return session
+        finally:
+            lock, users = self._locks[domain_uuid]
+            if users <= 1:
+                del self._locks[domain_uuid]
+            else:
+                self._locks[domain_uuid] = (lock, users - 1)
+
+    def _forget(self, session: SerialSession) -> None:
+        if self._sessions.get(session.uuid) is session:
+            del self._sessions[session.uuid]
+
+    def close_all(self, reason: str) -> None:
+        for session in list(self._sessions.values()):
+            session.close(reason)
+
+
+async def _open_uncancellable(opener: StreamOpener) -> libvirt.virStream:
+    """Open a stream; if the caller is cancelled meanwhile, abort the stream once it is open."""
+    task = asyncio.ensure_future(opener())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def _abort_when_open(done: asyncio.Future[libvirt.virStream]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                _abort_stream(done.result())
+
+        task.add_done_callback(_abort_when_open)
+        raise

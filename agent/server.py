@@ -49,5 +49,6 @@ async def serve(config: AgentConfig) -> None:
         await stop.wait()
     finally:
         log.info("stopping")
+        await runtime.hub.stop()  # ends the event streams, so open sockets do not hold up the exit
         await runner.cleanup()
         await runtime.stop()

@@ -78,8 +78,11 @@ def resolve_boot(conn: libvirt.virConnect, spec: DomainSpec, default_dir: str) -
     return ResolvedBoot(iso=_resolve_one("boot.iso", spec.boot.iso, pool_dirs, default_dir))
 
 
-def volume_name(domain_name: str, index: int) -> str:
-    return f"{domain_name}-disk{index}.qcow2"
+def volume_name(spec: DomainSpec, index: int) -> str:
+    """`<name>-<first 8 hex of the uuid>-disk<N>.qcow2`: a retry of the same spec finds its own
+    volume again, but a new domain reusing an old (deleted, disks kept) name never picks up the
+    old domain's disk."""
+    return f"{spec.name}-{spec.uuid.hex[:8]}-disk{index}.qcow2"
 
 
 def _volume_xml(name: str, disk: DiskSpec) -> str:
@@ -110,7 +113,7 @@ def create_volumes(
                 raise
             if not pool.isActive():
                 raise Conflict(f"disks.{index}.pool: storage pool {disk.pool!r} is not active")
-            name = volume_name(spec.name, index)
+            name = volume_name(spec, index)
             try:
                 vol = pool.storageVolLookupByName(name)
                 log.info("reusing existing volume %s in pool %s", name, disk.pool)

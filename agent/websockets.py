@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import logging
 
+import libvirt
 from aiohttp import WSCloseCode, web
 
 from agent.api import RUNTIME, _uuid
 from agent.errors import AgentProblem, Conflict
-from agent.serial import SerialPipe, open_console_stream
+from agent.serial import SerialConsoles, SerialViewer, open_console_stream
 
 log = logging.getLogger(__name__)
+
+SERIAL_CONSOLES = web.AppKey("serial_consoles", SerialConsoles)
 
 _RUNNING = ("running", "blocked", "paused")
 
@@ -59,24 +62,40 @@ async def events(request: web.Request) -> web.WebSocketResponse:
 
 
 async def serial_console(request: web.Request) -> web.WebSocketResponse:
+    """A viewer of the domain's one shared serial console session (see agent.serial)."""
     runtime = request.app[RUNTIME]
     domain_uuid = _uuid(request)
     dom, state = await runtime.domains.state(domain_uuid)  # 404 before the upgrade
     if state not in _RUNNING:
         raise Conflict(f"domain {domain_uuid} is {state}; its serial console needs it running")
-    stream = await runtime.conn.call(lambda c: open_console_stream(c, dom), what="opening serial console")
+
+    async def open_stream() -> libvirt.virStream:
+        return await runtime.conn.call(lambda c: open_console_stream(c, dom), what="opening serial console")
+
     ws = web.WebSocketResponse(heartbeat=30)
-    pipe = SerialPipe(stream, ws, domain_uuid)
-    runtime.hub.add_listener(pipe.on_domain_event)
+    viewer = SerialViewer(ws)
+    session = await request.app[SERIAL_CONSOLES].join(domain_uuid, viewer, open_stream)
     try:
+        # From here on the viewer holds the session (and its stream) open: whatever happens,
+        # leaving it is what releases the stream once nobody else is watching.
         await ws.prepare(request)
-        reason = await pipe.run()
-        log.info("serial console of %s closed: %s", domain_uuid, reason)
+        reason = await viewer.run(session)
+        log.info("serial console viewer of %s closed: %s", domain_uuid, reason)
     finally:
-        runtime.hub.remove_listener(pipe.on_domain_event)
+        session.leave(viewer)
+    if not ws.closed:
+        # A close frame carries at most 123 bytes of reason: cut it on a character boundary.
+        message = viewer.reason.encode()[:120].decode(errors="ignore").encode()
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=message)
     return ws
+
+
+async def _close_serial_consoles(app: web.Application) -> None:
+    app[SERIAL_CONSOLES].close_all("agent stopping")
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/events", events)
     app.router.add_get("/v1/domains/{uuid}/console/serial", serial_console)
+    app[SERIAL_CONSOLES] = SerialConsoles(app[RUNTIME].hub)  # make_app sets RUNTIME first
+    app.on_shutdown.append(_close_serial_consoles)

@@ -100,7 +100,8 @@ async def test_define_is_idempotent(client: AgentClient, test_agent: RunningAgen
     assert first.uuid == spec.uuid and first.state == "shutoff"
     assert first.memory_mib == 64 and first.vcpus == 1
     assert [(d.target, d.device) for d in first.disks] == [("vda", "disk"), ("vdb", "disk")]
-    assert first.disks[0].path == str(test_agent.pool_dir / "idem-disk0.qcow2")
+    assert first.disks[0].path == str(test_agent.pool_dir / f"idem-{spec.uuid.hex[:8]}-disk0.qcow2")
+    assert first.disks[1].path == str(test_agent.pool_dir / f"idem-{spec.uuid.hex[:8]}-disk1.qcow2")
     assert spec.uuid in {d.uuid for d in await client.list_domains()}
     assert await client.get_domain(spec.uuid) == first
     await client.delete(spec.uuid, delete_disks=True)
@@ -123,8 +124,26 @@ async def test_iso_boot(client: AgentClient, test_agent: RunningAgent) -> None:
     assert [(d.target, d.device) for d in info.disks] == [("vda", "disk"), ("hdc", "cdrom")]
     assert info.disks[1].path == str(test_agent.pool_dir / "install.iso")
     result = await client.delete(spec.uuid, delete_disks=True)
-    assert result.deleted_volumes == [str(test_agent.pool_dir / "iso-disk0.qcow2")]
+    assert result.deleted_volumes == [str(test_agent.pool_dir / f"iso-{spec.uuid.hex[:8]}-disk0.qcow2")]
     assert (test_agent.pool_dir / "install.iso").exists()
+
+
+async def test_a_reused_name_gets_a_fresh_volume(client: AgentClient, test_agent: RunningAgent) -> None:
+    """DELETE keeps disks by default: a new domain reusing the name must not attach the old disk."""
+    old = kernel_spec("reused", disks=1)
+    old_info = await client.define(old)
+    old_path = old_info.disks[0].path
+    kept = await client.delete(old.uuid, delete_disks=False)
+    assert kept.kept_volumes == [old_path] and kept.deleted_volumes == []
+
+    new = kernel_spec("reused", disks=1)
+    new_info = await client.define(new)
+    assert new_info.name == old_info.name and new_info.uuid != old_info.uuid
+    assert new_info.disks[0].path == str(test_agent.pool_dir / f"reused-{new.uuid.hex[:8]}-disk0.qcow2")
+    assert new_info.disks[0].path != old_path
+    assert await client.define(new) == new_info  # a retry still reuses its own volume
+    result = await client.delete(new.uuid, delete_disks=True)
+    assert result.deleted_volumes == [new_info.disks[0].path]
 
 
 @pytest.mark.parametrize(

@@ -93,10 +93,13 @@ async def _read_until(ws: aiohttp.ClientWebSocketResponse, needle: bytes, timeou
     return seen
 
 
-@pytest.mark.skipif(
+needs_guest = pytest.mark.skipif(
     not (GUEST / "vmlinuz").exists() or not (GUEST / "initrd.img").exists(),
     reason="test guest not built: run tests/guest/build.sh (.cache/guest/vmlinuz, initrd.img)",
 )
+
+
+@needs_guest
 async def test_real_guest_serial_console(real_agent: RunningAgent) -> None:
     tag = uuid.uuid4().hex[:8]
     name = f"{PREFIX}{tag}"
@@ -108,7 +111,7 @@ async def test_real_guest_serial_console(real_agent: RunningAgent) -> None:
         disks=[DiskSpec(size_gib=0.0625)],
         boot=KernelBoot(kernel=kernel.name, initrd=initrd.name, cmdline="console=ttyS0 quiet"),
     )
-    volume = POOL_PATH / f"{name}-disk0.qcow2"
+    volume = POOL_PATH / f"{name}-{spec.uuid.hex[:8]}-disk0.qcow2"
     shutil.copyfile(GUEST / "vmlinuz", kernel)
     shutil.copyfile(GUEST / "initrd.img", initrd)
     try:
@@ -150,6 +153,73 @@ async def test_real_guest_serial_console(real_agent: RunningAgent) -> None:
         assert name not in listed
     finally:
         _force_cleanup(spec.uuid, [volume, kernel, initrd])
+
+
+async def _closed_with_reason(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> str:
+    """Read (discarding output) until the agent closes `ws`; returns the close reason."""
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                continue
+            assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+            assert msg.data == aiohttp.WSCloseCode.GOING_AWAY, msg
+            return str(msg.extra or "")
+
+
+@needs_guest
+async def test_real_guest_serial_console_is_shared(real_agent: RunningAgent) -> None:
+    """Two viewers share one console stream (neither kicks the other off); after both leave a
+    third opens a fresh one; destroying the domain closes every viewer with a reason."""
+    tag = uuid.uuid4().hex[:8]
+    name = f"{PREFIX}shared-{tag}"
+    kernel, initrd = POOL_PATH / f"{name}-vmlinuz", POOL_PATH / f"{name}-initrd.img"
+    spec = DomainSpec(
+        uuid=uuid.uuid4(),
+        name=name,
+        memory_mib=256,
+        boot=KernelBoot(kernel=kernel.name, initrd=initrd.name, cmdline="console=ttyS0 quiet"),
+    )
+    shutil.copyfile(GUEST / "vmlinuz", kernel)
+    shutil.copyfile(GUEST / "initrd.img", initrd)
+    try:
+        async with AgentClient(real_agent.url, real_agent.secret, timeout=SLOW) as client:
+            await client.define(spec)
+            assert (await client.start(spec.uuid)).state == "running"
+            async with client.open_serial(spec.uuid) as first:
+                await _read_until(first, b"DOMUS-TEST-GUEST READY", timeout=180)
+                async with client.open_serial(spec.uuid) as second:
+                    # The second viewer joined: the first is still attached and typing works.
+                    await first.send_bytes(b"echo shared-$((6*7))\n")
+                    await _read_until(first, b"shared-42", timeout=60)
+                    await _read_until(second, b"shared-42", timeout=60)
+                    # Input from the second viewer reaches the same console, seen by both.
+                    await second.send_bytes(b"echo second-$((5*5))\n")
+                    await _read_until(second, b"second-25", timeout=60)
+                    await _read_until(first, b"second-25", timeout=60)
+                    assert not first.closed and not second.closed
+                # The second one leaving does not end the first one's session.
+                await first.send_bytes(b"echo still-$((7*7))\n")
+                await _read_until(first, b"still-49", timeout=60)
+            # Both left (the stream was released); a third viewer opens a fresh one.
+            async with client.open_serial(spec.uuid) as third, client.open_serial(spec.uuid) as fourth:
+                await third.send_bytes(b"echo third-$((3*3))\n")
+                await _read_until(third, b"third-9", timeout=60)
+                await _read_until(fourth, b"third-9", timeout=60)
+                assert (await client.destroy(spec.uuid)).state == "shutoff"
+                reasons = [await _closed_with_reason(ws, timeout=30) for ws in (third, fourth)]
+            print("close reasons:", reasons)
+            for reason in reasons:
+                assert reason.startswith(("domain stopped", "console stream")), reasons
+            with pytest.raises(AgentConflict):  # and no new session once it is shut off
+                async with client.open_serial(spec.uuid):
+                    pass
+            await client.delete(spec.uuid, delete_disks=True)
+    finally:
+        _force_cleanup(spec.uuid, [kernel, initrd])
+    log = real_agent.log()
+    assert f"serial console session of {spec.uuid} closed: last viewer left" in log
+    assert log.count(f"serial console session of {spec.uuid} closed") == 2  # two streams in all
 
 
 async def test_probe_guest_boots_under_tcg(real_agent: RunningAgent) -> None:

@@ -1,0 +1,169 @@
+"""Serial console sessions without libvirt: a fake stream checks the bookkeeping (the real
+console is exercised in test_real_libvirt.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, cast
+
+import libvirt
+import pytest
+from aiohttp import web
+
+from agent.events import EventHub
+from agent.protocol import DomainEvent
+from agent.serial import _QUEUE_CHUNKS, SerialConsoles, SerialViewer
+
+pytestmark = pytest.mark.asyncio
+
+READABLE = libvirt.VIR_STREAM_EVENT_READABLE
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self.callback: Any = None
+        self.incoming: list[bytes | int] = []
+        self.sent: list[bytes] = []
+        self.aborted = False
+        self.finished = False
+
+    def eventAddCallback(self, _events: int, cb: Any, _opaque: object) -> None:
+        self.callback = cb
+
+    def eventRemoveCallback(self) -> None:
+        self.callback = None
+
+    def recv(self, _n: int) -> bytes | int:
+        return self.incoming.pop(0) if self.incoming else -2
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def finish(self) -> None:
+        self.finished = True
+
+    def feed(self, *chunks: bytes) -> None:
+        self.incoming.extend(chunks)
+        assert self.callback is not None
+        self.callback(self, READABLE, None)
+
+
+class Opener:
+    def __init__(self) -> None:
+        self.streams: list[FakeStream] = []
+
+    async def __call__(self) -> libvirt.virStream:
+        stream = FakeStream()
+        self.streams.append(stream)
+        return cast(libvirt.virStream, stream)
+
+
+def viewer() -> SerialViewer:
+    return SerialViewer(cast(web.WebSocketResponse, None))
+
+
+def queued(v: SerialViewer) -> list[bytes]:
+    out = []
+    while not v._out.empty():
+        out.append(v._out.get_nowait())
+    return out
+
+
+async def test_viewers_share_one_stream_until_the_last_leaves() -> None:
+    consoles, opener, dom = SerialConsoles(EventHub()), Opener(), uuid.uuid4()
+    a, b = viewer(), viewer()
+    session = await consoles.join(dom, a, opener)
+    assert await consoles.join(dom, b, opener) is session
+    assert len(opener.streams) == 1
+    stream = opener.streams[0]
+    stream.feed(b"hello")
+    assert queued(a) == [b"hello"] and queued(b) == [b"hello"]
+    await session.write(b"from a")
+    await session.write(b"from b")
+    await asyncio.sleep(0.01)
+    assert stream.sent == [b"from a", b"from b"]
+    session.leave(a)
+    assert not stream.aborted and consoles.session(dom) is session
+    session.leave(b)
+    assert stream.aborted and stream.callback is None and consoles.session(dom) is None
+    # The next viewer opens a fresh stream.
+    c = viewer()
+    fresh = await consoles.join(dom, c, opener)
+    assert fresh is not session and len(opener.streams) == 2
+    fresh.leave(c)
+    assert opener.streams[1].aborted
+
+
+async def test_concurrent_joiners_open_once() -> None:
+    consoles, opener, dom = SerialConsoles(EventHub()), Opener(), uuid.uuid4()
+    viewers = [viewer() for _ in range(5)]
+    sessions = await asyncio.gather(*(consoles.join(dom, v, opener) for v in viewers))
+    assert len(opener.streams) == 1 and len(set(map(id, sessions))) == 1
+    for v in viewers:
+        sessions[0].leave(v)
+    assert opener.streams[0].aborted and not consoles._locks
+
+
+async def test_a_slow_viewer_is_dropped_not_the_others() -> None:
+    consoles, opener, dom = SerialConsoles(EventHub()), Opener(), uuid.uuid4()
+    slow, fast = viewer(), viewer()
+    session = await consoles.join(dom, slow, opener)
+    await consoles.join(dom, fast, opener)
+    stream = opener.streams[0]
+    stream.feed(*[b"x"] * (_QUEUE_CHUNKS - 10))
+    assert len(queued(fast)) == _QUEUE_CHUNKS - 10  # the fast one keeps up
+    stream.feed(*[b"y"] * 20)
+    assert slow._ended.is_set() and "too slow" in slow.reason
+    assert session.viewers == {fast} and not session.closed and not stream.aborted
+    assert len(queued(fast)) == 20
+    session.leave(fast)
+    assert stream.aborted
+
+
+async def test_stream_end_closes_every_viewer_with_the_reason() -> None:
+    hub = EventHub()
+    consoles, opener, dom = SerialConsoles(hub), Opener(), uuid.uuid4()
+    a, b = viewer(), viewer()
+    session = await consoles.join(dom, a, opener)
+    await consoles.join(dom, b, opener)
+    opener.streams[0].feed(b"bye", b"")
+    for v in (a, b):
+        assert v.reason == "console stream ended" and queued(v) == [b"bye", b""]  # flushed, then EOF
+        v.end("ignored", flush=False)  # what the grace timer would do; idempotent
+        assert v._ended.is_set() and v.reason == "console stream ended"
+        assert v._grace is not None
+        v._grace.cancel()  # (run() does this when it returns)
+    assert opener.streams[0].finished and consoles.session(dom) is None
+    assert session.on_domain_event not in hub._listeners
+    session.leave(a)  # late leaves are harmless
+    # A domain event ends a session too.
+    c = viewer()
+    other = await consoles.join(dom, c, opener)
+    other.on_domain_event(DomainEvent(uuid=dom, event="stopped", state="shutoff", name="x"))
+    assert other.closed and c.reason == "domain stopped" and opener.streams[1].aborted
+    assert c._grace is not None
+    c._grace.cancel()
+
+
+async def test_a_cancelled_open_does_not_leak_the_stream() -> None:
+    consoles, dom = SerialConsoles(EventHub()), uuid.uuid4()
+    release = asyncio.Event()
+    stream = FakeStream()
+
+    async def slow_open() -> libvirt.virStream:
+        await release.wait()
+        return cast(libvirt.virStream, stream)
+
+    joiner = asyncio.ensure_future(consoles.join(dom, viewer(), slow_open))
+    await asyncio.sleep(0.01)
+    joiner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await joiner
+    release.set()
+    await asyncio.sleep(0.01)
+    assert stream.aborted and consoles.session(dom) is None and not consoles._locks
