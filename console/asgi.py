@@ -9,6 +9,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set u
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from console.access.websocket import ApiTokenWebSocketMiddleware  # noqa: E402
 from console.realtime.consumers import EventsConsumer  # noqa: E402
 from console.realtime.origin import BrowserOriginValidator  # noqa: E402
 from domains.consumers import ConsoleConsumer  # noqa: E402
@@ -21,6 +22,8 @@ websocket_urlpatterns = [
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": BrowserOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": BrowserOriginValidator(
+            AuthMiddlewareStack(ApiTokenWebSocketMiddleware(URLRouter(websocket_urlpatterns)))
+        ),
     }
 )

@@ -1,16 +1,25 @@
-"""GET /healthz: database, Redis, worker and agent reachability as JSON (200 only when all are up)."""
+"""GET /healthz: database, Redis, worker and agent reachability as JSON (200 only when all are up).
+
+Anonymous callers (load balancers) get the verdicts; signed-in users also get names and errors.
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
 
 from console.celery import app as celery_app
 from hosts.models import Host
+
+# hostwatch records a heartbeat every ~2 s; a host quiet for longer than this is not reachable,
+# even if hostwatch itself died before it could mark the host offline.
+HEARTBEAT_GRACE_SECONDS = 2.0
 
 
 def _database() -> dict[str, Any]:
@@ -32,28 +41,32 @@ def _redis() -> dict[str, Any]:
 
 def _worker() -> dict[str, Any]:
     try:
-        replies = celery_app.control.ping(timeout=1.0, limit=1)
+        replies = celery_app.control.ping(timeout=1.0, limit=1) or []
     except (redis.RedisError, OSError) as exc:
         return {"ok": False, "error": str(exc)}
-    replies = replies or []
     return {"ok": bool(replies), "workers": [name for reply in replies for name in reply]}
 
 
-def _agents(*, detailed: bool) -> dict[str, Any]:
-    # hostwatch marks a host offline once its agent has been silent for a few seconds.
-    hosts = list(Host.objects.values_list("name", "state"))
-    online = sum(1 for _, state in hosts if state == Host.State.ONLINE)
-    result: dict[str, Any] = {"ok": online == len(hosts), "online": online, "total": len(hosts)}
-    if detailed:  # host names only for signed-in callers
-        result["hosts"] = dict(hosts)
-    return result
+def _agents() -> dict[str, Any]:
+    fresh = timezone.now() - timedelta(
+        seconds=settings.DOMUS_HOST_OFFLINE_AFTER_SECONDS + HEARTBEAT_GRACE_SECONDS
+    )
+    hosts = {
+        name: state == Host.State.ONLINE and seen is not None and seen >= fresh
+        for name, state, seen in Host.objects.values_list("name", "state", "last_seen_at")
+    }
+    online = sum(hosts.values())
+    return {"ok": online == len(hosts), "online": online, "total": len(hosts), "hosts": hosts}
+
+
+def _public(check: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in check.items() if k in ("ok", "engine", "online", "total")}
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
     checks = {"database": _database(), "redis": _redis(), "worker": _worker()}
-    detailed = request.user.is_authenticated
-    checks["agents"] = (
-        _agents(detailed=detailed) if checks["database"]["ok"] else {"ok": False, "error": "no database"}
-    )
+    checks["agents"] = _agents() if checks["database"]["ok"] else {"ok": False, "error": "no database"}
     ok = all(c["ok"] for c in checks.values())
+    if not request.user.is_authenticated:
+        checks = {name: _public(check) for name, check in checks.items()}
     return JsonResponse({"ok": ok, **checks}, status=200 if ok else 503)

@@ -6,6 +6,7 @@ socket under the data directory; `DATABASE_URL` and `REDIS_URL` switch to real s
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -117,15 +118,28 @@ def _celery_broker_url(redis_url: str) -> str:
     return redis_url
 
 
+def _instance(db: dict[str, Any]) -> str:
+    """Names this console's data in a Redis that several consoles may share (a test stack next
+    to `make run`, CI runs): its queue, locks and event groups belong to its own database."""
+    identity = f"{db['ENGINE']}|{db.get('HOST', '')}|{db.get('PORT', '')}|{db['NAME']}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:10]
+
+
+DOMUS_INSTANCE = os.environ.get("DOMUS_INSTANCE") or _instance(DATABASES["default"])
+DOMUS_REDIS_PREFIX = f"domus:{DOMUS_INSTANCE}"
+
 CHANNEL_LAYERS = {
     "default": {
         # The pub/sub layer measured about twice as fast for fan-out (DESIGN.md).
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [{"address": REDIS_URL}], "prefix": "domus"},
+        "CONFIG": {"hosts": [{"address": REDIS_URL}], "prefix": DOMUS_REDIS_PREFIX},
     }
 }
 
 CELERY_BROKER_URL = _celery_broker_url(REDIS_URL)
+CELERY_TASK_DEFAULT_QUEUE = f"{DOMUS_REDIS_PREFIX}:jobs"  # workers consume their console's queue
+CELERY_CONTROL_EXCHANGE = f"domus-{DOMUS_INSTANCE}"  # /healthz pings only this console's workers
+CELERY_EVENT_EXCHANGE = f"domus-{DOMUS_INSTANCE}-events"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -174,6 +188,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Web console for Xen and KVM fleets",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
 }
 
 DOMUS_CONSOLE_TICKET_TTL_SECONDS = 30

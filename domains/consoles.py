@@ -42,26 +42,25 @@ def console_ticket_issue(*, user: Any, domain: Domain, kind: str) -> tuple[Conso
     return ticket, key
 
 
-@transaction.atomic
 def console_ticket_redeem(*, key: str, user: Any) -> ConsoleTicket:
-    """Spend a ticket. `user` is the WebSocket's session user (anonymous for API clients, which
-    hold only the ticket); a logged-in browser may only spend its own tickets."""
+    """Spend a ticket for `user`, the WebSocket's authenticated caller (session cookie or API
+    token): a ticket opens a console only for the user it was issued to, never for a bearer.
+
+    The ticket is spent by the first attempt, whatever its outcome, so that a refused attempt
+    cannot be retried with the same ticket."""
     now = timezone.now()
-    ticket = (
-        ConsoleTicket.objects.select_for_update()
-        .select_related("domain__host", "user")
-        .filter(key_hash=hash_key(key))
-        .first()
-    )
+    key_hash = hash_key(key)
+    spent = ConsoleTicket.objects.filter(key_hash=key_hash, used_at__isnull=True).update(used_at=now)
+    ticket = ConsoleTicket.objects.select_related("domain__host", "user").filter(key_hash=key_hash).first()
     if ticket is None:
         raise TicketRefused("unknown ticket")
-    if ticket.used_at is not None:
+    if not spent:
         raise TicketRefused("ticket already used")
-    ticket.used_at = now
-    ticket.save(update_fields=["used_at"])
     if ticket.expires_at <= now:
         raise TicketRefused("ticket expired")
-    if getattr(user, "is_authenticated", False) and user.pk != ticket.user_id:
+    if not getattr(user, "is_authenticated", False):
+        raise TicketRefused("sign in (session or API token) to open a console")
+    if user.pk != ticket.user_id:
         raise TicketRefused("ticket belongs to another user")
     if not has_perm(ticket.user, "domain.console.interact", ticket.domain):
         raise TicketRefused("permission to this console was withdrawn")

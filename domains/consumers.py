@@ -70,7 +70,10 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self.agent_ws is None or self.agent_ws.closed:
             return
         data = bytes_data if bytes_data is not None else (text_data or "").encode()
-        await self.agent_ws.send_bytes(data)
+        try:
+            await self.agent_ws.send_bytes(data)
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            await self.close(code=CLOSE_AGENT, reason=f"console lost: {exc}"[:120])
 
     async def disconnect(self, code: int) -> None:
         if self.pump is not None and self.pump is not asyncio.current_task():

@@ -98,6 +98,9 @@ def domain_shutdown_job(ctx: JobContext) -> None:
 
 @job_handler("domain.delete")
 def domain_delete_job(ctx: JobContext) -> dict[str, Any]:
+    if ctx.job.domain is None:  # a redelivery after this job had already forgotten it
+        ctx.log("The domain was already deleted.")
+        return {}
     domain = _domain(ctx)
     delete_disks = bool(ctx.params.get("delete_disks"))
     what = "with its disks" if delete_disks else "keeping its disks"

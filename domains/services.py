@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from agent.protocol import DomainInfo
 from console.errors import Conflict, InvalidInput
@@ -29,15 +29,22 @@ def domain_create(*, actor: Any, host: Host, data: dict[str, Any], start: bool =
             "Name already used.",
             fields={"name": [f"a domain named {spec.name!r} already exists on host {host.name}"]},
         )
-    domain = Domain.objects.create(
-        uuid=spec.uuid,
-        name=spec.name,
-        host=host,
-        vcpus=spec.vcpus,
-        memory_mib=spec.memory_mib,
-        spec=spec.model_dump(mode="json"),
-        created_by=actor,
-    )
+    try:
+        with transaction.atomic():
+            domain = Domain.objects.create(
+                uuid=spec.uuid,
+                name=spec.name,
+                host=host,
+                vcpus=spec.vcpus,
+                memory_mib=spec.memory_mib,
+                spec=spec.model_dump(mode="json"),
+                created_by=actor,
+            )
+    except IntegrityError as exc:  # the same name, created a moment ago by someone else
+        raise InvalidInput(
+            "Name already used.",
+            fields={"name": [f"a domain named {spec.name!r} already exists on host {host.name}"]},
+        ) from exc
     job = job_enqueue(kind="domain.create", actor=actor, host=host, domain=domain, params={"start": start})
     publish_on_commit(domain_event(domain))
     return domain, job
@@ -93,10 +100,16 @@ def domain_observe(*, host: Host, info: DomainInfo) -> Domain:
 
 
 @transaction.atomic
-def domain_vanished(*, domain: Domain) -> None:
-    """The host no longer knows this domain (undefined behind Domus's back). A domain Domus
-    created is kept and flagged missing, so that someone notices; one it only discovered is
-    forgotten."""
+def domain_vanished(*, domain_id: int) -> None:
+    """The host no longer knows this domain. A delete job in flight forgets the row itself;
+    otherwise it was undefined behind Domus's back: a domain Domus created is kept and flagged
+    missing, so that someone notices; one it only discovered is forgotten."""
+    domain = Domain.objects.select_for_update().filter(pk=domain_id).first()
+    if domain is None:  # forgotten meanwhile (its delete job finished)
+        return
+    deleting = [Job.Status.QUEUED, Job.Status.RUNNING]
+    if domain.jobs.filter(kind="domain.delete", status__in=deleting).exists():
+        return
     if not domain.spec:
         domain_forget(domain=domain)
     elif domain.state not in (Domain.State.NEW, Domain.State.MISSING):

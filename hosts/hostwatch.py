@@ -15,13 +15,13 @@ import random
 from dataclasses import dataclass
 
 import aiohttp
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 from pydantic import TypeAdapter, ValidationError
 
 from agent.client import AgentClient, AgentError
 from agent.protocol import AgentEvent, DomainEvent, DomainInfo, InventoryEvent
-from console.jobs.models import Job
 from domains.models import Domain
 from domains.services import domain_observe, domain_vanished
 from hosts.models import Host
@@ -30,8 +30,10 @@ from hosts.services import host_observe
 logger = logging.getLogger(__name__)
 
 EVENT = TypeAdapter(AgentEvent)
+# ORM work runs in one thread per process, with Django's connection upkeep around each call (a
+# database restart costs one failed call, not the process).
+db = database_sync_to_async
 RESCAN_SECONDS = 3.0
-ACTIVE = [Job.Status.QUEUED, Job.Status.RUNNING]
 MAX_BACKOFF_SECONDS = 10.0
 
 
@@ -53,8 +55,8 @@ def _reconcile(host_id: int, event: InventoryEvent) -> None:
     for info in event.domains:
         domain_observe(host=host, info=info)
         seen.add(info.uuid)
-    for domain in Domain.objects.filter(host=host).exclude(uuid__in=seen):
-        domain_vanished(domain=domain)
+    for domain_id in Domain.objects.filter(host=host).exclude(uuid__in=seen).values_list("pk", flat=True):
+        domain_vanished(domain_id=domain_id)
 
 
 def _domain_changed(host_id: int, event: DomainEvent) -> None:
@@ -62,10 +64,8 @@ def _domain_changed(host_id: int, event: DomainEvent) -> None:
     if host is None:
         return
     if event.state is None:
-        domain = Domain.objects.filter(uuid=event.uuid, host=host).first()
-        # A delete job forgets the row itself; anything else undefined it behind our back.
-        if domain is not None and not domain.jobs.filter(kind="domain.delete", status__in=ACTIVE).exists():
-            domain_vanished(domain=domain)
+        for domain_id in Domain.objects.filter(uuid=event.uuid, host=host).values_list("pk", flat=True):
+            domain_vanished(domain_id=domain_id)
         return
     known = Domain.objects.filter(uuid=event.uuid).first()
     info = DomainInfo(
@@ -87,7 +87,10 @@ class HostWatch:
     async def run(self) -> None:
         logger.info("hostwatch shard %d/%d started", self.shard, self.shards)
         while True:
-            await self.rescan()
+            try:
+                await self.rescan()
+            except DatabaseError:
+                logger.exception("hostwatch cannot read the host list; retrying")
             await asyncio.sleep(RESCAN_SECONDS)
 
     async def rescan(self) -> None:
@@ -95,7 +98,12 @@ class HostWatch:
             rows = Host.objects.values_list("id", "name", "url", "secret")
             return [HostKey(*row) for row in rows]
 
-        wanted = {key for key in await sync_to_async(hosts)() if key.id % self.shards == self.shard}
+        wanted = {key for key in await db(hosts)() if key.id % self.shards == self.shard}
+        for key, task in list(self.watchers.items()):
+            if task.done():  # a watcher must never end; if one did, say why and start anew
+                if not task.cancelled() and (exc := task.exception()) is not None:
+                    logger.error("watcher of host %s died", key.name, exc_info=exc)
+                del self.watchers[key]
         for key in set(self.watchers) - wanted:
             self.watchers.pop(key).cancel()
         for key in wanted - set(self.watchers):
@@ -111,10 +119,16 @@ class HostWatch:
                 detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
             except TimeoutError:
                 detail = f"no heartbeat for {self.offline_after:.0f} s"
+            except DatabaseError as exc:
+                logger.exception("host %s: cannot record what it reports", key.name)
+                detail = f"console database error: {exc}"
             else:
                 backoff = 0.5
             logger.warning("host %s offline: %s", key.name, detail)
-            await sync_to_async(host_observe)(host_id=key.id, state=Host.State.OFFLINE, detail=detail[:255])
+            try:
+                await db(host_observe)(host_id=key.id, state=Host.State.OFFLINE, detail=detail[:255])
+            except DatabaseError:
+                logger.exception("host %s: cannot record that it is offline", key.name)
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not crypto
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
@@ -129,13 +143,16 @@ class HostWatch:
                 except (ValidationError, ValueError):
                     logger.warning("host %s sent an unreadable event: %.200s", key.name, msg.data)
                     continue
-                await self._apply(key, event)
+                try:
+                    await self._apply(key, event)
+                except DatabaseError:  # one event lost is better than the whole stream
+                    logger.exception("host %s: cannot record %s", key.name, type(event).__name__)
 
     async def _apply(self, key: HostKey, event: object) -> None:
         if isinstance(event, InventoryEvent):
             logger.info("host %s online: %d domains", key.name, len(event.domains))
-            await sync_to_async(_reconcile)(key.id, event)
+            await db(_reconcile)(key.id, event)
         elif isinstance(event, DomainEvent):
-            await sync_to_async(_domain_changed)(key.id, event)
+            await db(_domain_changed)(key.id, event)
         else:
-            await sync_to_async(host_observe)(host_id=key.id, state=Host.State.ONLINE)
+            await db(host_observe)(host_id=key.id, state=Host.State.ONLINE)

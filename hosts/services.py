@@ -1,13 +1,36 @@
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.db import transaction
 from django.utils import timezone
 
+from console.errors import InvalidInput
 from console.realtime.events import publish_on_commit
 from hosts.events import host_event
 from hosts.models import Host
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def agent_url_problem(url: str) -> str | None:
+    """Why the console must not send a host's secret to `url`, or None. The secret never
+    crosses a network in clear text: plain http only to loopback (an SSH tunnel's end, say)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return None
+    if parts.scheme == "http" and _is_loopback(parts.hostname or ""):
+        return None
+    return "must be https://, or http:// to a loopback address (127.0.0.1, ::1, localhost)"
 
 
 @transaction.atomic
@@ -17,6 +40,8 @@ def host_register(*, name: str, url: str, secret: str, actor: Any = None) -> Hos
     Pinned enrolment with a pairing code replaces this for remote hosts (issue 4); loopback
     agents such as `make run`'s own are registered this way.
     """
+    if problem := agent_url_problem(url):
+        raise InvalidInput("Unsafe agent URL.", fields={"url": [problem]})
     host, _ = Host.objects.update_or_create(name=name, defaults={"url": url, "secret": secret})
     publish_on_commit(host_event(host))
     return host

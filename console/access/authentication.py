@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from console.access.models import ApiToken, hash_key
+from console.access.models import ApiToken
+from console.access.selectors import api_token_resolve
 
 
 class ApiTokenAuthentication(authentication.BaseAuthentication):
@@ -24,14 +24,9 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
             key = header[1].decode()
         except UnicodeError as exc:
             raise exceptions.AuthenticationFailed("Invalid token header.") from exc
-        token = (
-            ApiToken.objects.select_related("user")
-            .filter(key_hash=hash_key(key), revoked_at__isnull=True)
-            .first()
-        )
-        if token is None or not token.user.is_active:
+        token = api_token_resolve(key)
+        if token is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
         return token.user, token
 
     def authenticate_header(self, request: Request) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.utils import timezone
+from redis.lock import Lock
 
 from agent.client import AgentError
 from console.jobs.events import job_event
@@ -72,8 +73,29 @@ class JobContext:
         publish(job_event(self.job))
 
 
+def domain_lock_key(domain_id: int) -> str:
+    return f"{settings.DOMUS_REDIS_PREFIX}:lock:domain:{domain_id}"
+
+
 def _redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def _domain_lock(job: Job) -> Lock | None:
+    """The domain's lock, held for this job; None while another job holds it. The lock's value
+    is the job's id, so a redelivered job (its worker died holding the lock) takes it back
+    instead of waiting for it to expire."""
+    assert job.domain_id is not None
+    key = domain_lock_key(job.domain_id)
+    token = str(job.pk)
+    lock: Lock = _redis().lock(key, timeout=DOMAIN_LOCK_SECONDS)
+    if lock.acquire(blocking=False, token=token):
+        return lock
+    if lock.redis.get(key) == token.encode():
+        lock.local.token = token.encode()
+        lock.reacquire()
+        return lock
+    return None
 
 
 def job_run(job_id: int) -> None:
@@ -86,8 +108,8 @@ def job_run(job_id: int) -> None:
         return
     lock = None
     if job.domain_id is not None:
-        lock = _redis().lock(f"domus:lock:domain:{job.domain_id}", timeout=DOMAIN_LOCK_SECONDS)
-        if not lock.acquire(blocking=False):
+        lock = _domain_lock(job)
+        if lock is None:
             if job.step != "Waiting for another job on this domain":
                 JobContext(job).progress(0, "Waiting for another job on this domain")
             raise DomainBusy(job.domain_id)

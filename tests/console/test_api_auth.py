@@ -77,3 +77,15 @@ def test_openapi_schema_is_served(api: APIClient) -> None:
     response = api.get("/api/v1/schema/")
     assert response.status_code == 200
     assert b"/api/v1/domains/{id}/console-tickets/" in response.content
+
+
+@pytest.mark.parametrize("url", ["/api/v1/schema/", "/api/v1/docs/"])
+def test_api_description_is_for_signed_in_users(url: str) -> None:
+    assert APIClient().get(url).status_code in (401, 403)
+
+
+@pytest.mark.parametrize("url", ["/", "/hosts/", "/domains/new/", "/domains/1/"])
+def test_every_page_requires_login(client: Any, url: str) -> None:
+    response = client.get(url)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/")

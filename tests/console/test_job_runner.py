@@ -7,7 +7,15 @@ import redis
 from django.conf import settings
 
 from console.jobs.models import Job
-from console.jobs.runner import HANDLERS, DomainBusy, JobContext, JobFailed, job_handler, job_run
+from console.jobs.runner import (
+    HANDLERS,
+    DomainBusy,
+    JobContext,
+    JobFailed,
+    domain_lock_key,
+    job_handler,
+    job_run,
+)
 from domains.models import Domain
 from hosts.models import Host
 
@@ -86,7 +94,7 @@ def test_redelivered_finished_job_is_not_run_again(handlers: dict[str, int]) -> 
 
 def test_one_job_at_a_time_per_domain(handlers: dict[str, int], host: Host) -> None:
     domain = Domain.objects.create(name="d", host=host)
-    held = redis.Redis.from_url(settings.REDIS_URL).lock(f"domus:lock:domain:{domain.pk}", timeout=30)
+    held = redis.Redis.from_url(settings.REDIS_URL).lock(domain_lock_key(domain.pk), timeout=30)
     assert held.acquire(blocking=False)
     try:
         job = make("test.ok", domain)
@@ -100,3 +108,15 @@ def test_one_job_at_a_time_per_domain(handlers: dict[str, int], host: Host) -> N
     job_run(job.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
+
+
+def test_a_redelivered_job_takes_back_its_own_lock(handlers: dict[str, int], host: Host) -> None:
+    """Its worker died holding the domain's lock: the retry must not wait for it to expire."""
+    domain = Domain.objects.create(name="d", host=host)
+    job = make("test.ok", domain)
+    stale = redis.Redis.from_url(settings.REDIS_URL).lock(domain_lock_key(domain.pk), timeout=600)
+    assert stale.acquire(blocking=False, token=str(job.pk))
+    job_run(job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert redis.Redis.from_url(settings.REDIS_URL).get(domain_lock_key(domain.pk)) is None  # released

@@ -33,6 +33,7 @@ def test_local_host_is_registered_once_and_updated() -> None:
     assert second.url == "http://127.0.0.1:8902"
 
 
+@pytest.mark.optional
 @pytest.mark.skipif(
     settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
     reason="only PostgreSQL databases are created by Domus (SQLite makes its file itself)",

@@ -30,16 +30,25 @@ def issue(api: APIClient, domain: Domain) -> str:
 
 def test_ticket_is_single_use(api: APIClient, running: Domain, user: Any) -> None:
     key = issue(api, running)
-    assert console_ticket_redeem(key=key, user=AnonymousUser()).domain == running
+    assert console_ticket_redeem(key=key, user=user).domain == running
     with pytest.raises(TicketRefused, match="already used"):
+        console_ticket_redeem(key=key, user=user)
+
+
+def test_a_ticket_alone_opens_nothing(api: APIClient, running: Domain, user: Any) -> None:
+    """A leaked ticket is useless without the user's session or API token."""
+    key = issue(api, running)
+    with pytest.raises(TicketRefused, match="sign in"):
         console_ticket_redeem(key=key, user=AnonymousUser())
+    with pytest.raises(TicketRefused, match="already used"):  # and the attempt spent it
+        console_ticket_redeem(key=key, user=user)
 
 
-def test_expired_ticket_is_refused(api: APIClient, running: Domain) -> None:
+def test_expired_ticket_is_refused(api: APIClient, running: Domain, user: Any) -> None:
     key = issue(api, running)
     ConsoleTicket.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     with pytest.raises(TicketRefused, match="expired"):
-        console_ticket_redeem(key=key, user=AnonymousUser())
+        console_ticket_redeem(key=key, user=user)
 
 
 def test_ticket_lives_30_seconds(api: APIClient, running: Domain) -> None:
@@ -53,11 +62,12 @@ def test_ticket_of_another_user_is_refused(api: APIClient, running: Domain, djan
     other = django_user_model.objects.create_user("bob", password="x-pass-1234")
     with pytest.raises(TicketRefused, match="another user"):
         console_ticket_redeem(key=key, user=other)
+    assert ConsoleTicket.objects.get().used_at is not None  # spent: Bob cannot retry, nor can Ana
 
 
-def test_unknown_ticket_is_refused(running: Domain) -> None:
+def test_unknown_ticket_is_refused(running: Domain, user: Any) -> None:
     with pytest.raises(TicketRefused, match="unknown"):
-        console_ticket_redeem(key="forged", user=AnonymousUser())
+        console_ticket_redeem(key="forged", user=user)
 
 
 def test_ticket_is_stored_hashed(api: APIClient, running: Domain) -> None:

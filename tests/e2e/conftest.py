@@ -61,9 +61,12 @@ class Stack:
     log: Path
     host_id: int
 
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.token}"}
+
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = {"Authorization": f"Token {self.token}"}
-        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+        return requests.request(method, self.url + path, headers=self.auth, timeout=30, **kwargs)
 
     def wait_job(self, job: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -30,7 +30,7 @@ async def read_until(ws: aiohttp.ClientWebSocketResponse, needle: bytes, timeout
 async def talk_to_guest(stack: Stack, ticket_url: str) -> bytes:
     async with (
         aiohttp.ClientSession() as session,
-        session.ws_connect(stack.url.replace("http", "ws") + ticket_url) as ws,
+        session.ws_connect(stack.url.replace("http", "ws") + ticket_url, headers=stack.auth) as ws,
     ):
         await ws.send_bytes(b"\r")
         await read_until(ws, b"guest#")
@@ -38,10 +38,11 @@ async def talk_to_guest(stack: Stack, ticket_url: str) -> bytes:
         return await read_until(ws, b"hello-42")
 
 
-async def refused_reason(stack: Stack, ticket_url: str) -> tuple[int | None, str]:
+async def refused_reason(stack: Stack, ticket_url: str, *, signed_in: bool = True) -> tuple[int | None, str]:
+    headers = stack.auth if signed_in else {}
     async with (
         aiohttp.ClientSession() as session,
-        session.ws_connect(stack.url.replace("http", "ws") + ticket_url) as ws,
+        session.ws_connect(stack.url.replace("http", "ws") + ticket_url, headers=headers) as ws,
     ):
         msg = await ws.receive()
         assert msg.type == aiohttp.WSMsgType.CLOSE, msg
@@ -69,7 +70,7 @@ def test_guest_lifecycle_and_serial_console(
     job = stack.wait_job(created.json()["job"])
     assert job["status"] == "succeeded", job
     assert domain_name in virsh_names()
-    volume = POOL / f"{domain_name}-disk0.qcow2"
+    volume = POOL / f"{domain_name}-{domain['uuid'][:8]}-disk0.qcow2"  # uuid's first 8 hex
     assert volume.exists()
 
     started = stack.api("POST", f"/api/v1/domains/{domain['id']}/start/")
@@ -86,6 +87,12 @@ def test_guest_lifecycle_and_serial_console(
     code, reason = asyncio.run(refused_reason(stack, ticket.json()["url"]))
     assert code == 4403
     assert "already used" in reason
+
+    # A fresh ticket without the user's token (a leaked one, say) opens nothing.
+    leaked = stack.api("POST", f"/api/v1/domains/{domain['id']}/console-tickets/", json={"kind": "serial"})
+    code, reason = asyncio.run(refused_reason(stack, leaked.json()["url"], signed_in=False))
+    assert code == 4403
+    assert "sign in" in reason
 
     stopped = stack.api("POST", f"/api/v1/domains/{domain['id']}/shutdown/")
     job = stack.wait_job(stopped.json()["job"], timeout=90)
@@ -106,7 +113,7 @@ def test_healthz_reports_every_part(stack: Stack) -> None:
     import requests
 
     data = requests.get(stack.url + "/healthz", timeout=10).json()
-    assert data["ok"] is True
+    assert data["ok"] is True, data
     assert {"database", "redis", "worker", "agents"} <= set(data)
     assert data["agents"]["online"] == data["agents"]["total"] >= 1
 

@@ -85,3 +85,23 @@ def test_a_discovered_domain_that_goes_away_is_forgotten(host: Host) -> None:
     assert Domain.objects.filter(uuid=stranger.uuid).exists()
     _domain_changed(host.pk, DomainEvent(uuid=stranger.uuid, name="p", event="stopped", state=None))
     assert not Domain.objects.filter(uuid=stranger.uuid).exists()
+
+
+def test_undefined_during_our_own_delete_is_left_to_the_delete_job(host: Host) -> None:
+    from console.jobs.models import Job
+
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.SHUTOFF, spec=SPEC)
+    Job.objects.create(kind="domain.delete", domain=domain, host=host, status=Job.Status.RUNNING)
+    _domain_changed(host.pk, DomainEvent(uuid=domain.uuid, name="d", event="undefined", state=None))
+    domain.refresh_from_db()
+    assert domain.state == Domain.State.SHUTOFF  # not flagged missing: the job forgets it
+
+
+def test_undefined_after_the_row_is_gone_is_harmless(host: Host) -> None:
+    from domains.services import domain_vanished
+
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.SHUTOFF, spec=SPEC)
+    domain_id = domain.pk
+    domain.delete()
+    domain_vanished(domain_id=domain_id)  # the race hostwatch lost against a delete job
+    assert not Domain.objects.filter(pk=domain_id).exists()

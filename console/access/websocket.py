@@ -1,0 +1,26 @@
+"""WebSocket authentication by API token, for scripts that hold no session cookie."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.db import database_sync_to_async
+
+from console.access.selectors import api_token_resolve
+
+
+class ApiTokenWebSocketMiddleware:
+    """`Authorization: Token <key>` on the handshake authenticates the socket as the token's
+    user (browsers cannot set that header and use their session instead). A bad token leaves
+    the socket anonymous, which every consumer refuses."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin1").split()
+        if len(header) == 2 and header[0].lower() == "token":
+            token = await database_sync_to_async(api_token_resolve)(header[1])
+            if token is not None:
+                scope = {**scope, "user": token.user, "auth": token}
+        return await self.app(scope, receive, send)
