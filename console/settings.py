@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "channels",
     "console.access",
     "console.jobs",
+    "console.audit",
     "console.realtime",
     "hosts",
     "domains",
@@ -100,7 +101,8 @@ def _database() -> dict[str, Any]:
             "transaction_mode": "IMMEDIATE",
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
-        db["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+        # Per process: `make check` beside `make test` must not share (and corrupt) one file.
+        db["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
     return db
 
 
@@ -177,7 +179,10 @@ REST_FRAMEWORK = {
         "console.access.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "console.access.authentication.TokenIsNotReadOnly",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "console.api.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",

@@ -3,6 +3,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from console.audit import views as audit_views
+from console.audit.api.views import AuditEventViewSet
 from console.health import healthz
 from console.jobs.api.views import JobViewSet
 from domains import views as domain_views
@@ -14,6 +16,7 @@ router = DefaultRouter()
 router.register("hosts", HostViewSet, basename="host")
 router.register("domains", DomainViewSet, basename="domain")
 router.register("jobs", JobViewSet, basename="job")
+router.register("audit", AuditEventViewSet, basename="audit")
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
@@ -24,6 +27,7 @@ urlpatterns = [
     path("api/v1/", include(router.urls)),
     path("", domain_views.home, name="home"),
     path("hosts/", host_views.host_list_page, name="host-list"),
+    path("audit/", audit_views.audit_list_page, name="audit-list"),
     path("domains/new/", domain_views.domain_new, name="domain-new"),
     path("domains/<int:domain_id>/", domain_views.domain_detail, name="domain-detail"),
     path("domains/<int:domain_id>/<str:action>/", domain_views.domain_action, name="domain-action"),

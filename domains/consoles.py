@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from console.access.models import hash_key
-from console.access.policy import has_perm
+from console.access.policy import explain, has_perm
 from console.errors import Conflict, InvalidInput, PermissionDenied
 from domains.models import ConsoleTicket, Domain
 
@@ -28,7 +28,7 @@ def console_ticket_issue(*, user: Any, domain: Domain, kind: str) -> tuple[Conso
             fields={"kind": [f"must be one of: {', '.join(ConsoleTicket.Kind.values)}"]},
         )
     if not has_perm(user, "domain.console.interact", domain):
-        raise PermissionDenied("You may not open this domain's console.")
+        raise PermissionDenied(explain(user, "domain.console.interact", domain))
     if domain.state != Domain.State.RUNNING:
         raise Conflict(f"{domain.name} is {domain.get_state_display().lower()}: start it first.")
     key = secrets.token_urlsafe(32)

@@ -13,6 +13,7 @@ def domain_event(domain: Domain) -> dict[str, Any]:
             "uuid": str(domain.uuid),
             "name": domain.name,
             "host": domain.host_id,
+            "team": domain.team_id,
             "state": domain.state,
             "state_label": domain.get_state_display(),
             "vcpus": domain.vcpus,
@@ -21,5 +22,8 @@ def domain_event(domain: Domain) -> dict[str, Any]:
     }
 
 
-def domain_deleted_event(*, domain_id: int, name: str) -> dict[str, Any]:
-    return {"type": "domain.deleted", "domain": {"id": domain_id, "name": name}}
+def domain_deleted_event(*, domain_id: int, name: str, host_id: int, team_id: int | None) -> dict[str, Any]:
+    return {
+        "type": "domain.deleted",
+        "domain": {"id": domain_id, "name": name, "host": host_id, "team": team_id},
+    }

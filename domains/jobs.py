@@ -27,7 +27,7 @@ def _observe(domain: Domain, info: DomainInfo) -> None:
     domain_observe(host=domain.host, info=info)
 
 
-@job_handler("domain.create")
+@job_handler("domain.create", permission="domain.create")
 def domain_create_job(ctx: JobContext) -> dict[str, Any]:
     domain = _domain(ctx)
     spec = DomainSpec.model_validate(domain.spec)
@@ -57,12 +57,12 @@ def _start(ctx: JobContext, domain: Domain) -> None:
     _observe(domain, run_agent(domain.host, start))
 
 
-@job_handler("domain.start")
+@job_handler("domain.start", permission="domain.power")
 def domain_start_job(ctx: JobContext) -> None:
     _start(ctx, _domain(ctx))
 
 
-@job_handler("domain.force_off")
+@job_handler("domain.force_off", permission="domain.power")
 def domain_force_off_job(ctx: JobContext) -> None:
     domain = _domain(ctx)
     ctx.progress(20, f"Forcing {domain.name} off")
@@ -73,7 +73,7 @@ def domain_force_off_job(ctx: JobContext) -> None:
     _observe(domain, run_agent(domain.host, destroy))
 
 
-@job_handler("domain.shutdown")
+@job_handler("domain.shutdown", permission="domain.power")
 def domain_shutdown_job(ctx: JobContext) -> None:
     domain = _domain(ctx)
     timeout = settings.DOMUS_SHUTDOWN_TIMEOUT_SECONDS
@@ -96,7 +96,7 @@ def domain_shutdown_job(ctx: JobContext) -> None:
         )
 
 
-@job_handler("domain.delete")
+@job_handler("domain.delete", permission="domain.delete")
 def domain_delete_job(ctx: JobContext) -> dict[str, Any]:
     if ctx.job.domain is None:  # a redelivery after this job had already forgotten it
         ctx.log("The domain was already deleted.")

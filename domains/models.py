@@ -24,6 +24,10 @@ class Domain(models.Model):
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=63)
     host = models.ForeignKey("hosts.Host", on_delete=models.PROTECT, related_name="domains")
+    # The owning team; None for domains only a site-wide role reaches (found behind Domus's back).
+    team = models.ForeignKey(
+        "access.Team", null=True, blank=True, on_delete=models.PROTECT, related_name="domains"
+    )
     vcpus = models.PositiveIntegerField(default=1)
     memory_mib = models.PositiveIntegerField(default=256)
     spec = models.JSONField(default=dict, blank=True)  # the DomainSpec sent to the agent

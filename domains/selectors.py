@@ -22,4 +22,4 @@ def domain_get(*, user: Any, domain_id: int) -> Domain:
 
 
 def domain_jobs(*, user: Any, domain: Domain, limit: int = 20) -> QuerySet[Job]:
-    return restrict(Job.objects.filter(domain=domain), user, "job.view")[:limit]
+    return restrict(Job.objects.filter(domain=domain), user, "domain.view")[:limit]

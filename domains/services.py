@@ -5,7 +5,10 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from agent.protocol import DomainInfo
-from console.errors import Conflict, InvalidInput
+from console.access.models import Team
+from console.access.policy import explain, has_perm, has_site_perm, restrict
+from console.access.quotas import quota_check
+from console.errors import Conflict, InvalidInput, PermissionDenied
 from console.jobs.models import Job
 from console.jobs.services import job_enqueue
 from console.realtime.events import publish_on_commit
@@ -21,13 +24,41 @@ POWER_ACTIONS = {
 }
 
 
+def _creating_team(actor: Any, team: Team | None) -> Team | None:
+    """The team the new domain will belong to, checking the actor may create there."""
+    if team is None:
+        if has_site_perm(actor, "domain.create"):
+            return None  # a site-wide creator may leave a domain to the site
+        teams = list(restrict(Team.objects.all(), actor, "domain.create")[:2])
+        if len(teams) != 1:
+            raise InvalidInput(
+                "Choose a team.", fields={"team": ["required: the id of a team you may create domains in"]}
+            )
+        team = teams[0]
+    if not has_perm(actor, "domain.create", team):
+        raise PermissionDenied(explain(actor, "domain.create", team))
+    return team
+
+
 @transaction.atomic
-def domain_create(*, actor: Any, host: Host, data: dict[str, Any], start: bool = False) -> tuple[Domain, Job]:
+def domain_create(
+    *, actor: Any, host: Host, data: dict[str, Any], team: Team | None = None, start: bool = False
+) -> tuple[Domain, Job]:
+    team = _creating_team(actor, team)
+    if team is not None and host.teams.exists() and not host.teams.filter(pk=team.pk).exists():
+        raise InvalidInput(
+            "Host reserved.", fields={"host": [f"host {host.name} is reserved to other teams"]}
+        )
     spec = build_spec(data, host)
     if Domain.objects.filter(host=host, name=spec.name).exists():
         raise InvalidInput(
             "Name already used.",
             fields={"name": [f"a domain named {spec.name!r} already exists on host {host.name}"]},
+        )
+    if team is not None:
+        Team.objects.select_for_update().filter(pk=team.pk).first()  # one quota check at a time
+        quota_check(
+            team, vcpus=spec.vcpus, memory_mib=spec.memory_mib, disk_gib=sum(d.size_gib for d in spec.disks)
         )
     try:
         with transaction.atomic():
@@ -35,6 +66,7 @@ def domain_create(*, actor: Any, host: Host, data: dict[str, Any], start: bool =
                 uuid=spec.uuid,
                 name=spec.name,
                 host=host,
+                team=team,
                 vcpus=spec.vcpus,
                 memory_mib=spec.memory_mib,
                 spec=spec.model_dump(mode="json"),
@@ -121,6 +153,8 @@ def domain_vanished(*, domain_id: int) -> None:
 @transaction.atomic
 def domain_forget(*, domain: Domain) -> None:
     """Remove the console's record once the host has undefined the domain."""
-    domain_id, name = domain.pk, domain.name
+    event = domain_deleted_event(
+        domain_id=domain.pk, name=domain.name, host_id=domain.host_id, team_id=domain.team_id
+    )
     domain.delete()
-    publish_on_commit(domain_deleted_event(domain_id=domain_id, name=name))
+    publish_on_commit(event)

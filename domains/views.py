@@ -8,6 +8,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from console.access.policy import has_site_perm
+from console.access.selectors import team_list
 from console.errors import DomusError
 from console.jobs.selectors import job_list
 from domains.selectors import domain_get, domain_jobs, domain_list
@@ -67,15 +69,18 @@ def _form_to_spec(post: Any) -> tuple[int | None, dict[str, Any], bool]:
 @login_required
 def domain_new(request: HttpRequest) -> HttpResponse:
     hosts = host_list(user=request.user)
+    teams = team_list(user=request.user, action="domain.create")
     errors: dict[str, list[str]] = {}
     if request.method == "POST":
         host_id, data, start = _form_to_spec(request.POST)
         host = hosts.filter(pk=host_id).first() if host_id is not None else None
+        team_id = request.POST.get("team", "")
+        team = teams.filter(pk=team_id).first() if team_id.isdigit() else None
         if host is None:
             errors = {"host": ["choose a host"]}
         else:
             try:
-                domain, _ = domain_create(actor=request.user, host=host, data=data, start=start)
+                domain, _ = domain_create(actor=request.user, host=host, team=team, data=data, start=start)
             except DomusError as exc:
                 errors = exc.fields or {"non_field_errors": [exc.detail]}
             else:
@@ -86,6 +91,8 @@ def domain_new(request: HttpRequest) -> HttpResponse:
         "domains/new.html",
         {
             "hosts": hosts,
+            "teams": teams,
+            "site_wide": has_site_perm(request.user, "domain.create"),
             "errors": errors,
             "form": request.POST if request.method == "POST" else {},
         },

@@ -13,5 +13,6 @@ def host_event(host: Host) -> dict[str, Any]:
             "name": host.name,
             "state": host.state,
             "detail": host.state_detail,
+            "teams": list(host.teams.values_list("pk", flat=True)),  # reserved to; [] when shared
         },
     }

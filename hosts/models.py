@@ -19,6 +19,8 @@ class Host(models.Model):
     state_detail = models.CharField(max_length=255, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     facts = models.JSONField(default=dict, blank=True)
+    # Reserved to these teams; shared by the whole site when empty.
+    teams = models.ManyToManyField("access.Team", blank=True, related_name="hosts")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from console.access.models import Grant, Role
+from console.access.permissions import BUILTIN_ROLES
 from console.access.services import api_token_issue
 from hosts.models import Host
 
@@ -31,9 +33,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped, but DOMUS_TEST_STRICT=1 (make test) requires it: {reason}"
 
 
+def grant(user: Any, role: str, scope: Any = None) -> Grant:
+    """Give `user` the built-in `role` on `scope`: None (the site), a Team, a Host or a Domain."""
+    target: dict[str, Any] = {}
+    kind = Grant.Scope.SITE
+    if scope is not None:
+        kind = Grant.Scope(type(scope).__name__.lower())
+        target = {kind.value: scope}
+    return Grant.objects.create(user=user, role=builtin_role(role), scope=kind, **target)
+
+
+def builtin_role(name: str) -> Role:
+    # Transactional tests flush the tables, the migration's built-in roles with them.
+    role, _ = Role.objects.get_or_create(
+        name=name, defaults={"permissions": BUILTIN_ROLES[name], "builtin": True}
+    )
+    return role
+
+
 @pytest.fixture
 def user(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_user("ana", password="s3cret-pass")
+    """A site Owner (every permission, everywhere, without being a superuser)."""
+    user = django_user_model.objects.create_user("ana", password="s3cret-pass")
+    grant(user, "Owner")
+    return user
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ class ApiTokenWebSocketMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin1").split()
         if len(header) == 2 and header[0].lower() == "token":
-            token = await database_sync_to_async(api_token_resolve)(header[1])
+            client = scope.get("client") or [None]
+            token = await database_sync_to_async(api_token_resolve)(header[1], ip=client[0])
             if token is not None:
                 scope = {**scope, "user": token.user, "auth": token}
         return await self.app(scope, receive, send)

@@ -17,7 +17,10 @@ def job_event(job: Job) -> dict[str, Any]:
             "error": job.error,
             "domain": job.domain_id,
             "host": job.host_id,
+            # Who may see it: those who may see its domain (for jobs on a domain).
+            "domain_team": job.domain.team_id if job.domain is not None else None,
             "target": job.target_name,
             "actor": job.actor.get_username() if job.actor else None,
+            "actor_id": job.actor_id,
         },
     }

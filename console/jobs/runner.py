@@ -18,6 +18,7 @@ from django.utils import timezone
 from redis.lock import Lock
 
 from agent.client import AgentError
+from console.access.policy import explain, has_perm
 from console.jobs.events import job_event
 from console.jobs.models import Job
 from console.realtime.events import publish
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[["JobContext"], dict[str, Any] | None]
 HANDLERS: dict[str, Handler] = {}
+# The permission a job's actor must still hold on its domain when a worker picks it up (it may
+# have been withdrawn while the job waited).
+REQUIRED: dict[str, str] = {}
 
 DOMAIN_LOCK_SECONDS = 15 * 60
 
@@ -38,9 +42,11 @@ class DomainBusy(Exception):
     """Another job holds the domain; the task retries later."""
 
 
-def job_handler(kind: str) -> Callable[[Handler], Handler]:
+def job_handler(kind: str, *, permission: str | None = None) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         HANDLERS[kind] = fn
+        if permission is not None:
+            REQUIRED[kind] = permission
         return fn
 
     return register
@@ -106,6 +112,12 @@ def job_run(job_id: int) -> None:
     if handler is None:
         _finish(job, Job.Status.FAILED, error=f"No handler for job kind {job.kind!r}.")
         return
+    permission = REQUIRED.get(job.kind)
+    if permission and job.actor is not None and job.domain is not None:
+        if not has_perm(job.actor, permission, job.domain):
+            why = explain(job.actor, permission, job.domain)
+            _finish(job, Job.Status.FAILED, error=f"Permission withdrawn from {job.actor}: {why}")
+            return
     lock = None
     if job.domain_id is not None:
         lock = _domain_lock(job)

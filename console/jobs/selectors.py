@@ -9,4 +9,4 @@ from console.jobs.models import Job
 
 
 def job_list(*, user: Any) -> QuerySet[Job]:
-    return restrict(Job.objects.select_related("actor"), user, "job.view")
+    return restrict(Job.objects.select_related("actor"), user, "domain.view")

@@ -1,26 +1,77 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from console.access.policy import has_perm
+from console.access.policy import Reach, is_signed_in, reach
 from console.realtime.events import EVENTS_GROUP
+
+# Grants change rarely; what a socket may see is recomputed this often (and at each connect).
+REACH_TTL_SECONDS = 5.0
+
+
+def may_see(event: dict[str, Any], domains: Reach, hosts: Reach, user_id: int) -> bool:
+    """Whether a user with these reaches (domain.view, host.view) may receive this event."""
+    kind = event.get("type", "")
+    if kind in ("domain.state", "domain.deleted"):
+        d = event["domain"]
+        return (
+            domains.site
+            or d["id"] in domains.domains
+            or d["host"] in domains.hosts
+            or d["team"] in domains.teams
+        )
+    if kind == "job.updated":
+        j = event["job"]
+        if j["domain"] is None:
+            return domains.site or j["host"] in domains.hosts or j.get("actor_id") == user_id
+        return (
+            domains.site
+            or j["domain"] in domains.domains
+            or j["host"] in domains.hosts
+            or j["domain_team"] in domains.teams
+        )
+    if kind == "host.state":
+        h = event["host"]
+        if hosts.site or h["id"] in hosts.hosts:
+            return True
+        return bool(hosts.teams) and (not h["teams"] or bool(set(h["teams"]) & hosts.teams))
+    return False
 
 
 class EventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
-    """/ws/events/: live state for a logged-in browser. After a reconnect the page re-fetches."""
+    """/ws/events/: live state for a signed-in browser, each event only to those who may see its
+    object. After a reconnect the page re-fetches a snapshot."""
+
+    reaches: tuple[Reach, Reach] | None = None
+    reaches_at = 0.0
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if not has_perm(user, "event.view"):
+        if not is_signed_in(user):
             await self.close()  # before accept: the handshake is refused with 403
             return
+        await self._refresh()
         await self.channel_layer.group_add(EVENTS_GROUP, self.channel_name)
         await self.accept()
+
+    async def _refresh(self) -> tuple[Reach, Reach]:
+        if self.reaches is None or time.monotonic() - self.reaches_at > REACH_TTL_SECONDS:
+            user = self.scope["user"]
+            self.reaches = await database_sync_to_async(
+                lambda: (reach(user, "domain.view"), reach(user, "host.view"))
+            )()
+            self.reaches_at = time.monotonic()
+        return self.reaches
 
     async def disconnect(self, code: int) -> None:
         await self.channel_layer.group_discard(EVENTS_GROUP, self.channel_name)
 
     async def domus_event(self, message: dict[str, Any]) -> None:
-        await self.send_json(message["event"])
+        event = message["event"]
+        domains, hosts = await self._refresh()
+        if may_see(event, domains, hosts, self.scope["user"].pk):
+            await self.send_json(event)

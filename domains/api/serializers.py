@@ -17,6 +17,7 @@ class DomainSerializer(serializers.ModelSerializer[Domain]):
             "uuid",
             "name",
             "host",
+            "team",
             "vcpus",
             "memory_mib",
             "state",
@@ -44,6 +45,7 @@ class DomainCreateSerializer(serializers.Serializer[Any]):
 
     name = serializers.CharField()
     host = serializers.IntegerField()
+    team = serializers.IntegerField(required=False, help_text="Defaults to your only team")
     vcpus = serializers.IntegerField(required=False)
     memory_mib = serializers.IntegerField(required=False)
     disks = DiskInputSerializer(many=True, required=False)

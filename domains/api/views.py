@@ -10,7 +10,8 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from console.access.policy import has_perm
+from console.access.policy import explain, has_perm
+from console.access.selectors import team_list
 from console.errors import InvalidInput, NotFound, PermissionDenied
 from console.jobs.api.serializers import JobSerializer
 from console.jobs.models import Job
@@ -39,11 +40,10 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
 
     def _require(self, action_name: str, domain: Domain | None = None) -> None:
         if not has_perm(self.request.user, action_name, domain):
-            raise PermissionDenied(f"You lack the permission {action_name}.")
+            raise PermissionDenied(explain(self.request.user, action_name, domain))
 
     @extend_schema(request=DomainCreateSerializer, responses={202: DomainSerializer})
     def create(self, request: Request) -> Response:
-        self._require("domain.create")
         if not isinstance(request.data, dict):
             raise InvalidInput("The body must be a JSON object.")
         data = dict(request.data)
@@ -56,7 +56,14 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
             raise InvalidInput("Unknown host.", fields={"host": [f"no host with id {host_id}"]})
         if not isinstance(start, bool):
             raise InvalidInput("Invalid start.", fields={"start": ["must be true or false"]})
-        domain, job = domain_create(actor=request.user, host=host, data=data, start=start)
+        team_id = data.pop("team", None)
+        team = None
+        if team_id is not None:
+            if isinstance(team_id, int) and not isinstance(team_id, bool):
+                team = team_list(user=request.user).filter(pk=team_id).first()
+            if team is None:
+                raise InvalidInput("Unknown team.", fields={"team": [f"no team with id {team_id!r}"]})
+        domain, job = domain_create(actor=request.user, host=host, team=team, data=data, start=start)
         return _accepted(job, domain=DomainSerializer(domain).data)
 
     def destroy(self, request: Request, pk: str | None = None) -> Response:

@@ -5,7 +5,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from console.access.policy import has_perm
+from console.access.policy import explain, has_site_perm
 from console.errors import PermissionDenied
 from hosts.api.serializers import HostSerializer
 from hosts.models import Host
@@ -20,8 +20,8 @@ class HostViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[Host]):
         return host_list(user=self.request.user)
 
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
-        if not has_perm(request.user, "host.manage"):
-            raise PermissionDenied("You may not add hosts.")
+        if not has_site_perm(request.user, "host.manage"):
+            raise PermissionDenied(explain(request.user, "host.manage"))
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         host = host_register(actor=request.user, **serializer.validated_data)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ from console.jobs.runner import (
 )
 from domains.models import Domain
 from hosts.models import Host
+from tests.conftest import grant
 
 pytestmark = pytest.mark.django_db
 
@@ -120,3 +122,24 @@ def test_a_redelivered_job_takes_back_its_own_lock(handlers: dict[str, int], hos
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
     assert redis.Redis.from_url(settings.REDIS_URL).get(domain_lock_key(domain.pk)) is None  # released
+
+
+def test_a_job_whose_actor_lost_the_permission_does_not_run(
+    handlers: dict[str, int], host: Host, django_user_model: Any
+) -> None:
+    from console.jobs.runner import REQUIRED
+
+    REQUIRED["test.ok"] = "domain.power"
+    try:
+        bob = django_user_model.objects.create_user("bob", password="x-pass-1234")
+        domain = Domain.objects.create(name="d", host=host)
+        g = grant(bob, "Operator", domain)
+        job = Job.objects.create(kind="test.ok", domain=domain, host=host, actor=bob)
+        g.delete()  # withdrawn while the job waited in the queue
+        job_run(job.pk)
+        job.refresh_from_db()
+        assert job.status == Job.Status.FAILED
+        assert "domain.power" in job.error and "withdrawn" in job.error
+        assert handlers["ok"] == 0
+    finally:
+        REQUIRED.pop("test.ok")

@@ -65,4 +65,7 @@ def test_observed_state_change_publishes_once(listener: Listener, host: Host) ->
     domain_forget(domain=domain)
     events = listener.events(2)
     assert events[0]["type"] == "domain.state" and events[0]["domain"]["state"] == "running"
-    assert events[1] == {"type": "domain.deleted", "domain": {"id": domain_id, "name": "ev2"}}
+    assert events[1] == {
+        "type": "domain.deleted",
+        "domain": {"id": domain_id, "name": "ev2", "host": host.pk, "team": None},
+    }
