@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from console.access.api.views import ApiTokenViewSet
 from console.audit import views as audit_views
 from console.audit.api.views import AuditEventViewSet
 from console.health import healthz
@@ -16,6 +17,7 @@ router = DefaultRouter()
 router.register("hosts", HostViewSet, basename="host")
 router.register("domains", DomainViewSet, basename="domain")
 router.register("jobs", JobViewSet, basename="job")
+router.register("tokens", ApiTokenViewSet, basename="token")
 router.register("audit", AuditEventViewSet, basename="audit")
 
 urlpatterns = [

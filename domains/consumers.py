@@ -10,6 +10,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from agent.client import AgentClient, AgentError
+from console.audit.services import audit_record
 from domains.consoles import TicketRefused, console_ticket_redeem
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,15 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         try:
             ticket = await database_sync_to_async(console_ticket_redeem)(key=key, user=self.scope.get("user"))
         except TicketRefused as exc:
+            await database_sync_to_async(audit_record)(
+                action="console.open",
+                actor=self.scope.get("user"),
+                ip=self._ip(),
+                token=self.scope.get("auth"),
+                object_type="domain",
+                outcome="denied",
+                detail=str(exc),
+            )
             # Accept then close, so the browser sees the reason instead of a bare 403.
             await self.accept()
             await self.close(code=CLOSE_REFUSED, reason=str(exc))
@@ -49,8 +59,20 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.accept()
             await self.close(code=CLOSE_AGENT, reason=f"console unavailable: {detail}"[:120])
             return
+        await database_sync_to_async(audit_record)(
+            action="console.open",
+            actor=ticket.user,
+            ip=self._ip(),
+            token=self.scope.get("auth"),
+            obj=ticket.domain,
+            changes={"kind": ticket.kind},
+        )
         await self.accept()
         self.pump = asyncio.create_task(self._agent_to_browser())
+
+    def _ip(self) -> str | None:
+        client = self.scope.get("client") or [None]
+        return str(client[0]) if client[0] else None
 
     async def _agent_to_browser(self) -> None:
         assert self.agent_ws is not None

@@ -8,6 +8,7 @@ from agent.protocol import DomainInfo
 from console.access.models import Team
 from console.access.policy import explain, has_perm, has_site_perm, restrict
 from console.access.quotas import quota_check
+from console.audit.services import Origin, audit_record
 from console.errors import Conflict, InvalidInput, PermissionDenied
 from console.jobs.models import Job
 from console.jobs.services import job_enqueue
@@ -42,7 +43,13 @@ def _creating_team(actor: Any, team: Team | None) -> Team | None:
 
 @transaction.atomic
 def domain_create(
-    *, actor: Any, host: Host, data: dict[str, Any], team: Team | None = None, start: bool = False
+    *,
+    actor: Any,
+    host: Host,
+    data: dict[str, Any],
+    team: Team | None = None,
+    start: bool = False,
+    origin: Origin | None = None,
 ) -> tuple[Domain, Job]:
     team = _creating_team(actor, team)
     if team is not None and host.teams.exists() and not host.teams.filter(pk=team.pk).exists():
@@ -79,28 +86,40 @@ def domain_create(
         ) from exc
     job = job_enqueue(kind="domain.create", actor=actor, host=host, domain=domain, params={"start": start})
     publish_on_commit(domain_event(domain))
+    audit_record(
+        action="domain.create",
+        actor=actor,
+        origin=origin,
+        obj=domain,
+        changes={"spec": domain.spec, "host": host.name, "team": team.name if team else None, "job": job.pk},
+    )
     return domain, job
 
 
 @transaction.atomic
-def domain_power(*, actor: Any, domain: Domain, action: str) -> Job:
+def domain_power(*, actor: Any, domain: Domain, action: str, origin: Origin | None = None) -> Job:
     kind = POWER_ACTIONS.get(action)
     if kind is None:
         raise InvalidInput(f"Unknown action {action!r}.")
     if domain.state == Domain.State.NEW and kind != "domain.start":
         raise Conflict(f"{domain.name} is still being defined.")
-    return job_enqueue(kind=kind, actor=actor, host=domain.host, domain=domain)
+    job = job_enqueue(kind=kind, actor=actor, host=domain.host, domain=domain)
+    audit_record(action=kind, actor=actor, origin=origin, obj=domain, changes={"job": job.pk})
+    return job
 
 
 @transaction.atomic
-def domain_delete(*, actor: Any, domain: Domain, delete_disks: bool) -> Job:
-    return job_enqueue(
+def domain_delete(*, actor: Any, domain: Domain, delete_disks: bool, origin: Origin | None = None) -> Job:
+    job = job_enqueue(
         kind="domain.delete",
         actor=actor,
         host=domain.host,
         domain=domain,
         params={"delete_disks": delete_disks},
     )
+    changes = {"delete_disks": delete_disks, "job": job.pk}
+    audit_record(action="domain.delete", actor=actor, origin=origin, obj=domain, changes=changes)
+    return job
 
 
 @transaction.atomic

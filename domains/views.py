@@ -10,6 +10,7 @@ from django.views.decorators.http import require_POST
 
 from console.access.policy import has_site_perm
 from console.access.selectors import team_list
+from console.audit.services import origin_of
 from console.errors import DomusError
 from console.jobs.selectors import job_list
 from domains.selectors import domain_get, domain_jobs, domain_list
@@ -80,7 +81,14 @@ def domain_new(request: HttpRequest) -> HttpResponse:
             errors = {"host": ["choose a host"]}
         else:
             try:
-                domain, _ = domain_create(actor=request.user, host=host, team=team, data=data, start=start)
+                domain, _ = domain_create(
+                    actor=request.user,
+                    host=host,
+                    team=team,
+                    data=data,
+                    start=start,
+                    origin=origin_of(request),
+                )
             except DomusError as exc:
                 errors = exc.fields or {"non_field_errors": [exc.detail]}
             else:
@@ -117,7 +125,9 @@ def domain_action(request: HttpRequest, domain_id: int, action: str) -> HttpResp
     try:
         if action == "delete":
             delete_disks = request.POST.get("delete_disks") == "on"
-            domain_delete(actor=request.user, domain=domain, delete_disks=delete_disks)
+            domain_delete(
+                actor=request.user, domain=domain, delete_disks=delete_disks, origin=origin_of(request)
+            )
             messages.success(
                 request,
                 f"Deleting {domain.name}" + (" and its disks" if delete_disks else "") + "…",
@@ -125,7 +135,7 @@ def domain_action(request: HttpRequest, domain_id: int, action: str) -> HttpResp
             return redirect("home")
         if action not in ("start", "shutdown", "force-off"):
             return HttpResponseNotAllowed(["POST"])
-        domain_power(actor=request.user, domain=domain, action=action)
+        domain_power(actor=request.user, domain=domain, action=action, origin=origin_of(request))
     except DomusError as exc:
         messages.error(request, exc.detail)
     return redirect("domain-detail", domain_id=domain.pk)

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from django.db import transaction
 from django.utils import timezone
 
+from console.audit.services import Origin, audit_record
 from console.errors import InvalidInput
 from console.realtime.events import publish_on_commit
 from hosts.events import host_event
@@ -34,7 +35,9 @@ def agent_url_problem(url: str) -> str | None:
 
 
 @transaction.atomic
-def host_register(*, name: str, url: str, secret: str, actor: Any = None) -> Host:
+def host_register(
+    *, name: str, url: str, secret: str, actor: Any = None, origin: Origin | None = None
+) -> Host:
     """Add (or update the address and secret of) a host whose agent is reachable at `url`.
 
     Pinned enrolment with a pairing code replaces this for remote hosts (issue 4); loopback
@@ -42,8 +45,11 @@ def host_register(*, name: str, url: str, secret: str, actor: Any = None) -> Hos
     """
     if problem := agent_url_problem(url):
         raise InvalidInput("Unsafe agent URL.", fields={"url": [problem]})
-    host, _ = Host.objects.update_or_create(name=name, defaults={"url": url, "secret": secret})
+    host, created = Host.objects.update_or_create(name=name, defaults={"url": url, "secret": secret})
     publish_on_commit(host_event(host))
+    # The secret is never recorded, only that it was set.
+    changes = {"url": url, "secret": "(set)", "created": created}
+    audit_record(action="host.register", actor=actor, origin=origin, obj=host, changes=changes)
     return host
 
 

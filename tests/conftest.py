@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from console.access.models import Grant, Role
+from console.access.models import ApiToken, Grant, Role, hash_key
 from console.access.permissions import BUILTIN_ROLES
 from console.access.services import api_token_issue
 from hosts.models import Host
@@ -49,6 +49,27 @@ def builtin_role(name: str) -> Role:
         name=name, defaults={"permissions": BUILTIN_ROLES[name], "builtin": True}
     )
     return role
+
+
+def quiet_token(user: Any) -> str:
+    """A key for a fresh token, made without the service, so the audit trail stays empty (for
+    tests that count audit events)."""
+    key = ApiToken.new_key()
+    ApiToken.objects.create(user=user, name="test", prefix=key[:8], key_hash=hash_key(key))
+    return key
+
+
+def quiet_login(client: Any, user: Any) -> None:
+    """force_login without the sign-in landing in the audit trail (for tests that count it)."""
+    from django.contrib.auth.signals import user_logged_in
+
+    from console.access import signals
+
+    user_logged_in.disconnect(signals._logged_in)
+    try:
+        client.force_login(user)
+    finally:
+        user_logged_in.connect(signals._logged_in)
 
 
 @pytest.fixture

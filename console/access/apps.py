@@ -6,4 +6,4 @@ class AccessConfig(AppConfig):
     label = "access"
 
     def ready(self) -> None:
-        from console.access import schema  # noqa: F401  (registers the OpenAPI auth scheme)
+        from console.access import schema, signals  # noqa: F401  (OpenAPI auth scheme, audit of sign-ins)

@@ -19,6 +19,7 @@ serialises appends across processes just the same.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -38,6 +39,20 @@ from console.errors import Conflict, InvalidInput
 
 OUTCOMES = frozenset(AuditEvent.Outcome.values)
 PRUNE_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an action came from, as the edge saw it: the API token used and the address.
+    Views hand it to services, which record it with what they did."""
+
+    token: ApiToken | None = None
+    ip: str | None = None
+
+
+def origin_of(request: HttpRequest | Request) -> Origin:
+    auth = getattr(request, "auth", None) if isinstance(request, Request) else None
+    return Origin(token=auth if isinstance(auth, ApiToken) else None, ip=request_ip(request))
 
 
 def _head_locked() -> AuditHead:
@@ -95,6 +110,7 @@ def audit_record(
     changes: dict[str, Any] | None = None,
     outcome: str = "success",
     detail: str = "",
+    origin: Origin | None = None,
 ) -> AuditEvent:
     """Append one event to the audit trail, inside the caller's transaction (module docstring).
 
@@ -102,6 +118,9 @@ def audit_record(
     (its prefix is recorded; its user is the actor when `actor` is anonymous). With `obj`, the
     object's type, id and text default to its model name, pk and str(). For a failed login,
     name the attempted account in `object_repr` (object_type "user")."""
+    if origin is not None:  # explicit token / ip win
+        token = token if token is not None else origin.token
+        ip = ip if ip is not None else origin.ip
     if not action:
         raise InvalidInput("An audit event needs an action.")
     if outcome not in OUTCOMES:

@@ -14,11 +14,13 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 from redis.lock import Lock
 
 from agent.client import AgentError
 from console.access.policy import explain, has_perm
+from console.audit.services import audit_record
 from console.jobs.events import job_event
 from console.jobs.models import Job
 from console.realtime.events import publish
@@ -171,5 +173,15 @@ def _finish(job: Job, status: str, *, error: str = "", result: dict[str, Any] | 
     stamp = job.finished_at.strftime("%H:%M:%S")
     job.log += f"{stamp} {job.step}{': ' + error if error else ''}\n"
     # The domain may have been deleted by this very job: don't let the FK write resurrect it.
-    job.save(update_fields=["status", "error", "result", "finished_at", "progress", "step", "log"])
+    with transaction.atomic():
+        job.save(update_fields=["status", "error", "result", "finished_at", "progress", "step", "log"])
+        outcome = "success" if status == Job.Status.SUCCEEDED else "failed"
+        audit_record(
+            action="job.finished",
+            actor=job.actor,
+            obj=job,
+            outcome=outcome,
+            detail=error,
+            changes={"kind": job.kind, "target": job.target_name, "attempts": job.attempts},
+        )
     publish(job_event(job))

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from console.access.policy import explain, has_perm
 from console.access.selectors import team_list
+from console.audit.services import origin_of
 from console.errors import InvalidInput, NotFound, PermissionDenied
 from console.jobs.api.serializers import JobSerializer
 from console.jobs.models import Job
@@ -63,7 +64,9 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
                 team = team_list(user=request.user).filter(pk=team_id).first()
             if team is None:
                 raise InvalidInput("Unknown team.", fields={"team": [f"no team with id {team_id!r}"]})
-        domain, job = domain_create(actor=request.user, host=host, team=team, data=data, start=start)
+        domain, job = domain_create(
+            actor=request.user, host=host, team=team, data=data, start=start, origin=origin_of(request)
+        )
         return _accepted(job, domain=DomainSerializer(domain).data)
 
     def destroy(self, request: Request, pk: str | None = None) -> Response:
@@ -74,12 +77,18 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
             "true",
             "yes",
         )
-        return _accepted(domain_delete(actor=request.user, domain=domain, delete_disks=delete_disks))
+        return _accepted(
+            domain_delete(
+                actor=request.user, domain=domain, delete_disks=delete_disks, origin=origin_of(request)
+            )
+        )
 
     def _power(self, request: Request, name: str) -> Response:
         domain = self.get_object()
         self._require("domain.power", domain)
-        return _accepted(domain_power(actor=request.user, domain=domain, action=name))
+        return _accepted(
+            domain_power(actor=request.user, domain=domain, action=name, origin=origin_of(request))
+        )
 
     @extend_schema(request=None, responses={202: JobSerializer})
     @action(detail=True, methods=["post"])

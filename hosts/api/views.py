@@ -6,6 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from console.access.policy import explain, has_site_perm
+from console.audit.services import origin_of
 from console.errors import PermissionDenied
 from hosts.api.serializers import HostSerializer
 from hosts.models import Host
@@ -24,5 +25,5 @@ class HostViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[Host]):
             raise PermissionDenied(explain(request.user, "host.manage"))
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        host = host_register(actor=request.user, **serializer.validated_data)
+        host = host_register(actor=request.user, origin=origin_of(request), **serializer.validated_data)
         return Response(self.get_serializer(host).data, status=status.HTTP_201_CREATED)

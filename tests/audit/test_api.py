@@ -16,6 +16,7 @@ from console.access.services import api_token_issue
 from console.audit.chain import HASHED_FIELDS, event_hash
 from console.audit.models import AuditEvent
 from console.audit.services import audit_record
+from tests.conftest import quiet_login, quiet_token
 
 pytestmark = pytest.mark.django_db
 
@@ -31,7 +32,7 @@ def admin(django_user_model: Any) -> Any:
 
 @pytest.fixture
 def admin_api(admin: Any) -> APIClient:
-    _, key = api_token_issue(user=admin)
+    key = quiet_token(admin)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     return client
@@ -211,7 +212,7 @@ def test_token_call_is_recordable(admin: Any) -> None:
 @pytest.fixture
 def browser(admin: Any) -> Client:
     client = Client()
-    client.force_login(admin)
+    quiet_login(client, admin)
     return client
 
 

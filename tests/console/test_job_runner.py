@@ -143,3 +143,13 @@ def test_a_job_whose_actor_lost_the_permission_does_not_run(
         assert handlers["ok"] == 0
     finally:
         REQUIRED.pop("test.ok")
+
+
+def test_finished_jobs_are_audited(handlers: dict[str, int]) -> None:
+    from console.audit.models import AuditEvent
+
+    ok, refused = make("test.ok"), make("test.refused")
+    job_run(ok.pk)
+    job_run(refused.pk)
+    outcomes = dict(AuditEvent.objects.filter(action="job.finished").values_list("object_id", "outcome"))
+    assert outcomes == {str(ok.pk): "success", str(refused.pk): "failed"}

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from console.access.models import ApiToken
+from console.access.services import api_token_issue
+from domains.models import Domain
+from hosts.models import Host
+
+pytestmark = pytest.mark.django_db
+
+
+def client(key: str) -> APIClient:
+    c = APIClient()
+    c.credentials(HTTP_AUTHORIZATION=f"Token {key}", REMOTE_ADDR="192.0.2.7")
+    return c
+
+
+def test_issue_shows_the_key_once_and_lists_without_it(api: APIClient) -> None:
+    created = api.post("/api/v1/tokens/", {"name": "ci"}, format="json")
+    assert created.status_code == 201, created.content
+    key = created.json()["key"]
+    listed = api.get("/api/v1/tokens/").json()["results"]
+    assert {t["name"] for t in listed} >= {"ci"}
+    assert all("key" not in t for t in listed)
+    assert key not in api.get("/api/v1/tokens/").content.decode()
+    assert client(key).get("/api/v1/domains/").status_code == 200
+
+
+def test_last_use_time_and_address_are_recorded(user: Any) -> None:
+    token, key = api_token_issue(user=user, name="t")
+    client(key).get("/api/v1/domains/")
+    token.refresh_from_db()
+    assert token.last_used_at is not None and token.last_used_ip == "192.0.2.7"
+
+
+def test_expired_token_is_refused(user: Any) -> None:
+    token, key = api_token_issue(user=user, name="t", expires_at=timezone.now() + timedelta(hours=1))
+    assert client(key).get("/api/v1/domains/").status_code == 200
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert client(key).get("/api/v1/domains/").status_code == 401
+
+
+def test_revoked_token_is_refused(api: APIClient, user: Any) -> None:
+    token, key = api_token_issue(user=user, name="t")
+    assert api.delete(f"/api/v1/tokens/{token.pk}/").status_code == 200
+    assert client(key).get("/api/v1/domains/").status_code == 401
+
+
+def test_read_only_token_cannot_write(user: Any, host: Host) -> None:
+    _, key = api_token_issue(user=user, name="ro", read_only=True)
+    ro = client(key)
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.SHUTOFF)
+    assert ro.get(f"/api/v1/domains/{domain.pk}/").status_code == 200
+    assert ro.post(f"/api/v1/domains/{domain.pk}/start/").status_code == 403
+    assert ro.delete(f"/api/v1/domains/{domain.pk}/").status_code == 403
+    assert ro.post("/api/v1/tokens/", {"name": "more"}, format="json").status_code == 403
+    assert not domain.jobs.exists()
+
+
+def test_token_limited_to_some_permissions(user: Any, host: Host) -> None:
+    _, key = api_token_issue(user=user, name="viewer", permissions=["domain.view"])
+    limited = client(key)
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.RUNNING)
+    assert limited.get(f"/api/v1/domains/{domain.pk}/").status_code == 200
+    response = limited.post(f"/api/v1/domains/{domain.pk}/start/")
+    assert response.status_code == 403 and "token" in response.json()["detail"]
+    assert limited.get("/api/v1/hosts/").json()["results"] == []  # host.view not granted to it
+    # ... and it cannot mint a broader token
+    assert limited.post("/api/v1/tokens/", {"name": "all"}, format="json").status_code == 403
+    narrower = limited.post("/api/v1/tokens/", {"name": "n", "permissions": ["domain.view"]}, format="json")
+    assert narrower.status_code == 201
+
+
+def test_unknown_permission_or_past_expiry_is_a_field_error(api: APIClient) -> None:
+    bad = api.post("/api/v1/tokens/", {"name": "x", "permissions": ["domain.fly"]}, format="json")
+    assert bad.status_code == 400 and "permissions" in bad.json()["fields"]
+    past = (timezone.now() - timedelta(days=1)).isoformat()
+    bad = api.post("/api/v1/tokens/", {"name": "x", "expires_at": past}, format="json")
+    assert bad.status_code == 400 and "expires_at" in bad.json()["fields"]
+
+
+def test_one_cannot_revoke_or_see_another_users_tokens(api: APIClient, django_user_model: Any) -> None:
+    bob = django_user_model.objects.create_user("bob", password="x-pass-1234")
+    token, _ = api_token_issue(user=bob, name="bob's")
+    assert api.get(f"/api/v1/tokens/{token.pk}/").status_code == 404
+    assert api.delete(f"/api/v1/tokens/{token.pk}/").status_code == 404
+    token.refresh_from_db()
+    assert token.revoked_at is None
