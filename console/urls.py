@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from console.access.api.views import ApiTokenViewSet
+from console.access.api.views import ApiTokenViewSet, GrantViewSet, RoleViewSet, TeamViewSet, WhyView
 from console.audit import views as audit_views
 from console.audit.api.views import AuditEventViewSet
 from console.health import healthz
@@ -18,14 +18,18 @@ router.register("hosts", HostViewSet, basename="host")
 router.register("domains", DomainViewSet, basename="domain")
 router.register("jobs", JobViewSet, basename="job")
 router.register("tokens", ApiTokenViewSet, basename="token")
+router.register("teams", TeamViewSet, basename="team")
+router.register("roles", RoleViewSet, basename="role")
+router.register("grants", GrantViewSet, basename="grant")
 router.register("audit", AuditEventViewSet, basename="audit")
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("", include("console.access.login.urls")),  # login/, login/code/, account/2fa/, oidc/
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/v1/access/why/", WhyView.as_view(), name="access-why"),
     path("api/v1/", include(router.urls)),
     path("", domain_views.home, name="home"),
     path("hosts/", host_views.host_list_page, name="host-list"),

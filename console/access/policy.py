@@ -69,7 +69,7 @@ def reach(user: Any, action: str) -> Reach:
             result.teams.add(grant.team_id)  # type: ignore[arg-type]
         elif grant.scope == Grant.Scope.HOST:
             result.hosts.add(grant.host_id)  # type: ignore[arg-type]
-        elif grant.scope == Grant.Scope.DOMAIN:
+        elif grant.scope == Grant.Scope.DOMAIN and action not in NOT_FROM_TEAMS:
             result.domains.add(grant.domain_id)  # type: ignore[arg-type]
     if action not in NOT_FROM_TEAMS:
         for membership in Membership.objects.filter(user=user).select_related("role"):

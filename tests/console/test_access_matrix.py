@@ -214,3 +214,16 @@ def test_nobody_sees_or_does_anything(world: World) -> None:
         assert api.post(f"/api/v1/domains/{domain.pk}/start/").status_code == 404
     body = {"name": "x", "host": world.hosts["shared"].pk, "boot": {"iso": "/var/lib/libvirt/images/x.iso"}}
     assert api.post("/api/v1/domains/", body, format="json").status_code == 400  # no host it may see
+
+
+@pytest.mark.parametrize(("role", "scope"), CASES)
+def test_audit_trail_is_for_site_auditors_only(role: str, scope: str, world: World) -> None:
+    from console.audit.services import audit_record
+
+    audit_record(action="domain.create", obj=world.domains["a1"])
+    response = client_for(make_subject(role, scope, world)).get("/api/v1/audit/")
+    rows = response.json().get("results", []) if response.status_code == 200 else []
+    if scope == "site" and "audit.view" in ROLES[role]:
+        assert rows, "a site auditor reads the trail"
+    else:
+        assert response.status_code == 403 or rows == [], (response.status_code, rows)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from rest_framework import serializers
 
-from console.access.models import ApiToken
+from console.access.models import ApiToken, Grant, Role, Team
+from console.access.quotas import team_usage
 
 
 class ApiTokenSerializer(serializers.ModelSerializer[ApiToken]):
@@ -37,4 +39,47 @@ class ApiTokenCreatedSerializer(ApiTokenSerializer):
 
     class Meta(ApiTokenSerializer.Meta):
         fields = [*ApiTokenSerializer.Meta.fields, "key"]
+        read_only_fields = fields
+
+
+class TeamSerializer(serializers.ModelSerializer[Team]):
+    usage = serializers.SerializerMethodField()
+    members = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Team
+        fields = [
+            "id",
+            "name",
+            "max_domains",
+            "max_vcpus",
+            "max_memory_mib",
+            "max_disk_gib",
+            "usage",
+            "members",
+        ]
+        read_only_fields = fields
+
+    def get_usage(self, team: Team) -> dict[str, float]:
+        return dataclasses.asdict(team_usage(team))
+
+    def get_members(self, team: Team) -> list[dict[str, str]]:
+        rows = team.memberships.select_related("user", "role").order_by("user__username")
+        return [{"user": m.user.get_username(), "role": m.role.name} for m in rows]
+
+
+class RoleSerializer(serializers.ModelSerializer[Role]):
+    class Meta:
+        model = Role
+        fields = ["id", "name", "permissions", "builtin", "description"]
+        read_only_fields = ["builtin"]
+
+
+class GrantSerializer(serializers.ModelSerializer[Grant]):
+    user = serializers.SlugRelatedField(slug_field="username", read_only=True)  # type: ignore[var-annotated]
+    role = serializers.SlugRelatedField(slug_field="name", read_only=True)  # type: ignore[var-annotated]
+
+    class Meta:
+        model = Grant
+        fields = ["id", "user", "role", "scope", "team", "host", "domain", "created_at"]
         read_only_fields = fields
