@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from console.access import views as access_views
 from console.access.api.views import ApiTokenViewSet, GrantViewSet, RoleViewSet, TeamViewSet, WhyView
 from console.audit import views as audit_views
 from console.audit.api.views import AuditEventViewSet
@@ -33,6 +34,9 @@ urlpatterns = [
     path("api/v1/", include(router.urls)),
     path("", domain_views.home, name="home"),
     path("hosts/", host_views.host_list_page, name="host-list"),
+    path("teams/", access_views.team_list_page, name="team-list"),
+    path("account/tokens/", access_views.token_list_page, name="token-list"),
+    path("account/tokens/<int:token_id>/revoke/", access_views.token_revoke_page, name="token-revoke"),
     path("audit/", audit_views.audit_list_page, name="audit-list"),
     path("domains/new/", domain_views.domain_new, name="domain-new"),
     path("domains/<int:domain_id>/", domain_views.domain_detail, name="domain-detail"),
