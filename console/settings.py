@@ -200,6 +200,35 @@ DOMUS_CONSOLE_TICKET_TTL_SECONDS = 30
 DOMUS_HOST_OFFLINE_AFTER_SECONDS = float(os.environ.get("DOMUS_HOST_OFFLINE_AFTER_SECONDS", "6"))
 DOMUS_SHUTDOWN_TIMEOUT_SECONDS = float(os.environ.get("DOMUS_SHUTDOWN_TIMEOUT_SECONDS", "60"))
 
+# --- Sign-in (console/access/login): lockout, TOTP second factor, optional OpenID Connect ---
+# Failed sign-ins are counted in Redis per username and per client address (throttle.py).
+DOMUS_LOGIN_MAX_FAILURES = int(os.environ.get("DOMUS_LOGIN_MAX_FAILURES", "5"))
+DOMUS_LOGIN_MAX_FAILURES_PER_IP = int(os.environ.get("DOMUS_LOGIN_MAX_FAILURES_PER_IP", "20"))
+DOMUS_LOGIN_LOCKOUT_SECONDS = int(os.environ.get("DOMUS_LOGIN_LOCKOUT_SECONDS", "900"))
+DOMUS_LOGIN_WINDOW_SECONDS = int(os.environ.get("DOMUS_LOGIN_WINDOW_SECONDS", "900"))
+DOMUS_LOGIN_PENDING_SECONDS = 300  # between the password step and the code step
+INSTALLED_APPS += ["django_otp", "django_otp.plugins.otp_totp"]
+_auth_middleware = MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware")
+MIDDLEWARE[_auth_middleware + 1 : _auth_middleware + 1] = [
+    "django_otp.middleware.OTPMiddleware",
+    "console.access.login.middleware.SecondFactorMiddleware",
+]
+OTP_TOTP_ISSUER = "Domus"
+OTP_TOTP_THROTTLE_FACTOR = 0  # the lockout above counts wrong codes; no second, per-device delay
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+# OpenID Connect only when DOMUS_OIDC_* is set (see console/access/login/oidc_config.py);
+# otherwise mozilla-django-oidc is not loaded at all.
+from console.access.login.oidc_config import BACKEND as _OIDC_BACKEND  # noqa: E402
+from console.access.login.oidc_config import oidc_settings as _oidc_settings  # noqa: E402
+
+_oidc = _oidc_settings(os.environ)
+DOMUS_OIDC_ENABLED = _oidc is not None
+if _oidc is not None:
+    globals().update(_oidc)
+    INSTALLED_APPS.append("mozilla_django_oidc")
+    AUTHENTICATION_BACKENDS.append(_OIDC_BACKEND)
+# --- end of sign-in settings ---
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -97,3 +97,16 @@ def host(db: None) -> Host:
         state=Host.State.ONLINE,
         facts={"default_pool_path": "/var/lib/libvirt/images"},
     )
+
+
+@pytest.fixture(autouse=True)
+def _isolated_login_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failed sign-ins are counted in Redis, which outlives a test run: give each test its own
+    key namespace (still under DOMUS_REDIS_PREFIX), so that runs, tests and a console sharing the
+    Redis do not lock each other out. The keys expire on their own."""
+    import uuid
+
+    from console.access.login import throttle
+
+    namespace = f"{throttle._namespace()}-test-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setattr(throttle, "_namespace", lambda: namespace)
