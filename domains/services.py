@@ -25,6 +25,11 @@ POWER_ACTIONS = {
 }
 
 
+def _require(actor: Any, action: str, domain: Domain) -> None:
+    if not has_perm(actor, action, domain):
+        raise PermissionDenied(explain(actor, action, domain))
+
+
 def _creating_team(actor: Any, team: Team | None) -> Team | None:
     """The team the new domain will belong to, checking the actor may create there."""
     if team is None:
@@ -101,6 +106,7 @@ def domain_power(*, actor: Any, domain: Domain, action: str, origin: Origin | No
     kind = POWER_ACTIONS.get(action)
     if kind is None:
         raise InvalidInput(f"Unknown action {action!r}.")
+    _require(actor, "domain.power", domain)
     if domain.state == Domain.State.NEW and kind != "domain.start":
         raise Conflict(f"{domain.name} is still being defined.")
     job = job_enqueue(kind=kind, actor=actor, host=domain.host, domain=domain)
@@ -110,6 +116,7 @@ def domain_power(*, actor: Any, domain: Domain, action: str, origin: Origin | No
 
 @transaction.atomic
 def domain_delete(*, actor: Any, domain: Domain, delete_disks: bool, origin: Origin | None = None) -> Job:
+    _require(actor, "domain.delete", domain)
     job = job_enqueue(
         kind="domain.delete",
         actor=actor,

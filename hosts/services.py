@@ -7,8 +7,9 @@ from urllib.parse import urlsplit
 from django.db import transaction
 from django.utils import timezone
 
+from console.access.policy import explain, has_site_perm
 from console.audit.services import Origin, audit_record
-from console.errors import InvalidInput
+from console.errors import InvalidInput, PermissionDenied
 from console.realtime.events import publish_on_commit
 from hosts.events import host_event
 from hosts.models import Host
@@ -43,6 +44,8 @@ def host_register(
     Pinned enrolment with a pairing code replaces this for remote hosts (issue 4); loopback
     agents such as `make run`'s own are registered this way.
     """
+    if actor is not None and not has_site_perm(actor, "host.manage"):  # None: the system itself
+        raise PermissionDenied(explain(actor, "host.manage"))
     if problem := agent_url_problem(url):
         raise InvalidInput("Unsafe agent URL.", fields={"url": [problem]})
     host, created = Host.objects.update_or_create(name=name, defaults={"url": url, "secret": secret})

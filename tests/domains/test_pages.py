@@ -86,3 +86,20 @@ def test_unknown_domain_page_is_404(browser: Any) -> None:
 )
 def test_static_files_are_served(browser: Any, path: str) -> None:
     assert browser.get(path).status_code == 200
+
+
+def test_pages_enforce_permissions_too(client: Any, django_user_model: Any, host: Host) -> None:
+    """The page's buttons go through the same services as the API: a Viewer cannot start."""
+    from tests.conftest import grant
+
+    domain = Domain.objects.create(name="web9", host=host, state=Domain.State.SHUTOFF)
+    viewer = django_user_model.objects.create_user("vic", password="x-pass-1234")
+    grant(viewer, "Viewer", domain)
+    client.force_login(viewer)
+    for action in ("start", "shutdown", "force-off", "delete"):
+        client.post(f"/domains/{domain.pk}/{action}/")
+    assert not domain.jobs.exists()
+    page = client.get(f"/domains/{domain.pk}/", follow=True).content.decode()
+    assert "web9" in page
+    response = client.post(f"/domains/{domain.pk}/start/", follow=True)
+    assert "domain.power" in response.content.decode()  # the page says what is missing
