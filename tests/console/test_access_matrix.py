@@ -227,3 +227,35 @@ def test_audit_trail_is_for_site_auditors_only(role: str, scope: str, world: Wor
         assert rows, "a site auditor reads the trail"
     else:
         assert response.status_code == 403 or rows == [], (response.status_code, rows)
+
+
+@pytest.mark.parametrize(("role", "scope"), CASES)
+def test_detail_endpoints_do_not_leak_across_scopes(role: str, scope: str, world: World) -> None:
+    """Object-id guessing: a host or team outside one's reach is 404, like a domain or job."""
+    api = client_for(make_subject(role, scope, world))
+    for name, host in world.hosts.items():
+        expected = 200 if scope_reaches_host(scope, host, "host.view") else 404
+        assert api.get(f"/api/v1/hosts/{host.pk}/").status_code == expected, name
+    for name, team in world.teams.items():
+        expected = 200 if scope in ("site", f"team:{name}") else 404
+        assert api.get(f"/api/v1/teams/{team.pk}/").status_code == expected, name
+
+
+@pytest.mark.parametrize(("role", "scope"), CASES)
+def test_console_ticket_stops_working_when_the_role_goes(role: str, scope: str, world: World) -> None:
+    """A ticket issued while allowed is refused at the socket once the grant is withdrawn."""
+    from console.access.models import Grant, Membership
+    from domains.consoles import TicketRefused, console_ticket_redeem
+
+    user = make_subject(role, scope, world)
+    api = client_for(user)
+    domain = world.domains["a1"]  # reached by every scope in SCOPES
+    response = api.post(f"/api/v1/domains/{domain.pk}/console-tickets/", {"kind": "serial"}, format="json")
+    if "domain.console.interact" not in ROLES[role]:
+        assert response.status_code == 403
+        return
+    key = response.json()["ticket"]
+    Grant.objects.filter(user=user).delete()
+    Membership.objects.filter(user=user).delete()
+    with pytest.raises(TicketRefused, match="withdrawn"):
+        console_ticket_redeem(key=key, user=user)

@@ -1,0 +1,64 @@
+"""The live events WebSocket, through the real ASGI stack: each signed-in user hears only about
+what they may see."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from console.access.models import Team
+from console.asgi import application
+from console.realtime.events import apublish
+from domains.events import domain_event
+from domains.models import Domain
+from hosts.models import Host
+from tests.conftest import grant
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def session_cookie(user: Any) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def test_events_reach_only_those_who_may_see(django_user_model: Any) -> None:
+    def world() -> tuple[Any, list[Domain]]:
+        host = Host.objects.create(name="h", url="http://127.0.0.1:1", secret="x" * 32)
+        a, b = Team.objects.create(name="A"), Team.objects.create(name="B")
+        mine = Domain.objects.create(name="mine", host=host, team=a)
+        theirs = Domain.objects.create(name="theirs", host=host, team=b)
+        user = django_user_model.objects.create_user("ev", password="x-pass-1234")
+        grant(user, "Viewer", a)
+        return user, [mine, theirs]
+
+    user, domains = await database_sync_to_async(world)()
+    cookie = await database_sync_to_async(session_cookie)(user)
+    communicator = WebsocketCommunicator(
+        application, "/ws/events/", headers=[(b"cookie", cookie), (b"origin", b"http://127.0.0.1")]
+    )
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    await asyncio.sleep(0.3)  # the pub/sub layer subscribes the group in the background
+    for domain in reversed(domains):  # theirs first: it must be skipped, not merely late
+        await apublish(await database_sync_to_async(domain_event)(domain))
+    first = await communicator.receive_json_from(timeout=5)
+    assert first["domain"]["name"] == "mine"
+    assert await communicator.receive_nothing(timeout=1)
+    await communicator.disconnect()
+
+
+async def test_events_socket_refuses_a_stranger_origin(django_user_model: Any) -> None:
+    user = await database_sync_to_async(django_user_model.objects.create_user)("ev2", password="x-pass-1234")
+    cookie = await database_sync_to_async(session_cookie)(user)
+    communicator = WebsocketCommunicator(
+        application, "/ws/events/", headers=[(b"cookie", cookie), (b"origin", b"http://evil.example")]
+    )
+    connected, _ = await communicator.connect(timeout=10)
+    assert not connected
