@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from console.audit.export import COLUMNS
 from console.audit.models import AuditEvent
 
 
@@ -10,20 +11,5 @@ class AuditEventSerializer(serializers.ModelSerializer[AuditEvent]):
 
     class Meta:
         model = AuditEvent
-        fields = [
-            "seq",
-            "created_at",
-            "actor",
-            "token_prefix",
-            "ip",
-            "action",
-            "object_type",
-            "object_id",
-            "object_repr",
-            "changes",
-            "outcome",
-            "detail",
-            "prev_hash",
-            "hash",
-        ]
+        fields = list(COLUMNS)  # the export's columns: one list for both
         read_only_fields = fields
