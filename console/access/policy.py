@@ -40,6 +40,20 @@ class Reach:
     def anywhere(self) -> bool:
         return self.site or bool(self.teams or self.hosts or self.domains)
 
+    def reaches_domain(self, domain_id: int, host_id: int, team_id: int | None) -> bool:
+        return (
+            self.site
+            or domain_id in self.domains
+            or host_id in self.hosts
+            or (team_id is not None and team_id in self.teams)
+        )
+
+    def reaches_host(self, host_id: int, reserved_to: set[int]) -> bool:
+        """`reserved_to`: the teams the host is reserved to (empty: shared by the site)."""
+        if self.site or host_id in self.hosts:
+            return True
+        return bool(self.teams) and (not reserved_to or bool(reserved_to & self.teams))
+
 
 def is_signed_in(user: Any) -> bool:
     return bool(user is not None and getattr(user, "is_authenticated", False) and user.is_active)
@@ -99,16 +113,9 @@ def _reaches(r: Reach, obj: Model) -> bool:
     from hosts.models import Host
 
     if isinstance(obj, Domain):
-        return (
-            obj.pk in r.domains
-            or obj.host_id in r.hosts
-            or (obj.team_id is not None and obj.team_id in r.teams)
-        )
+        return r.reaches_domain(obj.pk, obj.host_id, obj.team_id)
     if isinstance(obj, Host):
-        if obj.pk in r.hosts:
-            return True
-        reserved = set(obj.teams.values_list("pk", flat=True))
-        return bool(r.teams) and (not reserved or bool(reserved & r.teams))
+        return r.reaches_host(obj.pk, set(obj.teams.values_list("pk", flat=True)))
     if isinstance(obj, Team):
         return obj.pk in r.teams
     if isinstance(obj, Job):

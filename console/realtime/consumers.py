@@ -18,27 +18,15 @@ def may_see(event: dict[str, Any], domains: Reach, hosts: Reach, user_id: int) -
     kind = event.get("type", "")
     if kind in ("domain.state", "domain.deleted"):
         d = event["domain"]
-        return (
-            domains.site
-            or d["id"] in domains.domains
-            or d["host"] in domains.hosts
-            or d["team"] in domains.teams
-        )
+        return domains.reaches_domain(d["id"], d["host"], d["team"])
     if kind == "job.updated":
         j = event["job"]
-        if j["domain"] is None:
+        if j["domain"] is None:  # its domain is gone: the host's people, and whoever ran it
             return domains.site or j["host"] in domains.hosts or j.get("actor_id") == user_id
-        return (
-            domains.site
-            or j["domain"] in domains.domains
-            or j["host"] in domains.hosts
-            or j["domain_team"] in domains.teams
-        )
+        return domains.reaches_domain(j["domain"], j["host"], j["domain_team"])
     if kind == "host.state":
         h = event["host"]
-        if hosts.site or h["id"] in hosts.hosts:
-            return True
-        return bool(hosts.teams) and (not h["teams"] or bool(set(h["teams"]) & hosts.teams))
+        return hosts.reaches_host(h["id"], set(h["teams"]))
     return False
 
 
