@@ -1,61 +1,139 @@
-"""`python -m agent` / `domus-agent`: parse the command line and run the agent."""
+"""`python -m agent` / `domus-agent`: parse the command line and run the agent.
+
+domus-agent init [--url URL]     make the key and certificate (once), print a pairing code
+domus-agent [serve] [options]    run the agent
+domus-agent forget-consoles      every paired console's secret stops working
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
+import socket
 import sys
+import time
 from typing import cast
 
 from agent import __version__
 from agent.accel import AccelRequest
+from agent.identity import DEFAULT_STATE_DIR, PAIRING_TTL_SECONDS, AgentIdentity
+from agent.protocol import format_fingerprint
 from agent.runtime import AgentConfig
 from agent.server import serve
 
 SECRET_ENV = "DOMUS_AGENT_SECRET"  # noqa: S105 -- a variable name, not a secret
+COMMANDS = ("serve", "init", "forget-consoles")
+
+
+def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help=f"key, certificate and paired consoles (default {DEFAULT_STATE_DIR})",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        args.insert(0, "serve")  # `domus-agent --port ...` means serve
     parser = argparse.ArgumentParser(prog="domus-agent", description="Domus per-host agent")
-    parser.add_argument("--uri", default="qemu:///system", help="libvirt URI")
-    parser.add_argument("--listen", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8901)
-    parser.add_argument("--secret-file", help=f"file holding the shared secret (else ${SECRET_ENV})")
-    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    parser.add_argument("--pool-path", default="/var/lib/libvirt/images")
-    parser.add_argument(
-        "--probe-timeout", type=float, default=180.0, help="seconds allowed for the KVM probe"
-    )
-    parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--version", action="version", version=f"domus-agent {__version__}")
-    return parser.parse_args(argv)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("serve", help="run the agent (the default)")
+    run.add_argument("--uri", default="qemu:///system", help="libvirt URI")
+    run.add_argument("--listen", default="127.0.0.1", help="address to listen on")
+    run.add_argument("--port", type=int, default=8901)
+    run.add_argument(
+        "--secret-file",
+        help=f"a fixed console secret (else ${SECRET_ENV}); for consoles on this machine only",
+    )
+    _state_dir_arg(run)
+    run.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    run.add_argument("--pool-path", default="/var/lib/libvirt/images")
+    run.add_argument("--probe-timeout", type=float, default=180.0, help="seconds allowed for the KVM probe")
+    run.add_argument("--log-level", default="INFO")
+
+    init = commands.add_parser("init", help="create the agent's certificate; print a pairing code")
+    _state_dir_arg(init)
+    init.add_argument("--url", help="the URL consoles will use (default https://<hostname>:8901)")
+
+    forget = commands.add_parser("forget-consoles", help="unpair every console")
+    _state_dir_arg(forget)
+    return parser.parse_args(args)
 
 
 def read_secret(secret_file: str | None) -> str:
     if secret_file:
         with open(secret_file, encoding="utf-8") as handle:
-            secret = handle.read().strip()
-    else:
-        secret = os.environ.get(SECRET_ENV, "").strip()
-    if not secret:
-        raise SystemExit(f"domus-agent: no secret (use --secret-file or ${SECRET_ENV})")
-    return secret
+            return handle.read().strip()
+    return os.environ.get(SECRET_ENV, "").strip()
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def run_init(args: argparse.Namespace) -> None:
+    identity = AgentIdentity(args.state_dir)
+    url = args.url or f"https://{socket.getfqdn()}:8901"
+    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    cert = identity.ensure_certificate(names=[host])
+    code, expires = identity.new_pairing_code()
+    until = time.strftime("%H:%M:%S %Z", time.localtime(expires))
+    made = "created" if cert.created else "kept (made earlier)"
+    print(f"Certificate {made}: {cert.cert_path}")
+    print()
+    print(f"  URL:          {url}")
+    print(f"  Fingerprint:  {format_fingerprint(cert.fingerprint)}")
+    minutes = PAIRING_TTL_SECONDS // 60
+    print(f"  Pairing code: {code}   (single use, expires at {until}, in {minutes} minutes)")
+    print()
+    print("In the Domus console: Hosts -> Add host, and enter the URL and the pairing code.")
+    print("Check that the fingerprint the console shows is the one above.")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.command == "init":
+        run_init(args)
+        return
+    if args.command == "forget-consoles":
+        count = AgentIdentity(args.state_dir).forget_all()
+        print(f"{count} console(s) forgotten; restart not needed.")
+        return
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    identity = AgentIdentity(args.state_dir)
+    secret = read_secret(args.secret_file)
+    if not identity.has_certificate() and not _is_loopback(args.listen):
+        raise SystemExit(
+            f"domus-agent: no certificate in {args.state_dir}, and only loopback may skip TLS: "
+            "run `domus-agent init` first (or --listen 127.0.0.1)"
+        )
+    if not secret and not identity.has_certificate():
+        raise SystemExit(
+            f"domus-agent: no way for a console to authenticate: run `domus-agent init` to pair "
+            f"consoles, or give a fixed secret (--secret-file or ${SECRET_ENV})"
+        )
     config = AgentConfig(
         uri=args.uri,
         listen=args.listen,
         port=args.port,
-        secret=read_secret(args.secret_file),
+        secret=secret,
+        state_dir=args.state_dir,
         accel=cast(AccelRequest, args.accel),
         pool_path=os.path.abspath(args.pool_path),
         probe_timeout_s=args.probe_timeout,

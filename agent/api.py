@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
+import socket
 import time
 import uuid as uuid_mod
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import BaseModel, ValidationError
 
 from agent import __version__
-from agent.errors import AgentProblem, InvalidSpec, NotFound, Unauthorized
-from agent.protocol import DomainSpec, Problem
+from agent.errors import AgentProblem, Conflict, InvalidSpec, NotFound, Unauthorized
+from agent.identity import AgentIdentity, ConsoleKeys
+from agent.protocol import DomainSpec, PairRequest, PairResult, Problem, RotateRequest
 from agent.runtime import AgentRuntime
 
 log = logging.getLogger("agent.http")
 
 RUNTIME: web.AppKey[AgentRuntime] = web.AppKey("runtime", AgentRuntime)
+M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/v1/health"})
+PUBLIC_PATHS = frozenset({("GET", "/v1/health"), ("POST", "/v1/pair")})
+CONSOLE_ID = "domus.console_id"  # request key: which paired console is calling
 
 
 def problem_response(status: int, code: str, detail: str) -> web.Response:
@@ -81,15 +85,15 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return problem_response(err.status, code, f"{request.method} {request.path}: {err.reason}")
 
 
-def make_auth(secret: str) -> Middleware:
-    expected = f"Bearer {secret}".encode()
-
+def make_auth(keys: ConsoleKeys) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in PUBLIC_PATHS:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+        if (request.method, request.path) not in PUBLIC_PATHS:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            console_id = keys.authenticate(given) if scheme == "Bearer" and given else None
+            if console_id is None:
                 raise Unauthorized("missing or wrong bearer token")
+            request[CONSOLE_ID] = console_id
         return await handler(request)
 
     return authenticate
@@ -117,7 +121,59 @@ async def health(_request: web.Request) -> web.Response:
 
 
 async def host(request: web.Request) -> web.Response:
-    return model_response(await request.app[RUNTIME].host_facts())
+    runtime = request.app[RUNTIME]
+    if _bool_param(request, "refresh"):
+        await runtime.refresh_capabilities()
+    return model_response(await runtime.host_facts())
+
+
+async def _model_body(request: web.Request, model: type[M]) -> M:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InvalidSpec(f"body: not valid JSON ({err})") from err
+    try:
+        return model.model_validate(body)
+    except ValidationError as err:
+        raise InvalidSpec(render_validation_error(err)) from err
+
+
+def _identity(request: web.Request) -> AgentIdentity:
+    identity = request.app[RUNTIME].identity
+    if identity is None:
+        raise Conflict("this agent has no state directory, so it cannot pair with consoles")
+    return identity
+
+
+async def pair(request: web.Request) -> web.Response:
+    """A console enrols: it proves it knows the pairing code and hands over its secret."""
+    identity = _identity(request)
+    if not request.secure:
+        raise Conflict("pairing needs TLS: run `domus-agent init` and restart the agent")
+    body = await _model_body(request, PairRequest)
+    console_id = identity.pair(proof=body.proof, secret=body.secret, label=body.console)
+    log.warning("paired with console %s (%s) from %s", console_id, body.console, request.remote)
+    result = PairResult(
+        console_id=console_id,
+        fingerprint=identity.fingerprint(),
+        hostname=socket.gethostname(),
+        agent_version=__version__,
+    )
+    return model_response(result, status=201)
+
+
+async def unpair(request: web.Request) -> web.Response:
+    """The calling console forgets this host: its secret stops working at once."""
+    _identity(request).forget(request[CONSOLE_ID])
+    log.warning("console %s unpaired", request[CONSOLE_ID])
+    return web.json_response({"forgotten": True})
+
+
+async def rotate(request: web.Request) -> web.Response:
+    body = await _model_body(request, RotateRequest)
+    _identity(request).rotate(request[CONSOLE_ID], body.secret)
+    log.warning("console %s rotated its secret", request[CONSOLE_ID])
+    return web.json_response({"rotated": True})
 
 
 async def list_domains(request: web.Request) -> web.Response:
@@ -129,14 +185,7 @@ async def get_domain(request: web.Request) -> web.Response:
 
 
 async def define_domain(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InvalidSpec(f"body: not valid JSON ({err})") from err
-    try:
-        spec = DomainSpec.model_validate(body)
-    except ValidationError as err:
-        raise InvalidSpec(render_validation_error(err)) from err
+    spec = await _model_body(request, DomainSpec)
     info, created = await request.app[RUNTIME].domains.define(spec)
     return model_response(info, status=201 if created else 200)
 
@@ -162,6 +211,9 @@ async def delete_domain(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/host", host)
+    app.router.add_post("/v1/pair", pair)
+    app.router.add_delete("/v1/pair", unpair)
+    app.router.add_post("/v1/pair/rotate", rotate)
     app.router.add_get("/v1/domains", list_domains)
     app.router.add_post("/v1/domains", define_domain)
     app.router.add_get("/v1/domains/{uuid}", get_domain)

@@ -9,17 +9,30 @@ async with AgentClient("http://127.0.0.1:8901", secret) as agent:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import ssl
 import uuid as uuid_mod
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from agent.protocol import DeleteResult, DomainInfo, DomainSpec, HostFacts, Problem
+from agent.protocol import (
+    DeleteResult,
+    DomainInfo,
+    DomainSpec,
+    HostFacts,
+    PairRequest,
+    PairResult,
+    Problem,
+    RotateRequest,
+    format_fingerprint,
+)
 
 M = TypeVar("M", bound=BaseModel)
 _DOMAINS = TypeAdapter(list[DomainInfo])
@@ -51,27 +64,73 @@ class AgentConflict(AgentError):
     pass
 
 
+class AgentRefused(AgentError):
+    """403/410: e.g. a pairing code that does not match, has expired or was used."""
+
+
 class AgentUnreachable(AgentError):
     """Connection refused, DNS failure or timeout: the agent could not be asked."""
+
+
+class AgentIdentityChanged(AgentUnreachable):
+    """The agent presented a certificate other than the pinned one; nothing was sent to it."""
 
 
 _BY_STATUS: dict[int, type[AgentError]] = {
     400: AgentInvalid,
     401: AgentUnauthorized,
+    403: AgentRefused,
     404: AgentNotFound,
     409: AgentConflict,
+    410: AgentRefused,
 }
 
 
+def _unverified_tls() -> ssl.SSLContext:
+    # Used only to learn (or check) a certificate's fingerprint; trust comes from the pin.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def fetch_fingerprint(url: str, *, timeout: float = 10.0) -> str:
+    """The SHA-256 fingerprint (lowercase hex) of the certificate an https agent presents."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=_unverified_tls(), server_hostname=host or None),
+            timeout,
+        )
+    except (TimeoutError, OSError, ssl.SSLError) as err:
+        why = "timed out" if isinstance(err, TimeoutError) else str(err) or type(err).__name__
+        raise AgentUnreachable(0, "unreachable", f"cannot reach {url} over TLS: {why}") from err
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+    return hashlib.sha256(der).hexdigest()
+
+
 class AgentClient:
-    def __init__(self, base_url: str, secret: str, *, timeout: float = 120.0) -> None:
+    def __init__(self, base_url: str, secret: str, *, timeout: float = 120.0, fingerprint: str = "") -> None:
+        """`fingerprint` pins the agent's certificate (sha256, lowercase hex): any other
+        certificate is refused before a byte of the request is sent."""
         self.base_url = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {secret}"}
+        self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self.fingerprint = fingerprint
+        self._ssl: aiohttp.Fingerprint | bool = True  # no pin: the usual CA verification
+        if fingerprint:
+            self._ssl = aiohttp.Fingerprint(bytes.fromhex(fingerprint))
 
     async def __aenter__(self) -> AgentClient:
-        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        connector = aiohttp.TCPConnector(ssl=self._ssl)
+        self._session = aiohttp.ClientSession(
+            headers=self._headers, timeout=self._timeout, connector=connector
+        )
         return self
 
     async def __aexit__(
@@ -94,6 +153,15 @@ class AgentClient:
         return self._session
 
     def _unreachable(self, err: BaseException) -> AgentUnreachable:
+        if isinstance(err, aiohttp.ServerFingerprintMismatch):
+            return AgentIdentityChanged(
+                0,
+                "identity_changed",
+                f"the agent at {self.base_url} presented a different TLS certificate "
+                f"({format_fingerprint(err.got.hex())}) from the one pinned at enrolment "
+                f"({format_fingerprint(err.expected.hex())}); nothing was sent to it. If the host "
+                "was reinstalled on purpose, remove it and add it again with a new pairing code.",
+            )
         if isinstance(err, asyncio.TimeoutError):
             why = "timed out"
         else:
@@ -130,6 +198,20 @@ class AgentClient:
 
     async def host(self) -> HostFacts:
         return await self._model(HostFacts, "GET", "/v1/host")
+
+    async def pair(self, request: PairRequest) -> PairResult:
+        payload = json.loads(request.model_dump_json())
+        return await self._model(PairResult, "POST", "/v1/pair", json=payload)
+
+    async def unpair(self) -> None:
+        await self._request("DELETE", "/v1/pair")
+
+    async def rotate(self, new_secret: str) -> None:
+        payload = json.loads(RotateRequest(secret=new_secret).model_dump_json())
+        await self._request("POST", "/v1/pair/rotate", json=payload)
+
+    async def host_refresh(self) -> HostFacts:
+        return await self._model(HostFacts, "GET", "/v1/host", params={"refresh": "true"})
 
     async def list_domains(self) -> list[DomainInfo]:
         _status, body = await self._request("GET", "/v1/domains")

@@ -16,11 +16,13 @@ from collections.abc import Awaitable, Callable
 import libvirt
 from pydantic import BaseModel
 
-from agent.protocol import DomainEvent, DomainState, HeartbeatEvent, InventoryEvent
+from agent.errors import AgentProblem
+from agent.protocol import DomainEvent, DomainState, HeartbeatEvent, InventoryEvent, StatsEvent
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
+STATS_EVERY_S = 10.0
 SUBSCRIBER_QUEUE = 256
 
 LIFECYCLE_NAMES = {
@@ -59,6 +61,7 @@ IMPLIED_STATE: dict[int, DomainState] = {
 
 DomainListener = Callable[[DomainEvent], None]
 InventoryProvider = Callable[[], Awaitable[InventoryEvent]]
+StatsProvider = Callable[[], Awaitable[StatsEvent]]
 
 
 class Subscriber:
@@ -97,6 +100,7 @@ class EventHub:
         self._tasks: list[asyncio.Task[None]] = []
         self._callback_id: int | None = None
         self.inventory: InventoryProvider | None = None
+        self.stats: StatsProvider | None = None
 
     # -- subscribers -------------------------------------------------------------------------
     def subscribe(self) -> Subscriber:
@@ -169,9 +173,16 @@ class EventHub:
             self.publish(domain_event)
 
     async def _heartbeat(self) -> None:
+        next_stats = time.monotonic() + STATS_EVERY_S
         while True:
             await asyncio.sleep(HEARTBEAT_S)
             self.publish(HeartbeatEvent(ts=time.time()))
+            if self.stats is not None and self._subscribers and time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + STATS_EVERY_S
+                try:
+                    self.publish(await self.stats())
+                except AgentProblem:  # a failed reading must not stop the heartbeat
+                    log.warning("cannot read host stats", exc_info=True)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import libvirt
 
 from agent import storage
 from agent.accel import AccelDecision, AccelRequest, decide_accel
+from agent.capabilities import read_host_capabilities, read_host_resources
 from agent.connection import LibvirtConnection
 from agent.domains import DomainService
 from agent.events import EventHub
 from agent.hostfacts import Capabilities, domain_type_for, hypervisor_for, read_capabilities, read_host_facts
-from agent.protocol import HostFacts, InventoryEvent
+from agent.identity import AgentIdentity, ConsoleKeys
+from agent.protocol import HostCapabilities, HostFacts, HostResources, InventoryEvent, StatsEvent
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,8 @@ class AgentConfig:
     uri: str = "qemu:///system"
     listen: str = "127.0.0.1"
     port: int = 8901
-    secret: str = ""
+    secret: str = ""  # a fixed console secret from the command line (loopback agents)
+    state_dir: str | None = None  # certificate and paired consoles (see agent.identity)
     accel: AccelRequest = "auto"
     pool_path: str = "/var/lib/libvirt/images"
     probe_timeout_s: float = 180.0
@@ -35,9 +39,13 @@ class AgentRuntime:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        self.identity = AgentIdentity(config.state_dir) if config.state_dir else None
+        self.keys = ConsoleKeys(self.identity, config.secret or None)
         self.conn = LibvirtConnection(config.uri)
         self.hub = EventHub()
         self.hub.inventory = self.inventory
+        self.hub.stats = self.stats
+        self._host_caps: HostCapabilities | None = None
         self._caps: Capabilities | None = None
         self.decision: AccelDecision | None = None
         self.pool_dir: str = config.pool_path
@@ -53,6 +61,8 @@ class AgentRuntime:
         # Runs on every (re)connection: pool, capabilities and event registration.
         self.pool_dir = await asyncio.to_thread(storage.ensure_default_pool, conn, self.config.pool_path)
         self._caps = await asyncio.to_thread(read_capabilities, conn)
+        if self.decision is not None:
+            self._host_caps = await asyncio.to_thread(read_host_capabilities, conn, accel=self.decision.accel)
         await self.hub.attach(conn)
         if self._domains is not None:
             self._domains.invalidate(None)
@@ -70,6 +80,7 @@ class AgentRuntime:
             timeout_s=self.config.probe_timeout_s,
         )
         log.info("accelerator: %s (%s)", self.decision.accel, self.decision.reason)
+        await self.refresh_capabilities()
         hypervisor = hypervisor_for(caps.driver, self.decision.accel)
         self._domains = DomainService(
             self.conn,
@@ -83,6 +94,37 @@ class AgentRuntime:
     async def stop(self) -> None:
         await self.hub.stop()
         await self.conn.close()
+
+    async def refresh_capabilities(self) -> None:
+        """Re-read capabilities (after a hypervisor upgrade, say); resources are always live."""
+        self._caps = await self.conn.call(read_capabilities, what="reading capabilities")
+        if self.decision is not None:
+            accel = self.decision.accel
+            self._host_caps = await self.conn.call(
+                lambda conn: read_host_capabilities(conn, accel=accel), what="reading domain capabilities"
+            )
+
+    @property
+    def _local(self) -> bool:
+        """Whether this machine's own bridges are the hypervisor's (not so for the test driver)."""
+        return not self.config.uri.startswith("test:")
+
+    async def resources(self) -> HostResources:
+        local = self._local
+        return await self.conn.call(
+            lambda conn: read_host_resources(conn, local=local), what="reading pools and networks"
+        )
+
+    async def stats(self) -> StatsEvent:
+        domains = await self.domains.list()
+        free = await self.conn.call(lambda conn: int(conn.getFreeMemory()), what="reading free memory")
+        return StatsEvent(
+            ts=time.time(),
+            free_memory_mib=free // (1024 * 1024),
+            domains_total=len(domains),
+            domains_running=sum(1 for d in domains if d.state == "running"),
+            resources=await self.resources(),
+        )
 
     async def host_facts(self) -> HostFacts:
         caps, decision = self._caps, self.decision
@@ -99,7 +141,10 @@ class AgentRuntime:
                 pool_path=self.pool_dir,
             )
 
-        return await self.conn.call(run, what="reading host facts")
+        facts = await self.conn.call(run, what="reading host facts")
+        facts.capabilities = self._host_caps
+        facts.resources = await self.resources()
+        return facts
 
     async def inventory(self) -> InventoryEvent:
         return InventoryEvent(host=await self.host_facts(), domains=await self.domains.list())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 
 import libvirtaio
 from aiohttp import web
@@ -22,7 +23,7 @@ def register_libvirt_event_loop() -> None:
 
 def make_app(runtime: AgentRuntime) -> web.Application:
     app = web.Application(
-        middlewares=[api.log_requests, api.problems, api.make_auth(runtime.config.secret)],
+        middlewares=[api.log_requests, api.problems, api.make_auth(runtime.keys)],
         client_max_size=1024 * 1024,
     )
     app[api.RUNTIME] = runtime
@@ -31,20 +32,33 @@ def make_app(runtime: AgentRuntime) -> web.Application:
     return app
 
 
+def tls_context(runtime: AgentRuntime) -> ssl.SSLContext | None:
+    """TLS with the agent's own certificate when it has one (see `domus-agent init`)."""
+    identity = runtime.identity
+    if identity is None or not identity.has_certificate():
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(identity.cert_path, identity.key_path)
+    return context
+
+
 async def serve(config: AgentConfig) -> None:
     register_libvirt_event_loop()
     runtime = AgentRuntime(config)
+    context = tls_context(runtime)
     await runtime.start()
     runner = web.AppRunner(make_app(runtime), access_log=None, shutdown_timeout=5)
     await runner.setup()
-    site = web.TCPSite(runner, config.listen, config.port)
+    site = web.TCPSite(runner, config.listen, config.port, ssl_context=context)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"domus-agent listening on http://{config.listen}:{config.port}", flush=True)
-    log.info("listening on http://%s:%d (libvirt %s)", config.listen, config.port, config.uri)
+    scheme = "https" if context else "http"
+    print(f"domus-agent listening on {scheme}://{config.listen}:{config.port}", flush=True)
+    log.info("listening on %s://%s:%d (libvirt %s)", scheme, config.listen, config.port, config.uri)
     try:
         await stop.wait()
     finally:

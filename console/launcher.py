@@ -147,8 +147,11 @@ def main() -> int:
         local_host_ensure(url=agent_url, secret=secret_file.read_text().strip())
 
         accel = os.environ.get("DOMUS_ACCEL", "auto")
-        agent_args = f"--uri {uri} --listen 127.0.0.1 --port {agent_port} --accel {accel}"
-        stack.spawn("agent", [PY, "-m", "agent", *agent_args.split(), "--secret-file", str(secret_file)])
+        agent_args = [
+            *("--uri", uri, "--listen", "127.0.0.1", "--port", str(agent_port), "--accel", accel),
+            *("--secret-file", str(secret_file), "--state-dir", str(data_dir / "agent")),
+        ]
+        stack.spawn("agent", [PY, "-m", "agent", *agent_args])
         web_args = "--log-level warning --no-access-log --ws-max-size 1048576"
         stack.spawn(
             "web",

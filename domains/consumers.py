@@ -51,7 +51,9 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         host = ticket.domain.host
         self.stack = contextlib.AsyncExitStack()
         try:
-            client = await self.stack.enter_async_context(AgentClient(host.url, host.secret))
+            client = await self.stack.enter_async_context(
+                AgentClient(host.url, host.secret, fingerprint=host.fingerprint)
+            )
             self.agent_ws = await self.stack.enter_async_context(client.open_serial(ticket.domain.uuid))
         except (AgentError, aiohttp.ClientError, OSError) as exc:
             detail = getattr(exc, "detail", str(exc))

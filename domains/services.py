@@ -57,6 +57,19 @@ def domain_create(
     origin: Origin | None = None,
 ) -> tuple[Domain, Job]:
     team = _creating_team(actor, team)
+    if host.maintenance:
+        reason = f" ({host.maintenance_reason})" if host.maintenance_reason else ""
+        raise InvalidInput(
+            "Host in maintenance.",
+            fields={"host": [f"host {host.name} is in maintenance{reason} and takes no new domains"]},
+        )
+    if host.state == Host.State.IDENTITY_CHANGED:
+        raise InvalidInput(
+            "Host identity changed.",
+            fields={
+                "host": [f"host {host.name} presented an unexpected TLS certificate: {host.state_detail}"]
+            },
+        )
     if team is not None and host.teams.exists() and not host.teams.filter(pk=team.pk).exists():
         raise InvalidInput(
             "Host reserved.", fields={"host": [f"host {host.name} is reserved to other teams"]}

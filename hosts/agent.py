@@ -15,7 +15,7 @@ AGENT_TIMEOUT_SECONDS = 30.0
 
 
 def agent_client(host: Host, *, timeout: float = AGENT_TIMEOUT_SECONDS) -> AgentClient:
-    return AgentClient(host.url, host.secret, timeout=timeout)
+    return AgentClient(host.url, host.secret, timeout=timeout, fingerprint=host.fingerprint)
 
 
 def run_agent(host: Host, op: Callable[[AgentClient], Awaitable[T]]) -> T:

@@ -5,14 +5,21 @@ from typing import Any
 from hosts.models import Host
 
 
-def host_event(host: Host) -> dict[str, Any]:
+def _host_payload(host: Host) -> dict[str, Any]:
     return {
-        "type": "host.state",
-        "host": {
-            "id": host.pk,
-            "name": host.name,
-            "state": host.state,
-            "detail": host.state_detail,
-            "teams": list(host.teams.values_list("pk", flat=True)),  # reserved to; [] when shared
-        },
+        "id": host.pk,
+        "name": host.name,
+        "state": host.state,
+        "detail": host.state_detail,
+        "maintenance": host.maintenance,
+        "teams": list(host.teams.values_list("pk", flat=True)),  # reserved to; [] when shared
     }
+
+
+def host_event(host: Host) -> dict[str, Any]:
+    return {"type": "host.state", "host": _host_payload(host)}
+
+
+def host_removed_event(host: Host) -> dict[str, Any]:
+    """Built before the row is deleted (the payload needs its teams)."""
+    return {"type": "host.removed", "host": _host_payload(host)}

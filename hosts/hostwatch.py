@@ -3,7 +3,12 @@
 It writes what agents report (host facts, domain states, liveness) to the database through the
 services, which publish the matching events to browsers. A host silent for
 DOMUS_HOST_OFFLINE_AFTER_SECONDS is marked offline; reconnects back off with jitter and reconcile
-the full inventory.
+the full inventory. An agent whose certificate is not the pinned one is marked "identity
+changed" and is sent nothing.
+
+Heartbeats and periodic stats are frequent and carry no state change: they are collected in
+memory and written by one flusher, in one statement per FLUSH_SECONDS for the whole shard,
+rather than one write per host per heartbeat.
 """
 
 from __future__ import annotations
@@ -13,15 +18,17 @@ import json
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
+from django.utils import timezone
 from pydantic import TypeAdapter, ValidationError
 
-from agent.client import AgentClient, AgentError
-from agent.protocol import AgentEvent, DomainEvent, DomainInfo, InventoryEvent
+from agent.client import AgentClient, AgentError, AgentIdentityChanged
+from agent.protocol import AgentEvent, DomainEvent, DomainInfo, HeartbeatEvent, InventoryEvent, StatsEvent
 from domains.models import Domain
 from domains.services import domain_observe, domain_vanished
 from hosts.models import Host
@@ -35,6 +42,7 @@ EVENT = TypeAdapter(AgentEvent)
 db = database_sync_to_async
 RESCAN_SECONDS = 3.0
 MAX_BACKOFF_SECONDS = 10.0
+FLUSH_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,7 @@ class HostKey:
     name: str
     url: str
     secret: str
+    fingerprint: str
 
 
 def _reconcile(host_id: int, event: InventoryEvent) -> None:
@@ -78,14 +87,48 @@ def _domain_changed(host_id: int, event: DomainEvent) -> None:
     domain_observe(host=host, info=info)
 
 
+def _flush(seen: list[int], stats: dict[int, dict[str, Any]]) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        if seen:
+            # Only hosts still online: a host marked offline meanwhile stays offline.
+            Host.objects.filter(pk__in=seen, state=Host.State.ONLINE).update(last_seen_at=now)
+        if stats:
+            rows = list(Host.objects.filter(pk__in=list(stats)).only("pk"))
+            for row in rows:
+                row.stats, row.stats_at = stats[row.pk], now
+            Host.objects.bulk_update(rows, ["stats", "stats_at"])
+
+
 class HostWatch:
     def __init__(self, *, shard: int = 0, shards: int = 1) -> None:
         self.shard, self.shards = shard, shards
         self.watchers: dict[HostKey, asyncio.Task[None]] = {}
         self.offline_after = settings.DOMUS_HOST_OFFLINE_AFTER_SECONDS
+        self._seen: set[int] = set()  # heard from since the last flush
+        self._stats: dict[int, dict[str, Any]] = {}
 
     async def run(self) -> None:
         logger.info("hostwatch shard %d/%d started", self.shard, self.shards)
+        flusher = asyncio.create_task(self._flusher(), name="flusher")
+        try:
+            await self._rescan_forever()
+        finally:
+            flusher.cancel()
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            seen, stats = list(self._seen), self._stats
+            self._seen, self._stats = set(), {}
+            if not seen and not stats:
+                continue
+            try:
+                await db(_flush)(seen, stats)
+            except DatabaseError:
+                logger.exception("cannot record heartbeats of %d hosts", len(seen))
+
+    async def _rescan_forever(self) -> None:
         while True:
             try:
                 await self.rescan()
@@ -95,7 +138,7 @@ class HostWatch:
 
     async def rescan(self) -> None:
         def hosts() -> list[HostKey]:
-            rows = Host.objects.values_list("id", "name", "url", "secret")
+            rows = Host.objects.values_list("id", "name", "url", "secret", "fingerprint")
             return [HostKey(*row) for row in rows]
 
         wanted = {key for key in await db(hosts)() if key.id % self.shards == self.shard}
@@ -112,9 +155,13 @@ class HostWatch:
     async def watch(self, key: HostKey) -> None:
         backoff = 0.5
         while True:
+            state = Host.State.OFFLINE
             try:
                 await self._follow(key)
                 detail = "event stream closed by the agent"
+            except AgentIdentityChanged as exc:
+                state, detail = Host.State.IDENTITY_CHANGED, exc.detail
+                backoff = MAX_BACKOFF_SECONDS
             except (AgentError, aiohttp.ClientError, OSError) as exc:
                 detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
             except TimeoutError:
@@ -124,16 +171,17 @@ class HostWatch:
                 detail = f"console database error: {exc}"
             else:
                 backoff = 0.5
-            logger.warning("host %s offline: %s", key.name, detail)
+            logger.warning("host %s %s: %s", key.name, state, detail)
             try:
-                await db(host_observe)(host_id=key.id, state=Host.State.OFFLINE, detail=detail[:255])
+                await db(host_observe)(host_id=key.id, state=state, detail=detail[:255])
             except DatabaseError:
                 logger.exception("host %s: cannot record that it is offline", key.name)
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not crypto
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     async def _follow(self, key: HostKey) -> None:
-        async with AgentClient(key.url, key.secret) as client, client.events() as ws:
+        client = AgentClient(key.url, key.secret, fingerprint=key.fingerprint)
+        async with client, client.events() as ws:
             while True:
                 msg = await asyncio.wait_for(ws.receive(), timeout=self.offline_after)
                 if msg.type != aiohttp.WSMsgType.TEXT:
@@ -154,5 +202,8 @@ class HostWatch:
             await db(_reconcile)(key.id, event)
         elif isinstance(event, DomainEvent):
             await db(_domain_changed)(key.id, event)
-        else:
-            await db(host_observe)(host_id=key.id, state=Host.State.ONLINE)
+        elif isinstance(event, StatsEvent):
+            self._seen.add(key.id)
+            self._stats[key.id] = event.model_dump(mode="json", exclude={"type"})
+        elif isinstance(event, HeartbeatEvent):
+            self._seen.add(key.id)

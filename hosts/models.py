@@ -10,15 +10,26 @@ class Host(models.Model):
         UNKNOWN = "unknown", "Unknown"
         ONLINE = "online", "Online"
         OFFLINE = "offline", "Offline"
+        # The agent presented a certificate other than the pinned one: nothing is sent to it.
+        IDENTITY_CHANGED = "identity_changed", "Identity changed"
 
     name = models.CharField(max_length=63, unique=True)
-    url = models.URLField(max_length=255, help_text="The agent's base URL, e.g. http://127.0.0.1:8901")
+    url = models.URLField(max_length=255, help_text="The agent's base URL, e.g. https://kvm1:8901")
     # The console's credential towards this agent (it must be sent, so it is not hashed here).
-    secret = models.CharField(max_length=128)
+    secret = models.CharField(max_length=256)
+    # SHA-256 of the agent's certificate (lowercase hex), pinned at enrolment; empty only for
+    # loopback agents reached over plain http.
+    fingerprint = models.CharField(max_length=64, blank=True)
+    # A host in maintenance receives no new domains; what runs on it is left alone.
+    maintenance = models.BooleanField(default=False)
+    maintenance_reason = models.CharField(max_length=255, blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.UNKNOWN)
     state_detail = models.CharField(max_length=255, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     facts = models.JSONField(default=dict, blank=True)
+    # Periodic figures from the agent (free memory, pools' free space, domains running).
+    stats = models.JSONField(default=dict, blank=True)
+    stats_at = models.DateTimeField(null=True, blank=True)
     # Reserved to these teams; shared by the whole site when empty.
     teams = models.ManyToManyField("access.Team", blank=True, related_name="hosts")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -28,6 +39,10 @@ class Host(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.startswith("https://")
 
     @property
     def default_pool_path(self) -> str:

@@ -24,6 +24,10 @@ def _is_loopback(hostname: str) -> bool:
         return False
 
 
+def is_loopback_url(url: str) -> bool:
+    return _is_loopback(urlsplit(url).hostname or "")
+
+
 def agent_url_problem(url: str) -> str | None:
     """Why the console must not send a host's secret to `url`, or None. The secret never
     crosses a network in clear text: plain http only to loopback (an SSH tunnel's end, say)."""
@@ -41,13 +45,18 @@ def host_register(
 ) -> Host:
     """Add (or update the address and secret of) a host whose agent is reachable at `url`.
 
-    Pinned enrolment with a pairing code replaces this for remote hosts (issue 4); loopback
-    agents such as `make run`'s own are registered this way.
+    This is for loopback agents with a fixed secret (`make run`'s own, or one at the end of an
+    SSH tunnel). Remote hosts are enrolled with a pairing code (hosts.enrolment.host_enrol).
     """
     if actor is not None and not has_site_perm(actor, "host.manage"):  # None: the system itself
         raise PermissionDenied(explain(actor, "host.manage"))
     if problem := agent_url_problem(url):
         raise InvalidInput("Unsafe agent URL.", fields={"url": [problem]})
+    if not url.startswith("http://"):
+        raise InvalidInput(
+            "Use a pairing code for TLS agents.",
+            fields={"url": ["an https:// agent is added with the pairing code `domus-agent init` prints"]},
+        )
     host, created = Host.objects.update_or_create(name=name, defaults={"url": url, "secret": secret})
     publish_on_commit(host_event(host))
     # The secret is never recorded, only that it was set.
@@ -78,3 +87,31 @@ def host_observe(
     if changed or facts is not None:
         publish_on_commit(host_event(host))
     return host
+
+
+@transaction.atomic
+def host_set_maintenance(
+    *, host: Host, on: bool, reason: str = "", actor: Any = None, origin: Origin | None = None
+) -> Host:
+    """In maintenance a host receives no new domains; what runs on it is left alone."""
+    if actor is not None and not has_site_perm(actor, "host.manage"):
+        raise PermissionDenied(explain(actor, "host.manage"))
+    host = Host.objects.select_for_update().get(pk=host.pk)
+    host.maintenance = on
+    host.maintenance_reason = reason[:255] if on else ""
+    host.save(update_fields=["maintenance", "maintenance_reason"])
+    publish_on_commit(host_event(host))
+    audit_record(
+        action="host.maintenance",
+        actor=actor,
+        origin=origin,
+        obj=host,
+        changes={"maintenance": on, "reason": host.maintenance_reason},
+    )
+    return host
+
+
+@transaction.atomic
+def host_record_stats(*, host_id: int, stats: dict[str, Any]) -> None:
+    """Periodic figures from the agent; no event (pages read them on load)."""
+    Host.objects.filter(pk=host_id).update(stats=stats, stats_at=timezone.now())

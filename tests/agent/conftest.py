@@ -32,22 +32,61 @@ class RunningAgent:
     proc: subprocess.Popen[str]
     log_path: Path
     banner: str
+    state_dir: Path | None = None
+    fingerprint: str = ""  # lowercase hex, when the agent serves TLS
+    pairing_code: str = ""
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
     def log(self) -> str:
         return self.log_path.read_text()
 
 
+def agent_init(state_dir: Path, url: str) -> tuple[str, str]:
+    """Run `domus-agent init`; returns (fingerprint as lowercase hex, pairing code)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "init", "--state-dir", str(state_dir), "--url", url],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    fields = dict(
+        line.strip().split(":", 1) for line in out.splitlines() if line.startswith("  ") and ":" in line
+    )
+    fingerprint = fields["Fingerprint"].strip().removeprefix("SHA256:").replace(":", "").lower()
+    code = fields["Pairing code"].split()[0]
+    return fingerprint, code
+
+
 def launch_agent(
-    *, uri: str, pool_dir: Path, log_path: Path, accel: str = "auto", ready_timeout: float = 30.0
+    *,
+    uri: str,
+    pool_dir: Path,
+    log_path: Path,
+    accel: str = "auto",
+    ready_timeout: float = 30.0,
+    tls: bool = False,
+    state_dir: Path | None = None,
+    port: int | None = None,
+    secret: str | None = None,
 ) -> RunningAgent:
-    port = free_port()
-    secret = secrets.token_urlsafe(24)
+    """Start `python -m agent`. With `tls`, it gets a certificate and a pairing code first and
+    serves HTTPS; without, it serves loopback HTTP with a fixed secret."""
+    port = port or free_port()
+    state_dir = state_dir or log_path.parent / f"state-{port}"
+    fingerprint = code = ""
+    if tls:
+        fingerprint, code = agent_init(state_dir, f"https://127.0.0.1:{port}")
+    secret = secrets.token_urlsafe(24) if secret is None else secret
     env = dict(os.environ, DOMUS_AGENT_SECRET=secret, PYTHONUNBUFFERED="1")
-    log_file = log_path.open("w")
+    log_file = log_path.open("a")
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "agent", "--uri", uri, "--port", str(port)),
-            *("--pool-path", str(pool_dir), "--accel", accel),
+            *("--pool-path", str(pool_dir), "--accel", accel, "--state-dir", str(state_dir)),
         ],
         cwd=REPO,
         env=env,
@@ -72,12 +111,15 @@ def launch_agent(
         proc.kill()
         raise RuntimeError(f"agent did not start ({uri}):\n{log_path.read_text()}")
     return RunningAgent(
-        url=f"http://127.0.0.1:{port}",
+        url=f"{'https' if tls else 'http'}://127.0.0.1:{port}",
         secret=secret,
         pool_dir=pool_dir,
         proc=proc,
         log_path=log_path,
         banner=banner.strip(),
+        state_dir=state_dir,
+        fingerprint=fingerprint,
+        pairing_code=code,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -90,6 +91,27 @@ async def test_host_facts(client: AgentClient, test_agent: RunningAgent) -> None
     assert facts.libvirt_version.count(".") == 2
     assert facts.default_pool_path == str(test_agent.pool_dir)
     assert facts.kvm_usable is False
+    assert facts.capabilities is not None and facts.resources is not None
+    modes = {m.mode: m for m in facts.capabilities.modes}
+    assert modes["hvm"].available and not modes["pv"].available and "Xen" in modes["pv"].note
+    pools = {p.name: p for p in facts.resources.pools}
+    assert pools["default"].path == str(test_agent.pool_dir) and pools["default"].active
+    assert "default" in {n.name for n in facts.resources.networks}
+    refreshed = await client.host_refresh()
+    assert refreshed.capabilities == facts.capabilities
+
+
+async def test_stats_arrive_on_the_events_socket(client: AgentClient) -> None:
+    """Every STATS_EVERY_S, listeners get free memory, domain counts and pools (patched short)."""
+    async with client.events() as ws:
+        kinds = []
+        while "stats" not in kinds:
+            msg = await asyncio.wait_for(ws.receive_json(), timeout=15)
+            kinds.append(msg["type"])
+            if msg["type"] == "stats":
+                assert msg["domains_total"] >= 1 and msg["free_memory_mib"] > 0
+                assert msg["resources"]["pools"]
+    assert kinds[0] == "inventory" and "heartbeat" in kinds
 
 
 async def test_define_is_idempotent(client: AgentClient, test_agent: RunningAgent) -> None:

@@ -49,6 +49,8 @@ class Agent:
                     str(self.port),
                     "--pool-path",
                     str(self.log.parent),
+                    "--state-dir",
+                    str(self.log.parent / "agent-state"),
                 ],
                 cwd=ROOT,
                 env=env,

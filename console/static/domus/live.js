@@ -56,7 +56,8 @@
 
   function applyHost(h) {
     document.querySelectorAll('[data-host-state="' + h.id + '"]').forEach((el) => {
-      setState(el, h.state, h.state.charAt(0).toUpperCase() + h.state.slice(1));
+      const label = h.state.charAt(0).toUpperCase() + h.state.slice(1).replace(/_/g, " ");
+      setState(el, h.state, label);
       el.title = h.detail || "";
     });
   }
