@@ -156,20 +156,21 @@ class HostWatch:
         backoff = 0.5
         while True:
             state = Host.State.OFFLINE
+            heard: list[bool] = []  # _follow appends once the agent has spoken
             try:
-                await self._follow(key)
+                await self._follow(key, heard)
                 detail = "event stream closed by the agent"
             except AgentIdentityChanged as exc:
                 state, detail = Host.State.IDENTITY_CHANGED, exc.detail
                 backoff = MAX_BACKOFF_SECONDS
+            except TimeoutError:  # before OSError, of which it is a subclass
+                detail = f"no heartbeat for {self.offline_after:.0f} s"
             except (AgentError, aiohttp.ClientError, OSError) as exc:
                 detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-            except TimeoutError:
-                detail = f"no heartbeat for {self.offline_after:.0f} s"
             except DatabaseError as exc:
                 logger.exception("host %s: cannot record what it reports", key.name)
                 detail = f"console database error: {exc}"
-            else:
+            if heard:  # it was up: come back quickly, not after the last long backoff
                 backoff = 0.5
             logger.warning("host %s %s: %s", key.name, state, detail)
             try:
@@ -179,11 +180,13 @@ class HostWatch:
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not crypto
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
-    async def _follow(self, key: HostKey) -> None:
+    async def _follow(self, key: HostKey, heard: list[bool]) -> None:
         client = AgentClient(key.url, key.secret, fingerprint=key.fingerprint)
         async with client, client.events() as ws:
             while True:
                 msg = await asyncio.wait_for(ws.receive(), timeout=self.offline_after)
+                if not heard:
+                    heard.append(True)
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     return
                 try:
