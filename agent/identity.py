@@ -20,17 +20,13 @@ import json
 import os
 import secrets
 import socket
+import ssl
 import tempfile
 import time
 import uuid as uuid_mod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent.errors import AgentProblem, Conflict
 from agent.protocol import normalise_pairing_code, pairing_proof
@@ -101,6 +97,13 @@ class AgentIdentity:
         their own: a new certificate means every console must re-enrol the host)."""
         created = False
         if not self.has_certificate():
+            # Imported here: only `init` makes certificates, and the serving agent stays ~10 MB
+            # smaller without the cryptography package loaded.
+            from cryptography import x509
+            from cryptography.hazmat.primitives import hashes, serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.x509.oid import NameOID
+
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             key = ec.generate_private_key(ec.SECP256R1())
             hostname = socket.gethostname()
@@ -134,8 +137,7 @@ class AgentIdentity:
         return Certificate(self.cert_path, self.key_path, self.fingerprint(), created)
 
     def fingerprint(self) -> str:
-        cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
-        return fingerprint_of(cert.public_bytes(serialization.Encoding.DER))
+        return fingerprint_of(ssl.PEM_cert_to_DER_cert(self.cert_path.read_text()))
 
     # -- pairing codes -------------------------------------------------------------------------
     def new_pairing_code(self, *, ttl_s: float = PAIRING_TTL_SECONDS) -> tuple[str, float]:
