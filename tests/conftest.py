@@ -100,6 +100,14 @@ def host(db: None) -> Host:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_reach_cache() -> None:
+    """Open event sockets cache what each user may see per process; user ids repeat across tests."""
+    from console.realtime.consumers import reach_cache
+
+    reach_cache.invalidate()
+
+
+@pytest.fixture(autouse=True)
 def _isolated_login_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
     """Failed sign-ins are counted in Redis, which outlives a test run: give each test its own
     key namespace (still under DOMUS_REDIS_PREFIX), so that runs, tests and a console sharing the

@@ -6,4 +6,6 @@ class AccessConfig(AppConfig):
     label = "access"
 
     def ready(self) -> None:
-        from console.access import schema, signals  # noqa: F401  (OpenAPI auth scheme, audit of sign-ins)
+        from console.access import access_events, schema, signals  # noqa: F401  (OpenAPI auth scheme, audit of sign-ins)
+
+        access_events.connect()

@@ -10,7 +10,40 @@ from console.access.policy import Reach, is_signed_in, reach
 from console.realtime.events import EVENTS_GROUP
 
 # Grants change rarely; what a socket may see is recomputed this often (and at each connect).
-REACH_TTL_SECONDS = 5.0
+# What each user may see is computed once per process and shared by all their sockets; an
+# "access.changed" event (grants, roles, teams, members, reserved hosts, users) clears it at
+# once, and the TTL bounds what a change made outside those paths (raw SQL, say) can miss.
+REACH_TTL_SECONDS = 60.0
+ACCESS_CHANGED = "access.changed"
+
+
+class ReachCache:
+    """Per process: user id -> (domain.view, host.view) reaches, with the time computed."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple[float, tuple[Reach, Reach]]] = {}
+        self.generation = 0  # bumped by each access change: a reach computed across one is dropped
+
+    def get(self, user_id: int) -> tuple[Reach, Reach] | None:
+        entry = self.entries.get(user_id)
+        if entry is None or time.monotonic() - entry[0] > REACH_TTL_SECONDS:
+            return None
+        return entry[1]
+
+    def put(self, user_id: int, reaches: tuple[Reach, Reach], *, since: float, generation: int) -> None:
+        if generation == self.generation:
+            self.entries[user_id] = (since, reaches)
+
+    def invalidate(self) -> None:
+        self.generation += 1
+        self.entries.clear()
+
+
+reach_cache = ReachCache()
+
+
+def _reaches_of(user: Any) -> tuple[Reach, Reach]:
+    return reach(user, "domain.view"), reach(user, "host.view")
 
 
 def may_see(event: dict[str, Any], domains: Reach, hosts: Reach, user_id: int) -> bool:
@@ -34,9 +67,6 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     """/ws/events/: live state for a signed-in browser, each event only to those who may see its
     object. After a reconnect the page re-fetches a snapshot."""
 
-    reaches: tuple[Reach, Reach] | None = None
-    reaches_at = 0.0
-
     async def connect(self) -> None:
         user = self.scope.get("user")
         if not is_signed_in(user):
@@ -47,19 +77,22 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         await self.accept()
 
     async def _refresh(self) -> tuple[Reach, Reach]:
-        if self.reaches is None or time.monotonic() - self.reaches_at > REACH_TTL_SECONDS:
-            user = self.scope["user"]
-            self.reaches = await database_sync_to_async(
-                lambda: (reach(user, "domain.view"), reach(user, "host.view"))
-            )()
-            self.reaches_at = time.monotonic()
-        return self.reaches
+        user = self.scope["user"]
+        if (cached := reach_cache.get(user.pk)) is not None:
+            return cached
+        since, generation = time.monotonic(), reach_cache.generation
+        reaches: tuple[Reach, Reach] = await database_sync_to_async(_reaches_of)(user)
+        reach_cache.put(user.pk, reaches, since=since, generation=generation)
+        return reaches
 
     async def disconnect(self, code: int) -> None:
         await self.channel_layer.group_discard(EVENTS_GROUP, self.channel_name)
 
     async def domus_event(self, message: dict[str, Any]) -> None:
         event = message["event"]
+        if event.get("type") == ACCESS_CHANGED:
+            reach_cache.invalidate()  # every socket of the process hears it; repeating is harmless
+            return
         domains, hosts = await self._refresh()
         if may_see(event, domains, hosts, self.scope["user"].pk):
             await self.send_json(event)

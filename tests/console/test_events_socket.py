@@ -62,3 +62,37 @@ async def test_events_socket_refuses_a_stranger_origin(django_user_model: Any) -
     )
     connected, _ = await communicator.connect(timeout=10)
     assert not connected
+
+
+async def test_an_access_change_takes_effect_on_open_sockets_at_once(django_user_model: Any) -> None:
+    """Reaches are cached per user for a minute, but a grant or its removal clears the cache."""
+
+    def world() -> tuple[Any, Domain, Team]:
+        host = Host.objects.create(name="h", url="http://127.0.0.1:1", secret="x" * 32)
+        team = Team.objects.create(name="A")
+        domain = Domain.objects.create(name="in-a", host=host, team=team)
+        user = django_user_model.objects.create_user("late", password="x-pass-1234")
+        return user, domain, team
+
+    user, domain, team = await database_sync_to_async(world)()
+    cookie = await database_sync_to_async(session_cookie)(user)
+    communicator = WebsocketCommunicator(
+        application, "/ws/events/", headers=[(b"cookie", cookie), (b"origin", b"http://127.0.0.1")]
+    )
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    await asyncio.sleep(0.3)
+    event = await database_sync_to_async(domain_event)(domain)
+    await apublish(event)
+    assert await communicator.receive_nothing(timeout=0.5)  # not theirs (and now cached so)
+
+    granted = await database_sync_to_async(grant)(user, "Viewer", team)
+    await asyncio.sleep(0.3)  # the access.changed event travels like any other
+    await apublish(event)
+    assert (await communicator.receive_json_from(timeout=5))["domain"]["name"] == "in-a"
+
+    await database_sync_to_async(granted.delete)()
+    await asyncio.sleep(0.3)
+    await apublish(event)
+    assert await communicator.receive_nothing(timeout=0.5)
+    await communicator.disconnect()

@@ -1,0 +1,33 @@
+"""Any change to who may see what publishes an "access.changed" event, so that open event
+sockets recompute their users' reach at once (console.realtime.consumers.ReachCache).
+
+Signals rather than calls in each service: the Django admin and the shell change these rows too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db.models.signals import m2m_changed, post_delete, post_save
+
+from console.access.models import Grant, Membership, Role, Team
+from console.realtime.events import publish_on_commit
+
+ACCESS_CHANGED_EVENT = {"type": "access.changed"}
+
+
+def _changed(sender: Any, **kwargs: Any) -> None:
+    update_fields = kwargs.get("update_fields")
+    if update_fields is not None and set(update_fields) <= {"last_login"}:
+        return  # a sign-in, not an access change
+    publish_on_commit(ACCESS_CHANGED_EVENT)
+
+
+def connect() -> None:
+    from hosts.models import Host
+
+    for model in (Grant, Membership, Role, Team, get_user_model()):
+        post_save.connect(_changed, sender=model, dispatch_uid=f"access-changed-save-{model.__name__}")
+        post_delete.connect(_changed, sender=model, dispatch_uid=f"access-changed-delete-{model.__name__}")
+    m2m_changed.connect(_changed, sender=Host.teams.through, dispatch_uid="access-changed-host-teams")
