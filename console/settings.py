@@ -92,7 +92,9 @@ TEMPLATES = [
 
 def _database() -> dict[str, Any]:
     url = os.environ.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'domus.sqlite3'}"
-    db: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=0))
+    # Connections are kept a minute (checked before reuse): opening one per call from async code
+    # (hostwatch, event sockets) was 6-9% of those processes' time (bench/hostwatch_bench.py).
+    db: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True))
     if db["ENGINE"] == "django.db.backends.sqlite3":
         # Several processes (web, worker, hostwatch) share one file: WAL, a busy timeout and
         # IMMEDIATE transactions keep them from failing with "database is locked".

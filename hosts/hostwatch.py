@@ -60,9 +60,16 @@ def _reconcile(host_id: int, event: InventoryEvent) -> None:
     host = host_observe(host_id=host_id, state=Host.State.ONLINE, facts=event.host.model_dump(mode="json"))
     if host is None:
         return
+    # One query for what we already know: after a reconnect most domains are unchanged, and
+    # only the others pay for a locked read, a write and an event.
+    known = {
+        row[0]: row[1:]
+        for row in Domain.objects.filter(host=host).values_list("uuid", "state", "vcpus", "memory_mib")
+    }
     seen = set()
     for info in event.domains:
-        domain_observe(host=host, info=info)
+        if known.get(info.uuid) != (info.state, info.vcpus, info.memory_mib):
+            domain_observe(host=host, info=info)
         seen.add(info.uuid)
     for domain_id in Domain.objects.filter(host=host).exclude(uuid__in=seen).values_list("pk", flat=True):
         domain_vanished(domain_id=domain_id)
