@@ -12,12 +12,12 @@ from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agent import __version__
 from agent.errors import AgentProblem, Conflict, InvalidSpec, NotFound, Unauthorized
 from agent.identity import AgentIdentity, ConsoleKeys
-from agent.protocol import DomainSpec, PairRequest, PairResult, Problem, RotateRequest
+from agent.protocol import DomainInfo, DomainSpec, PairRequest, PairResult, Problem, RotateRequest
 from agent.runtime import AgentRuntime
 
 log = logging.getLogger("agent.http")
@@ -26,6 +26,7 @@ RUNTIME: web.AppKey[AgentRuntime] = web.AppKey("runtime", AgentRuntime)
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({("GET", "/v1/health"), ("POST", "/v1/pair")})
+DOMAIN_LIST = TypeAdapter(list[DomainInfo])
 CONSOLE_ID = "domus.console_id"  # request key: which paired console is calling
 
 
@@ -177,7 +178,8 @@ async def rotate(request: web.Request) -> web.Response:
 
 
 async def list_domains(request: web.Request) -> web.Response:
-    return model_response(list(await request.app[RUNTIME].domains.list()))
+    domains = await request.app[RUNTIME].domains.list()
+    return web.Response(body=DOMAIN_LIST.dump_json(domains), content_type="application/json")
 
 
 async def get_domain(request: web.Request) -> web.Response:
