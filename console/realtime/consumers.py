@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -23,6 +24,9 @@ class ReachCache:
     def __init__(self) -> None:
         self.entries: dict[int, tuple[float, tuple[Reach, Reach]]] = {}
         self.generation = 0  # bumped by each access change: a reach computed across one is dropped
+        # One computation per user at a time: when an entry expires, every socket of that user
+        # misses together, and they all await the same one.
+        self.pending: dict[int, asyncio.Task[tuple[Reach, Reach]]] = {}
 
     def get(self, user_id: int) -> tuple[Reach, Reach] | None:
         entry = self.entries.get(user_id)
@@ -37,6 +41,7 @@ class ReachCache:
     def invalidate(self) -> None:
         self.generation += 1
         self.entries.clear()
+        self.pending.clear()  # computations under way finish for their callers, but are not shared
 
 
 reach_cache = ReachCache()
@@ -44,6 +49,17 @@ reach_cache = ReachCache()
 
 def _reaches_of(user: Any) -> tuple[Reach, Reach]:
     return reach(user, "domain.view"), reach(user, "host.view")
+
+
+async def _compute_reaches(user: Any) -> tuple[Reach, Reach]:
+    since, generation = time.monotonic(), reach_cache.generation
+    try:
+        reaches: tuple[Reach, Reach] = await database_sync_to_async(_reaches_of)(user)
+    finally:
+        if reach_cache.pending.get(user.pk) is asyncio.current_task():
+            del reach_cache.pending[user.pk]
+    reach_cache.put(user.pk, reaches, since=since, generation=generation)
+    return reaches
 
 
 def may_see(event: dict[str, Any], domains: Reach, hosts: Reach, user_id: int) -> bool:
@@ -80,10 +96,12 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         user = self.scope["user"]
         if (cached := reach_cache.get(user.pk)) is not None:
             return cached
-        since, generation = time.monotonic(), reach_cache.generation
-        reaches: tuple[Reach, Reach] = await database_sync_to_async(_reaches_of)(user)
-        reach_cache.put(user.pk, reaches, since=since, generation=generation)
-        return reaches
+        task = reach_cache.pending.get(user.pk)
+        if task is None:
+            task = asyncio.create_task(_compute_reaches(user))
+            reach_cache.pending[user.pk] = task
+        # Shielded: a socket closing while it waits must not cancel the others' computation.
+        return await asyncio.shield(task)
 
     async def disconnect(self, code: int) -> None:
         await self.channel_layer.group_discard(EVENTS_GROUP, self.channel_name)
