@@ -99,6 +99,15 @@ def host(db: None) -> Host:
     )
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """No kept-alive connections in tests: channels' database_sync_to_async opens them from
+    short-lived threads, where they would outlive the test database and block its removal."""
+    from django.db import connections
+
+    connections.settings["default"]["CONN_MAX_AGE"] = 0
+
+
 @pytest.fixture(autouse=True)
 def _fresh_reach_cache() -> None:
     """Open event sockets cache what each user may see per process; user ids repeat across tests."""
