@@ -171,6 +171,34 @@ def domain_observe(*, host: Host, info: DomainInfo) -> Domain:
 
 
 @transaction.atomic
+def domains_discovered(*, host: Host, infos: list[DomainInfo]) -> None:
+    """Record many domains the console has no row for (a host's first inventory): a few
+    queries and one bulk insert instead of a locked read and an insert per domain."""
+    uuids = [info.uuid for info in infos]
+    elsewhere = set(Domain.objects.filter(uuid__in=uuids).values_list("uuid", flat=True))
+    taken = set(Domain.objects.filter(host=host).values_list("name", flat=True))
+    rows = []
+    for info in infos:
+        if info.uuid in elsewhere:  # known after all (moved, or raced): the one-by-one path
+            domain_observe(host=host, info=info)
+            continue
+        name = info.name if info.name not in taken else f"{info.name}-{str(info.uuid)[:8]}"
+        taken.add(name)
+        rows.append(
+            Domain(
+                uuid=info.uuid,
+                name=name,
+                host=host,
+                vcpus=info.vcpus,
+                memory_mib=info.memory_mib,
+                state=info.state,
+            )
+        )
+    for domain in Domain.objects.bulk_create(rows, batch_size=500):
+        publish_on_commit(domain_event(domain))
+
+
+@transaction.atomic
 def domain_vanished(*, domain_id: int) -> None:
     """The host no longer knows this domain. A delete job in flight forgets the row itself;
     otherwise it was undefined behind Domus's back: a domain Domus created is kept and flagged

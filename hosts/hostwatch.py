@@ -30,7 +30,7 @@ from pydantic import TypeAdapter, ValidationError
 from agent.client import AgentClient, AgentError, AgentIdentityChanged
 from agent.protocol import AgentEvent, DomainEvent, DomainInfo, HeartbeatEvent, InventoryEvent, StatsEvent
 from domains.models import Domain
-from domains.services import domain_observe, domain_vanished
+from domains.services import domain_observe, domain_vanished, domains_discovered
 from hosts.models import Host
 from hosts.services import host_observe
 
@@ -66,11 +66,15 @@ def _reconcile(host_id: int, event: InventoryEvent) -> None:
         row[0]: row[1:]
         for row in Domain.objects.filter(host=host).values_list("uuid", "state", "vcpus", "memory_mib")
     }
-    seen = set()
+    seen, new = set(), []
     for info in event.domains:
-        if known.get(info.uuid) != (info.state, info.vcpus, info.memory_mib):
-            domain_observe(host=host, info=info)
         seen.add(info.uuid)
+        if info.uuid not in known:
+            new.append(info)
+        elif known[info.uuid] != (info.state, info.vcpus, info.memory_mib):
+            domain_observe(host=host, info=info)
+    if new:
+        domains_discovered(host=host, infos=new)
     for domain_id in Domain.objects.filter(host=host).exclude(uuid__in=seen).values_list("pk", flat=True):
         domain_vanished(domain_id=domain_id)
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -105,3 +106,19 @@ def test_undefined_after_the_row_is_gone_is_harmless(host: Host) -> None:
     domain.delete()
     domain_vanished(domain_id=domain_id)  # the race hostwatch lost against a delete job
     assert not Domain.objects.filter(pk=domain_id).exists()
+
+
+def test_a_first_inventory_is_written_in_bulk(host: Host, django_assert_max_num_queries: Any) -> None:
+    """300 unknown domains: a handful of queries, not several per domain; one known elsewhere
+    (moved from another host, say) still goes through the one-by-one path."""
+    other = Host.objects.create(name="h2", url="http://127.0.0.1:2", secret="y" * 32)
+    moved = Domain.objects.create(name="moved", host=other, state=Domain.State.SHUTOFF)
+    inventory = [info(f"d{i:03d}") for i in range(300)] + [info("moved", u=moved.uuid)]
+    with django_assert_max_num_queries(30):
+        _reconcile(host.pk, InventoryEvent(host=FACTS, domains=inventory))
+    assert Domain.objects.filter(host=host).count() == 300
+    moved.refresh_from_db()
+    assert moved.state == "running"
+    # And again: nothing changed, so nothing is written.
+    with django_assert_max_num_queries(20):
+        _reconcile(host.pk, InventoryEvent(host=FACTS, domains=inventory))
