@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.postgres import drop_database, scratch_database
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -67,7 +69,7 @@ class ConsoleStack:
         }
         database = os.environ.get("DATABASE_URL", "")
         if database.startswith("postgres"):
-            self.postgres_url = _create_postgres_database(database)
+            self.postgres_url = scratch_database(database, "domus_bench")
             env["DATABASE_URL"] = self.postgres_url
         else:
             os.environ.pop("DATABASE_URL", None)
@@ -162,7 +164,7 @@ class ConsoleStack:
             self.redis = None
         if self.postgres_url:
             _close_django_connections()
-            _drop_postgres_database(self.postgres_url)
+            drop_database(self.postgres_url)
             self.postgres_url = None
 
 
@@ -170,25 +172,6 @@ def _close_django_connections() -> None:
     from django.db import connections
 
     connections.close_all()
-
-
-def _create_postgres_database(url: str) -> str:
-    import psycopg
-
-    name = f"domus_bench_{os.getpid()}"
-    base = url.rsplit("/", 1)[0]
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{base}/{name}"
-
-
-def _drop_postgres_database(url: str) -> None:
-    import psycopg
-
-    base, name = url.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # -- Django-side helpers (after prepare()) -------------------------------------------------------

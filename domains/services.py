@@ -142,6 +142,13 @@ def domain_delete(*, actor: Any, domain: Domain, delete_disks: bool, origin: Ori
     return job
 
 
+def _discovered_row(host: Host, info: DomainInfo, name: str) -> Domain:
+    """A row for a domain the host reports and the console did not make (no spec)."""
+    return Domain(
+        uuid=info.uuid, name=name, host=host, vcpus=info.vcpus, memory_mib=info.memory_mib, state=info.state
+    )
+
+
 @transaction.atomic
 def domain_observe(*, host: Host, info: DomainInfo) -> Domain:
     """Record what the host's agent reports about one domain (creating rows for domains defined
@@ -151,14 +158,8 @@ def domain_observe(*, host: Host, info: DomainInfo) -> Domain:
         name = info.name
         if Domain.objects.filter(host=host, name=name).exists():
             name = f"{name}-{str(info.uuid)[:8]}"
-        domain = Domain.objects.create(
-            uuid=info.uuid,
-            name=name,
-            host=host,
-            vcpus=info.vcpus,
-            memory_mib=info.memory_mib,
-            state=info.state,
-        )
+        domain = _discovered_row(host, info, name)
+        domain.save(force_insert=True)
         publish_on_commit(domain_event(domain))
         return domain
     new = {"state": info.state, "vcpus": info.vcpus, "memory_mib": info.memory_mib}
@@ -184,16 +185,7 @@ def domains_discovered(*, host: Host, infos: list[DomainInfo]) -> None:
             continue
         name = info.name if info.name not in taken else f"{info.name}-{str(info.uuid)[:8]}"
         taken.add(name)
-        rows.append(
-            Domain(
-                uuid=info.uuid,
-                name=name,
-                host=host,
-                vcpus=info.vcpus,
-                memory_mib=info.memory_mib,
-                state=info.state,
-            )
-        )
+        rows.append(_discovered_row(host, info, name))
     for domain in Domain.objects.bulk_create(rows, batch_size=500):
         publish_on_commit(domain_event(domain))
 

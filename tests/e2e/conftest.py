@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.postgres import drop_database, scratch_database
+
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_DIR = Path(os.environ.get("DOMUS_GUEST_DIR", ROOT / ".cache" / "guest"))
 POOL = Path("/var/lib/libvirt/images")
@@ -32,26 +34,6 @@ def _free_port() -> int:
 
 def _libvirt_works() -> bool:
     return subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode == 0
-
-
-def _postgres_database(url: str) -> str:
-    """A fresh database beside the one in DATABASE_URL, for the stack under test."""
-    import psycopg
-
-    name = f"domus_e2e_{os.getpid()}"
-    base = url.rsplit("/", 1)[0]
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{base}/{name}"
-
-
-def _drop_postgres_database(url: str) -> None:
-    import psycopg
-
-    base, name = url.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass
@@ -104,7 +86,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     database = os.environ.get("DATABASE_URL", "")
     if database.startswith("postgres"):
-        env["DATABASE_URL"] = _postgres_database(database)
+        env["DATABASE_URL"] = scratch_database(database, "domus_e2e")
     else:
         env.pop("DATABASE_URL", None)
     log = data_dir / "stack.log"
@@ -142,7 +124,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         if env.get("DATABASE_URL", "").startswith("postgres"):
-            _drop_postgres_database(env["DATABASE_URL"])
+            drop_database(env["DATABASE_URL"])
 
 
 @pytest.fixture(scope="session")
