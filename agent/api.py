@@ -200,6 +200,18 @@ async def shutdown_domain(request: web.Request) -> web.Response:
     return model_response(await request.app[RUNTIME].domains.shutdown(_uuid(request)))
 
 
+async def suspend_domain(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].domains.suspend(_uuid(request)))
+
+
+async def resume_domain(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].domains.resume(_uuid(request)))
+
+
+async def reboot_domain(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].domains.reboot(_uuid(request)))
+
+
 async def destroy_domain(request: web.Request) -> web.Response:
     return model_response(await request.app[RUNTIME].domains.destroy(_uuid(request)))
 
@@ -223,3 +235,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/domains/{uuid}/start", start_domain)
     app.router.add_post("/v1/domains/{uuid}/shutdown", shutdown_domain)
     app.router.add_post("/v1/domains/{uuid}/destroy", destroy_domain)
+    app.router.add_post("/v1/domains/{uuid}/suspend", suspend_domain)
+    app.router.add_post("/v1/domains/{uuid}/resume", resume_domain)
+    app.router.add_post("/v1/domains/{uuid}/reboot", reboot_domain)

@@ -230,6 +230,15 @@ class AgentClient:
     async def shutdown(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/shutdown")
 
+    async def suspend(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/suspend")
+
+    async def resume(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/resume")
+
+    async def reboot(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/reboot")
+
     async def destroy(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/destroy")
 

@@ -225,6 +225,40 @@ class DomainService:
         _destroy_if_active(dom)
         return self._info_now(dom)
 
+    def _suspend_sync(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        dom = self._lookup(conn, domain_uuid)
+        state = dom.state()[0]
+        if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
+            dom.suspend()
+        elif state != libvirt.VIR_DOMAIN_PAUSED:  # paused already: done (a retried job)
+            raise Conflict(f"{dom.name()} is not running, so it cannot be paused")
+        return self._info_now(dom)
+
+    def _resume_sync(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        dom = self._lookup(conn, domain_uuid)
+        state = dom.state()[0]
+        if state == libvirt.VIR_DOMAIN_PAUSED:
+            dom.resume()
+        elif state not in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
+            raise Conflict(f"{dom.name()} is not paused, so it cannot be resumed")
+        return self._info_now(dom)
+
+    def _reboot_sync(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        dom = self._lookup(conn, domain_uuid)
+        if dom.state()[0] not in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
+            raise Conflict(f"{dom.name()} is not running, so it cannot be rebooted")
+        dom.reboot(0)  # the hypervisor's default: an ACPI request the guest acts on
+        return self._info_now(dom)
+
+    async def suspend(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._conn.call(lambda c: self._suspend_sync(c, domain_uuid), what="pausing domain")
+
+    async def resume(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._conn.call(lambda c: self._resume_sync(c, domain_uuid), what="resuming domain")
+
+    async def reboot(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+        return await self._conn.call(lambda c: self._reboot_sync(c, domain_uuid), what="rebooting domain")
+
     async def start(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._conn.call(lambda c: self._start_sync(c, domain_uuid), what="starting domain")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.conf import settings
@@ -62,15 +63,35 @@ def domain_start_job(ctx: JobContext) -> None:
     _start(ctx, _domain(ctx))
 
 
+def _simple(ctx: JobContext, verb: str, call: Callable[[AgentClient, Domain], Awaitable[DomainInfo]]) -> None:
+    """One agent call whose answer is the domain's new state (each is idempotent on the agent)."""
+    domain = _domain(ctx)
+    ctx.progress(20, f"{verb} {domain.name}")
+
+    async def conversation(client: AgentClient) -> DomainInfo:
+        return await call(client, domain)
+
+    _observe(domain, run_agent(domain.host, conversation))
+
+
 @job_handler("domain.force_off", permission="domain.power")
 def domain_force_off_job(ctx: JobContext) -> None:
-    domain = _domain(ctx)
-    ctx.progress(20, f"Forcing {domain.name} off")
+    _simple(ctx, "Forcing off", lambda client, domain: client.destroy(domain.uuid))
 
-    async def destroy(client: AgentClient) -> DomainInfo:
-        return await client.destroy(domain.uuid)
 
-    _observe(domain, run_agent(domain.host, destroy))
+@job_handler("domain.pause", permission="domain.power")
+def domain_pause_job(ctx: JobContext) -> None:
+    _simple(ctx, "Pausing", lambda client, domain: client.suspend(domain.uuid))
+
+
+@job_handler("domain.resume", permission="domain.power")
+def domain_resume_job(ctx: JobContext) -> None:
+    _simple(ctx, "Resuming", lambda client, domain: client.resume(domain.uuid))
+
+
+@job_handler("domain.reboot", permission="domain.power")
+def domain_reboot_job(ctx: JobContext) -> None:
+    _simple(ctx, "Rebooting", lambda client, domain: client.reboot(domain.uuid))
 
 
 @job_handler("domain.shutdown", permission="domain.power")

@@ -22,6 +22,9 @@ POWER_ACTIONS = {
     "start": "domain.start",
     "shutdown": "domain.shutdown",
     "force-off": "domain.force_off",
+    "reboot": "domain.reboot",
+    "pause": "domain.pause",
+    "resume": "domain.resume",
 }
 
 

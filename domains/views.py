@@ -133,7 +133,7 @@ def domain_action(request: HttpRequest, domain_id: int, action: str) -> HttpResp
                 f"Deleting {domain.name}" + (" and its disks" if delete_disks else "") + "…",
             )
             return redirect("home")
-        if action not in ("start", "shutdown", "force-off"):
+        if action not in ("start", "shutdown", "force-off", "reboot", "pause", "resume"):
             return HttpResponseNotAllowed(["POST"])
         domain_power(actor=request.user, domain=domain, action=action, origin=origin_of(request))
     except DomusError as exc:

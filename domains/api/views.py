@@ -105,6 +105,23 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
     def force_off(self, request: Request, pk: str | None = None) -> Response:
         return self._power(request, "force-off")
 
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def reboot(self, request: Request, pk: str | None = None) -> Response:
+        """Ask the guest to reboot (ACPI); it keeps running throughout."""
+        return self._power(request, "reboot")
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str | None = None) -> Response:
+        """Freeze the guest's vCPUs in memory."""
+        return self._power(request, "pause")
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str | None = None) -> Response:
+        return self._power(request, "resume")
+
     @extend_schema(request=ConsoleTicketRequestSerializer, responses={201: ConsoleTicketSerializer})
     @action(detail=True, methods=["post"], url_path="console-tickets")
     def console_tickets(self, request: Request, pk: str | None = None) -> Response:

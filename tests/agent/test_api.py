@@ -247,7 +247,8 @@ async def test_name_clash_is_a_conflict(client: AgentClient) -> None:
 
 async def test_unknown_uuid_is_404(client: AgentClient) -> None:
     unknown = uuid.uuid4()
-    for call in (client.get_domain, client.start, client.shutdown, client.destroy):
+    calls = (client.get_domain, client.start, client.shutdown, client.destroy)
+    for call in (*calls, client.suspend, client.resume, client.reboot):
         with pytest.raises(AgentNotFound):
             await call(unknown)
     with pytest.raises(AgentNotFound):
@@ -285,3 +286,26 @@ async def test_delete_keeps_or_deletes_disks(client: AgentClient, test_agent: Ru
     assert gone.deleted_volumes == [info.disks[0].path]
     # Boot files are never deleted.
     assert (test_agent.pool_dir / "vmlinuz").exists() and (test_agent.pool_dir / "initrd.img").exists()
+
+
+async def test_pause_resume_reboot(client: AgentClient) -> None:
+    spec = kernel_spec("pausable", disks=0)
+    await client.define(spec)
+    try:
+        with pytest.raises(AgentConflict, match="not running, so it cannot be paused"):
+            await client.suspend(spec.uuid)
+        with pytest.raises(AgentConflict, match="not running, so it cannot be rebooted"):
+            await client.reboot(spec.uuid)
+        await client.start(spec.uuid)
+        assert (await client.suspend(spec.uuid)).state == "paused"
+        assert (await client.suspend(spec.uuid)).state == "paused"  # a retried job: no error
+        with pytest.raises(AgentConflict, match="cannot be rebooted"):
+            await client.reboot(spec.uuid)
+        assert (await client.resume(spec.uuid)).state == "running"
+        assert (await client.resume(spec.uuid)).state == "running"
+        assert (await client.reboot(spec.uuid)).state == "running"
+        await client.destroy(spec.uuid)
+        with pytest.raises(AgentConflict, match="not paused, so it cannot be resumed"):
+            await client.resume(spec.uuid)
+    finally:
+        await client.delete(spec.uuid, delete_disks=True)

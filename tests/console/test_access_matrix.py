@@ -151,9 +151,9 @@ def test_domains_jobs_and_consoles(role: str, scope: str, world: World) -> None:
 
         assert api.get(f"/api/v1/domains/{domain.pk}/").status_code == (200 if reaches else 404), name
         assert api.get(f"/api/v1/jobs/{world.jobs[name].pk}/").status_code == (200 if reaches else 404), name
-        assert api.post(f"/api/v1/domains/{domain.pk}/start/").status_code == expect("domain.power", 202), (
-            name
-        )
+        for power in ("start", "reboot", "pause", "resume", "force-off"):
+            status = api.post(f"/api/v1/domains/{domain.pk}/{power}/").status_code
+            assert status == expect("domain.power", 202), (name, power)
         ticket = api.post(f"/api/v1/domains/{domain.pk}/console-tickets/", {"kind": "serial"}, format="json")
         assert ticket.status_code == expect("domain.console.interact", 201), name
         assert api.delete(f"/api/v1/domains/{domain.pk}/").status_code == expect("domain.delete", 202), name
@@ -211,7 +211,8 @@ def test_nobody_sees_or_does_anything(world: World) -> None:
     assert api.get("/api/v1/hosts/").json()["results"] == []
     assert api.get("/api/v1/jobs/").json()["results"] == []
     for domain in world.domains.values():
-        assert api.post(f"/api/v1/domains/{domain.pk}/start/").status_code == 404
+        for power in ("start", "reboot", "pause", "resume", "force-off"):
+            assert api.post(f"/api/v1/domains/{domain.pk}/{power}/").status_code == 404
     body = {"name": "x", "host": world.hosts["shared"].pk, "boot": {"iso": "/var/lib/libvirt/images/x.iso"}}
     assert api.post("/api/v1/domains/", body, format="json").status_code == 400  # no host it may see
 

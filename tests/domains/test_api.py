@@ -110,6 +110,9 @@ def test_power_actions_answer_202_with_job(api: APIClient, host: Host) -> None:
         ("start", "domain.start"),
         ("shutdown", "domain.shutdown"),
         ("force-off", "domain.force_off"),
+        ("reboot", "domain.reboot"),
+        ("pause", "domain.pause"),
+        ("resume", "domain.resume"),
     ]:
         response = api.post(f"/api/v1/domains/{domain.pk}/{action}/")
         assert response.status_code == 202, response.content

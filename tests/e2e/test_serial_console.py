@@ -38,6 +38,18 @@ async def talk_to_guest(stack: Stack, ticket_url: str) -> bytes:
         return await read_until(ws, b"hello-42")
 
 
+async def reboot_and_watch(stack: Stack, ticket_url: str, domain_id: int) -> bytes:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(stack.url.replace("http", "ws") + ticket_url, headers=stack.auth) as ws,
+    ):
+        await ws.send_bytes(b"\r")
+        await read_until(ws, b"guest#")  # attached, and the guest answers
+        rebooted = await asyncio.to_thread(stack.api, "POST", f"/api/v1/domains/{domain_id}/reboot/")
+        assert rebooted.status_code == 202, rebooted.text
+        return await read_until(ws, b"DOMUS-TEST-GUEST READY", timeout=90)
+
+
 async def refused_reason(stack: Stack, ticket_url: str, *, signed_in: bool = True) -> tuple[int | None, str]:
     headers = stack.auth if signed_in else {}
     async with (
@@ -93,6 +105,17 @@ def test_guest_lifecycle_and_serial_console(
     code, reason = asyncio.run(refused_reason(stack, leaked.json()["url"], signed_in=False))
     assert code == 4403
     assert "sign in" in reason
+
+    # Pause freezes the guest and resume thaws it; reboot restarts it: its banner prints again
+    # on the same console, which stays open across the reboot.
+    for action, state in (("pause", "paused"), ("resume", "running")):
+        job = stack.wait_job(stack.api("POST", f"/api/v1/domains/{domain['id']}/{action}/").json()["job"])
+        assert job["status"] == "succeeded", job
+        stack.wait_state(domain["id"], state)
+    ticket = stack.api("POST", f"/api/v1/domains/{domain['id']}/console-tickets/", json={"kind": "serial"})
+    output = asyncio.run(reboot_and_watch(stack, ticket.json()["url"], domain["id"]))
+    assert b"DOMUS-TEST-GUEST READY" in output
+    stack.wait_state(domain["id"], "running")
 
     stopped = stack.api("POST", f"/api/v1/domains/{domain['id']}/shutdown/")
     job = stack.wait_job(stopped.json()["job"], timeout=90)
