@@ -136,10 +136,15 @@ def job_run(job_id: int) -> None:
 
 def _execute(job: Job, handler: Handler) -> None:
     ctx = JobContext(job)
-    job.status = Job.Status.RUNNING
     job.started_at = job.started_at or timezone.now()
     job.attempts += 1
-    job.save(update_fields=["status", "started_at", "attempts"])
+    # Only from queued (or running: a redelivery); a job cancelled meanwhile stays cancelled.
+    started = Job.objects.filter(pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+        status=Job.Status.RUNNING, started_at=job.started_at, attempts=job.attempts
+    )
+    if not started:
+        return
+    job.status = Job.Status.RUNNING
     if job.attempts > 1:
         ctx.log(f"Attempt {job.attempts} (the previous worker stopped before finishing)")
     try:

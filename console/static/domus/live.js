@@ -41,7 +41,8 @@
       row.dataset.job = j.id;
       row.innerHTML = "<td></td><td></td><td></td><td>—</td>" +
         '<td><span class="badge" data-field="status"></span></td>' +
-        '<td><progress max="100" data-field="progress"></progress></td><td data-field="step"></td>';
+        '<td><progress max="100" data-field="progress"></progress></td><td data-field="step"></td>' +
+        '<td data-field="cancel"></td>';
       row.cells[0].textContent = j.id;
       row.cells[1].textContent = j.kind;
       row.cells[2].textContent = j.target;
@@ -52,7 +53,29 @@
     setState(row.querySelector('[data-field="status"]'), j.status);
     row.querySelector('[data-field="progress"]').value = j.progress;
     row.querySelector('[data-field="step"]').textContent = j.error || j.step;
+    const cancel = row.querySelector('[data-field="cancel"]');
+    if (cancel) {
+      cancel.replaceChildren();
+      if (j.status === "queued") {
+        const button = document.createElement("button");
+        Object.assign(button, { type: "button", className: "small", textContent: "Cancel" });
+        button.dataset.cancel = j.id;
+        cancel.append(button);
+      }
+    }
   }
+
+  // A job that has not started can be cancelled (the server refuses one that has, and says so).
+  document.addEventListener("click", async (e) => {
+    const button = e.target.closest("button[data-cancel]");
+    if (!button) return;
+    const resp = await fetch("/api/v1/jobs/" + button.dataset.cancel + "/cancel/", {
+      method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrf() },
+    });
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) flash(body.detail || "The request failed (" + resp.status + ").", "error");
+    else applyJob({ ...body, target: body.target_name });
+  });
 
   function applyHost(h) {
     document.querySelectorAll('[data-host-state="' + h.id + '"]').forEach((el) => {
