@@ -84,7 +84,15 @@ def _port_taken(address: str, port: int) -> str | None:
     return None
 
 
+def _local_agent_online() -> bool:
+    from hosts.models import Host
+
+    return Host.objects.filter(name="local", state=Host.State.ONLINE).exists()
+
+
 def _wait_healthy(url: str, stack: Stack, timeout: float = 90) -> None:
+    """Until the console is healthy and hostwatch hears this machine's own agent (other hosts
+    may well be offline: they are the fleet's business, not this start's)."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     while time.monotonic() < deadline:
@@ -92,8 +100,9 @@ def _wait_healthy(url: str, stack: Stack, timeout: float = 90) -> None:
             raise SystemExit(f"domus: {problem}; see its output above")
         try:
             with urllib.request.urlopen(url + "healthz", timeout=3) as resp:  # noqa: S310 - our own URL
-                if resp.status == 200:
+                if resp.status == 200 and _local_agent_online():
                     return
+                last = "the local agent is not online yet"
         except urllib.error.HTTPError as exc:
             last = exc.read().decode(errors="replace")[:300]
         except (urllib.error.URLError, OSError) as exc:

@@ -51,3 +51,16 @@ def test_anonymous_callers_get_verdicts_not_names(client: Any) -> None:
     data = client.get("/healthz").json()
     assert set(data["agents"]) == {"ok", "online", "total"}
     assert set(data["worker"]) == {"ok"}
+
+
+def test_one_host_down_leaves_the_console_healthy(client: Any, monkeypatch: Any) -> None:
+    """A load balancer must not pull a web node because a hypervisor host is down; but when no
+    host is heard at all, hostwatch is gone and that is the console's problem."""
+    monkeypatch.setattr("console.health._worker", lambda: {"ok": True, "workers": ["w"]})
+    fresh = {"state": "online", "last_seen_at": timezone.now()}
+    up = Host.objects.create(name="up", url="http://127.0.0.1:1", secret="x" * 32, **fresh)
+    Host.objects.create(name="down", url="http://127.0.0.1:2", secret="x" * 32, state="offline")
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json()["agents"]["ok"] is False
+    Host.objects.filter(pk=up.pk).update(last_seen_at=timezone.now() - timedelta(minutes=5))
+    assert client.get("/healthz").status_code == 503
