@@ -61,3 +61,26 @@ def test_others_need_the_jobs_permission(host: Host, user: Any, django_user_mode
         client = APIClient()
         client.force_authenticate(who)
         assert client.post(f"/api/v1/jobs/{job.pk}/cancel/").status_code == status
+
+
+def test_jobs_filter_by_domain_host_actor_and_status(api: APIClient, host: Host, user: Any) -> None:
+    other_host = Host.objects.create(name="h2", url="http://127.0.0.1:2", secret="y" * 32)
+    a = Domain.objects.create(name="a", host=host, state=Domain.State.SHUTOFF)
+    b = Domain.objects.create(name="b", host=other_host, state=Domain.State.SHUTOFF)
+    job_a = job_enqueue(kind="domain.start", actor=user, host=host, domain=a)
+    job_b = job_enqueue(kind="domain.start", actor=None, host=other_host, domain=b)
+    Job.objects.filter(pk=job_b.pk).update(status="failed")
+
+    def ids(query: str) -> set[int]:
+        response = api.get(f"/api/v1/jobs/?{query}")
+        assert response.status_code == 200, response.content
+        return {job["id"] for job in response.json()["results"]}
+
+    assert ids(f"domain={a.pk}") == {job_a.pk}
+    assert ids(f"host={other_host.pk}") == {job_b.pk}
+    assert ids("actor=ana") == {job_a.pk}
+    assert ids("status=failed") == {job_b.pk}
+    assert ids(f"status=queued&host={host.pk}") == {job_a.pk}
+    bad = api.get("/api/v1/jobs/?status=done")
+    assert bad.status_code == 400 and "status" in bad.json()["fields"]
+    assert api.get("/api/v1/jobs/?domain=x").status_code == 400

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from console.audit.services import origin_of
+from console.errors import InvalidInput
 from console.jobs.api.serializers import JobSerializer
 from console.jobs.models import Job
 from console.jobs.selectors import job_list
@@ -17,8 +18,35 @@ from console.jobs.services import job_cancel
 class JobViewSet(viewsets.ReadOnlyModelViewSet[Job]):
     serializer_class = JobSerializer
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("domain", int, description="only this domain's jobs"),
+            OpenApiParameter("host", int, description="only jobs on this host"),
+            OpenApiParameter("actor", str, description="only jobs started by this username"),
+            OpenApiParameter("status", str, enum=[s.value for s in Job.Status]),
+        ]
+    )
+    def list(self, request: Request, *args: object, **kwargs: object) -> Response:
+        return super().list(request, *args, **kwargs)
+
     def get_queryset(self) -> QuerySet[Job]:
-        return job_list(user=self.request.user)
+        jobs = job_list(user=self.request.user)
+        if self.action != "list":
+            return jobs
+        params = self.request.query_params
+        for name, lookup in (("domain", "domain_id"), ("host", "host_id")):
+            if raw := params.get(name):
+                if not raw.isdigit():
+                    raise InvalidInput(f"Invalid {name}.", fields={name: ["must be an id (a number)"]})
+                jobs = jobs.filter(**{lookup: int(raw)})
+        if actor := params.get("actor"):
+            jobs = jobs.filter(actor__username=actor)
+        if status := params.get("status"):
+            if status not in Job.Status.values:
+                choices = ", ".join(Job.Status.values)
+                raise InvalidInput("Invalid status.", fields={"status": [f"one of {choices}"]})
+            jobs = jobs.filter(status=status)
+        return jobs
 
     @extend_schema(request=None, responses={200: JobSerializer})
     @action(detail=True, methods=["post"])
