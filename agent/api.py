@@ -212,6 +212,11 @@ async def reboot_domain(request: web.Request) -> web.Response:
     return model_response(await request.app[RUNTIME].domains.reboot(_uuid(request)))
 
 
+async def autostart_domain(request: web.Request) -> web.Response:
+    enabled = _bool_param(request, "enabled")
+    return model_response(await request.app[RUNTIME].domains.set_autostart(_uuid(request), enabled))
+
+
 async def destroy_domain(request: web.Request) -> web.Response:
     return model_response(await request.app[RUNTIME].domains.destroy(_uuid(request)))
 
@@ -238,3 +243,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/domains/{uuid}/suspend", suspend_domain)
     app.router.add_post("/v1/domains/{uuid}/resume", resume_domain)
     app.router.add_post("/v1/domains/{uuid}/reboot", reboot_domain)
+    app.router.add_post("/v1/domains/{uuid}/autostart", autostart_domain)

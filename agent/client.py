@@ -236,6 +236,10 @@ class AgentClient:
     async def resume(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/resume")
 
+    async def set_autostart(self, domain_uuid: uuid_mod.UUID, enabled: bool) -> DomainInfo:
+        params = {"enabled": "true" if enabled else "false"}
+        return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/autostart", params=params)
+
     async def reboot(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/reboot")
 

@@ -40,6 +40,7 @@ class _StaticInfo:
     vcpus: int
     memory_mib: int
     persistent: bool
+    autostart: bool
     disks: list[DiskInfo]
     # The DomainInfo for each state seen, built once: listing 1,000 domains is then one bulk
     # libvirt call and dictionary lookups, not 1,000 pydantic validations.
@@ -55,11 +56,13 @@ def _static_info(dom: libvirt.virDomain) -> _StaticInfo:
     kib = 0.0
     if memory is not None and memory.text:
         kib = int(memory.text) * _MEMORY_UNITS.get(memory.get("unit", "KiB").lower(), 1)
+    persistent = dom.isPersistent()
     return _StaticInfo(
         name=root.findtext("name") or dom.name(),
         vcpus=vcpus,
         memory_mib=int(kib // 1024),
-        persistent=bool(dom.isPersistent()),
+        persistent=bool(persistent),
+        autostart=bool(persistent and dom.autostart()),
         disks=parse_disks(xml),
     )
 
@@ -121,6 +124,7 @@ class DomainService:
                 vcpus=static.vcpus,
                 memory_mib=static.memory_mib,
                 persistent=static.persistent,
+                autostart=static.autostart,
                 disks=static.disks,
             )
             static.by_state[state_name] = info
@@ -249,6 +253,24 @@ class DomainService:
             raise Conflict(f"{dom.name()} is not running, so it cannot be rebooted")
         dom.reboot(0)  # the hypervisor's default: an ACPI request the guest acts on
         return self._info_now(dom)
+
+    def _autostart_sync(
+        self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, enabled: bool
+    ) -> DomainInfo:
+        dom = self._lookup(conn, domain_uuid)
+        if not dom.isPersistent():
+            raise Conflict(f"{dom.name()} is transient: only a defined domain can start with the host")
+        dom.setAutostart(1 if enabled else 0)
+        # No lifecycle event says so: forget the cached facts of this one domain ourselves.
+        with self._lock:
+            self._generation += 1
+            self._cache.pop(dom.UUIDString(), None)
+        return self._info_now(dom)
+
+    async def set_autostart(self, domain_uuid: uuid_mod.UUID, enabled: bool) -> DomainInfo:
+        return await self._conn.call(
+            lambda c: self._autostart_sync(c, domain_uuid, enabled), what="setting autostart"
+        )
 
     async def suspend(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._conn.call(lambda c: self._suspend_sync(c, domain_uuid), what="pausing domain")

@@ -167,6 +167,7 @@ class DomainInfo(BaseModel):
     vcpus: int
     memory_mib: int
     persistent: bool = True
+    autostart: bool = False  # started with the host (persistent domains only)
     disks: list[DiskInfo] = []
 
 

@@ -18,6 +18,7 @@ def domain_event(domain: Domain) -> dict[str, Any]:
             "state_label": domain.get_state_display(),
             "vcpus": domain.vcpus,
             "memory_mib": domain.memory_mib,
+            "autostart": domain.autostart,
         },
     }
 

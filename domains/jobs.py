@@ -94,6 +94,13 @@ def domain_reboot_job(ctx: JobContext) -> None:
     _simple(ctx, "Rebooting", lambda client, domain: client.reboot(domain.uuid))
 
 
+@job_handler("domain.autostart", permission="domain.edit")
+def domain_autostart_job(ctx: JobContext) -> None:
+    enabled = bool(ctx.params.get("enabled"))
+    verb = "Turning autostart on for" if enabled else "Turning autostart off for"
+    _simple(ctx, verb, lambda client, domain: client.set_autostart(domain.uuid, enabled))
+
+
 @job_handler("domain.shutdown", permission="domain.power")
 def domain_shutdown_job(ctx: JobContext) -> None:
     domain = _domain(ctx)

@@ -32,6 +32,7 @@ class Domain(models.Model):
     memory_mib = models.PositiveIntegerField(default=256)
     spec = models.JSONField(default=dict, blank=True)  # the DomainSpec sent to the agent
     state = models.CharField(max_length=16, choices=State.choices, default=State.NEW)
+    autostart = models.BooleanField(default=False)  # started with the host, as its agent reports
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -131,6 +131,20 @@ def domain_power(*, actor: Any, domain: Domain, action: str, origin: Origin | No
 
 
 @transaction.atomic
+def domain_set_autostart(*, actor: Any, domain: Domain, enabled: bool, origin: Origin | None = None) -> Job:
+    """Whether the domain starts when its host does (a job: the agent changes libvirt's setting)."""
+    _require(actor, "domain.edit", domain)
+    if domain.state in (Domain.State.NEW, Domain.State.MISSING):
+        raise Conflict(f"{domain.name} is {domain.get_state_display().lower()}: it has no setting to change.")
+    job = job_enqueue(
+        kind="domain.autostart", actor=actor, host=domain.host, domain=domain, params={"enabled": enabled}
+    )
+    changes = {"autostart": enabled, "job": job.pk}
+    audit_record(action="domain.autostart", actor=actor, origin=origin, obj=domain, changes=changes)
+    return job
+
+
+@transaction.atomic
 def domain_delete(*, actor: Any, domain: Domain, delete_disks: bool, origin: Origin | None = None) -> Job:
     _require(actor, "domain.delete", domain)
     job = job_enqueue(
@@ -148,7 +162,13 @@ def domain_delete(*, actor: Any, domain: Domain, delete_disks: bool, origin: Ori
 def _discovered_row(host: Host, info: DomainInfo, name: str) -> Domain:
     """A row for a domain the host reports and the console did not make (no spec)."""
     return Domain(
-        uuid=info.uuid, name=name, host=host, vcpus=info.vcpus, memory_mib=info.memory_mib, state=info.state
+        uuid=info.uuid,
+        name=name,
+        host=host,
+        vcpus=info.vcpus,
+        memory_mib=info.memory_mib,
+        state=info.state,
+        autostart=info.autostart,
     )
 
 
@@ -165,7 +185,12 @@ def domain_observe(*, host: Host, info: DomainInfo) -> Domain:
         domain.save(force_insert=True)
         publish_on_commit(domain_event(domain))
         return domain
-    new = {"state": info.state, "vcpus": info.vcpus, "memory_mib": info.memory_mib}
+    new = {
+        "state": info.state,
+        "vcpus": info.vcpus,
+        "memory_mib": info.memory_mib,
+        "autostart": info.autostart,
+    }
     if any(getattr(domain, k) != v for k, v in new.items()):
         for key, value in new.items():
             setattr(domain, key, value)

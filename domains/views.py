@@ -14,7 +14,7 @@ from console.audit.services import origin_of
 from console.errors import DomusError
 from console.jobs.selectors import job_list
 from domains.selectors import domain_get, domain_jobs, domain_list
-from domains.services import domain_create, domain_delete, domain_power
+from domains.services import domain_create, domain_delete, domain_power, domain_set_autostart
 from hosts.selectors import host_list
 
 
@@ -133,6 +133,13 @@ def domain_action(request: HttpRequest, domain_id: int, action: str) -> HttpResp
                 f"Deleting {domain.name}" + (" and its disks" if delete_disks else "") + "…",
             )
             return redirect("home")
+        if action in ("autostart-on", "autostart-off"):
+            enabled = action == "autostart-on"
+            domain_set_autostart(
+                actor=request.user, domain=domain, enabled=enabled, origin=origin_of(request)
+            )
+            messages.success(request, f"Turning autostart {'on' if enabled else 'off'} for {domain.name}…")
+            return redirect("domain-detail", domain.pk)
         if action not in ("start", "shutdown", "force-off", "reboot", "pause", "resume"):
             return HttpResponseNotAllowed(["POST"])
         domain_power(actor=request.user, domain=domain, action=action, origin=origin_of(request))

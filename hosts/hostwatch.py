@@ -64,14 +64,16 @@ def _reconcile(host_id: int, event: InventoryEvent) -> None:
     # only the others pay for a locked read, a write and an event.
     known = {
         row[0]: row[1:]
-        for row in Domain.objects.filter(host=host).values_list("uuid", "state", "vcpus", "memory_mib")
+        for row in Domain.objects.filter(host=host).values_list(
+            "uuid", "state", "vcpus", "memory_mib", "autostart"
+        )
     }
     seen, new = set(), []
     for info in event.domains:
         seen.add(info.uuid)
         if info.uuid not in known:
             new.append(info)
-        elif known[info.uuid] != (info.state, info.vcpus, info.memory_mib):
+        elif known[info.uuid] != (info.state, info.vcpus, info.memory_mib, info.autostart):
             domain_observe(host=host, info=info)
     if new:
         domains_discovered(host=host, infos=new)
@@ -94,6 +96,7 @@ def _domain_changed(host_id: int, event: DomainEvent) -> None:
         state=event.state,
         vcpus=known.vcpus if known else 1,
         memory_mib=known.memory_mib if known else 0,
+        autostart=known.autostart if known else False,  # lifecycle events do not carry it
     )
     domain_observe(host=host, info=info)
 

@@ -22,6 +22,7 @@ class DomainSerializer(serializers.ModelSerializer[Domain]):
             "memory_mib",
             "state",
             "state_label",
+            "autostart",
             "spec",
             "created_at",
             "updated_at",
@@ -61,3 +62,7 @@ class ConsoleTicketSerializer(serializers.Serializer[Any]):
     ticket = serializers.CharField()
     url = serializers.CharField()
     expires_at = serializers.DateTimeField()
+
+
+class AutostartSerializer(serializers.Serializer[Any]):
+    enabled = serializers.BooleanField()

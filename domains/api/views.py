@@ -17,6 +17,7 @@ from console.errors import InvalidInput, NotFound, PermissionDenied
 from console.jobs.api.serializers import JobSerializer
 from console.jobs.models import Job
 from domains.api.serializers import (
+    AutostartSerializer,
     ConsoleTicketRequestSerializer,
     ConsoleTicketSerializer,
     DomainCreateSerializer,
@@ -25,7 +26,7 @@ from domains.api.serializers import (
 from domains.consoles import console_ticket_issue
 from domains.models import Domain
 from domains.selectors import domain_list
-from domains.services import domain_create, domain_delete, domain_power
+from domains.services import domain_create, domain_delete, domain_power, domain_set_autostart
 from hosts.selectors import host_list
 
 
@@ -104,6 +105,20 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
     @action(detail=True, methods=["post"], url_path="force-off")
     def force_off(self, request: Request, pk: str | None = None) -> Response:
         return self._power(request, "force-off")
+
+    @extend_schema(request=AutostartSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def autostart(self, request: Request, pk: str | None = None) -> Response:
+        """Start the domain with its host, or not."""
+        domain = self.get_object()
+        self._require("domain.edit", domain)
+        serializer = AutostartSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        enabled = serializer.validated_data["enabled"]
+        job = domain_set_autostart(
+            actor=request.user, domain=domain, enabled=enabled, origin=origin_of(request)
+        )
+        return _accepted(job)
 
     @extend_schema(request=None, responses={202: JobSerializer})
     @action(detail=True, methods=["post"])

@@ -309,3 +309,15 @@ async def test_pause_resume_reboot(client: AgentClient) -> None:
             await client.resume(spec.uuid)
     finally:
         await client.delete(spec.uuid, delete_disks=True)
+
+
+async def test_autostart(client: AgentClient) -> None:
+    spec = kernel_spec("autostarted", disks=0)
+    assert (await client.define(spec)).autostart is False
+    try:
+        assert (await client.set_autostart(spec.uuid, True)).autostart is True
+        listed = {d.uuid: d for d in await client.list_domains()}
+        assert listed[spec.uuid].autostart is True  # the cached listing saw the change
+        assert (await client.set_autostart(spec.uuid, False)).autostart is False
+    finally:
+        await client.delete(spec.uuid, delete_disks=True)

@@ -8,6 +8,7 @@ from rest_framework.test import APIClient
 from console.jobs.models import Job
 from domains.models import Domain
 from hosts.models import Host
+from tests.conftest import grant
 
 pytestmark = pytest.mark.django_db
 
@@ -139,3 +140,21 @@ def test_job_detail(api: APIClient, host: Host) -> None:
     data = api.get(f"/api/v1/jobs/{job_id}/").json()
     assert data["status"] == "queued"
     assert {"progress", "log", "error", "step"} <= set(data)
+
+
+def test_autostart_is_a_job_for_those_who_may_edit(
+    api: APIClient, host: Host, django_user_model: Any
+) -> None:
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.SHUTOFF)
+    response = api.post(f"/api/v1/domains/{domain.pk}/autostart/", {"enabled": True}, format="json")
+    assert response.status_code == 202, response.content
+    assert response.json()["job"]["kind"] == "domain.autostart"
+    assert response.json()["job"]["params"] == {"enabled": True}
+    bad = api.post(f"/api/v1/domains/{domain.pk}/autostart/", {"enabled": "perhaps"}, format="json")
+    assert bad.status_code == 400 and "enabled" in bad.content.decode()
+    viewer = django_user_model.objects.create_user("vi", password="pw-vi-123456")
+    grant(viewer, "Viewer")
+    client = APIClient()
+    client.force_authenticate(viewer)
+    denied = client.post(f"/api/v1/domains/{domain.pk}/autostart/", {"enabled": True}, format="json")
+    assert denied.status_code == 403 and "domain.edit" in denied.json()["detail"]

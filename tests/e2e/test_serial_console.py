@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import subprocess
 from typing import Any
 
 import aiohttp
@@ -112,6 +114,15 @@ def test_guest_lifecycle_and_serial_console(
         job = stack.wait_job(stack.api("POST", f"/api/v1/domains/{domain['id']}/{action}/").json()["job"])
         assert job["status"] == "succeeded", job
         stack.wait_state(domain["id"], state)
+    # Autostart: libvirt's own setting changes, and the console's record follows.
+    turned_on = stack.api("POST", f"/api/v1/domains/{domain['id']}/autostart/", json={"enabled": True})
+    assert stack.wait_job(turned_on.json()["job"])["status"] == "succeeded"
+    dominfo = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "dominfo", domain_name], capture_output=True, text=True, check=True
+    ).stdout
+    assert re.search(r"Autostart:\s+enable", dominfo), dominfo
+    assert stack.api("GET", f"/api/v1/domains/{domain['id']}/").json()["autostart"] is True
+
     ticket = stack.api("POST", f"/api/v1/domains/{domain['id']}/console-tickets/", json={"kind": "serial"})
     output = asyncio.run(reboot_and_watch(stack, ticket.json()["url"], domain["id"]))
     assert b"DOMUS-TEST-GUEST READY" in output

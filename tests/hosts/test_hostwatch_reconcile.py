@@ -122,3 +122,19 @@ def test_a_first_inventory_is_written_in_bulk(host: Host, django_assert_max_num_
     # And again: nothing changed, so nothing is written.
     with django_assert_max_num_queries(20):
         _reconcile(host.pk, InventoryEvent(host=FACTS, domains=inventory))
+
+
+def test_autostart_follows_the_host(host: Host) -> None:
+    domain = Domain.objects.create(
+        name="auto", host=host, state=Domain.State.SHUTOFF, vcpus=1, memory_mib=128
+    )
+    reported = DomainInfo(
+        uuid=domain.uuid, name="auto", state="shutoff", vcpus=1, memory_mib=128, autostart=True
+    )
+    _reconcile(host.pk, InventoryEvent(host=FACTS, domains=[reported]))
+    domain.refresh_from_db()
+    assert domain.autostart is True
+    # A lifecycle event (which does not carry the setting) leaves it alone.
+    _domain_changed(host.pk, DomainEvent(uuid=domain.uuid, name="auto", event="started", state="running"))
+    domain.refresh_from_db()
+    assert domain.autostart is True and domain.state == "running"
