@@ -208,10 +208,14 @@ def _read_domain_capabilities(
         return None
 
 
-def read_host_capabilities(conn: libvirt.virConnect, *, accel: Accel) -> HostCapabilities:
-    """Blocking: capabilities can take seconds (libvirt probes QEMU binaries)."""
+def read_host_capabilities(
+    conn: libvirt.virConnect, *, accel: Accel, caps_xml: str | None = None
+) -> HostCapabilities:
+    """Blocking: capabilities can take seconds (libvirt probes QEMU binaries), so a caller that
+    has just read them passes `caps_xml` instead of having them read again."""
     driver = str(conn.getType())
-    caps_xml = str(conn.getCapabilities())
+    if caps_xml is None:
+        caps_xml = str(conn.getCapabilities())
     domcaps_xml = _read_domain_capabilities(conn, caps_xml, driver=driver, accel=accel)
     return parse_host_capabilities(caps_xml, driver=driver, accel=accel, domcaps_xml=domcaps_xml)
 

@@ -18,6 +18,7 @@ class Capabilities:
     hvm_hardware_assisted: bool
     guest_domain_types: frozenset[str]
     driver: str  # libvirt driver type: QEMU, Xen, Test ...
+    xml: str  # the document itself, for agent.capabilities to describe without asking again
 
 
 def parse_capabilities(xml: str) -> tuple[str, bool, frozenset[str]]:
@@ -34,8 +35,11 @@ def parse_capabilities(xml: str) -> tuple[str, bool, frozenset[str]]:
 
 def read_capabilities(conn: libvirt.virConnect) -> Capabilities:
     """Blocking: getCapabilities() can take seconds (libvirt probes QEMU binaries)."""
-    arch, hw, types = parse_capabilities(conn.getCapabilities())
-    return Capabilities(arch=arch, hvm_hardware_assisted=hw, guest_domain_types=types, driver=conn.getType())
+    xml = conn.getCapabilities()
+    arch, hw, types = parse_capabilities(xml)
+    return Capabilities(
+        arch=arch, hvm_hardware_assisted=hw, guest_domain_types=types, driver=conn.getType(), xml=xml
+    )
 
 
 def hypervisor_for(driver: str, accel: Accel) -> Hypervisor:

@@ -60,9 +60,11 @@ class AgentRuntime:
     async def _on_connected(self, conn: libvirt.virConnect) -> None:
         # Runs on every (re)connection: pool, capabilities and event registration.
         self.pool_dir = await asyncio.to_thread(storage.ensure_default_pool, conn, self.config.pool_path)
-        self._caps = await asyncio.to_thread(read_capabilities, conn)
+        self._caps = caps = await asyncio.to_thread(read_capabilities, conn)
         if self.decision is not None:
-            self._host_caps = await asyncio.to_thread(read_host_capabilities, conn, accel=self.decision.accel)
+            self._host_caps = await asyncio.to_thread(
+                read_host_capabilities, conn, accel=self.decision.accel, caps_xml=caps.xml
+            )
         await self.hub.attach(conn)
         if self._domains is not None:
             self._domains.invalidate(None)
@@ -80,7 +82,7 @@ class AgentRuntime:
             timeout_s=self.config.probe_timeout_s,
         )
         log.info("accelerator: %s (%s)", self.decision.accel, self.decision.reason)
-        await self.refresh_capabilities()
+        await self._describe_capabilities()
         hypervisor = hypervisor_for(caps.driver, self.decision.accel)
         self._domains = DomainService(
             self.conn,
@@ -98,11 +100,18 @@ class AgentRuntime:
     async def refresh_capabilities(self) -> None:
         """Re-read capabilities (after a hypervisor upgrade, say); resources are always live."""
         self._caps = await self.conn.call(read_capabilities, what="reading capabilities")
-        if self.decision is not None:
-            accel = self.decision.accel
-            self._host_caps = await self.conn.call(
-                lambda conn: read_host_capabilities(conn, accel=accel), what="reading domain capabilities"
-            )
+        await self._describe_capabilities()
+
+    async def _describe_capabilities(self) -> None:
+        """What the console shows of the capabilities just read (plus domain capabilities)."""
+        caps, decision = self._caps, self.decision
+        if caps is None or decision is None:
+            return
+        accel = decision.accel
+        self._host_caps = await self.conn.call(
+            lambda conn: read_host_capabilities(conn, accel=accel, caps_xml=caps.xml),
+            what="reading domain capabilities",
+        )
 
     @property
     def _local(self) -> bool:

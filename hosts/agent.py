@@ -18,11 +18,13 @@ def agent_client(host: Host, *, timeout: float = AGENT_TIMEOUT_SECONDS) -> Agent
     return AgentClient(host.url, host.secret, timeout=timeout, fingerprint=host.fingerprint)
 
 
-def run_agent(host: Host, op: Callable[[AgentClient], Awaitable[T]]) -> T:
+def run_agent(
+    host: Host, op: Callable[[AgentClient], Awaitable[T]], *, timeout: float = AGENT_TIMEOUT_SECONDS
+) -> T:
     """Run one agent conversation to completion (each call gets its own event loop and session)."""
 
     async def conversation() -> T:
-        async with agent_client(host) as client:
+        async with agent_client(host, timeout=timeout) as client:
             return await op(client)
 
     return asyncio.run(conversation())

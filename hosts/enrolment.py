@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from django.db import IntegrityError, transaction
 
@@ -34,35 +33,22 @@ from agent.client import (
 from agent.protocol import (
     PAIRING_CODE_RE,
     PairRequest,
+    PairResult,
     format_fingerprint,
     normalise_fingerprint,
     normalise_pairing_code,
     pairing_proof,
 )
-from console.access.policy import explain, has_site_perm
 from console.audit.services import Origin, audit_record
-from console.errors import Conflict, InvalidInput, PermissionDenied
+from console.errors import Conflict, InvalidInput
 from console.realtime.events import publish_on_commit
-from hosts.agent import agent_client
+from hosts.agent import agent_client, run_agent
 from hosts.events import host_event, host_removed_event
 from hosts.models import Host
-from hosts.services import agent_url_problem, is_loopback_url
+from hosts.services import agent_url_problem, is_loopback_url, require_host_manage
 
-T = TypeVar("T")
 ENROL_TIMEOUT_SECONDS = 15.0
 SECRET_BYTES = 32  # 256 bits, sent as url-safe base64
-
-
-def _require_manage(actor: Any) -> None:
-    if actor is not None and not has_site_perm(actor, "host.manage"):
-        raise PermissionDenied(explain(actor, "host.manage"))
-
-
-def _run(coro: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await coro
-
-    return asyncio.run(wrapped())
 
 
 def _pairing_error(err: AgentError, *, field: str = "pairing_code") -> InvalidInput:
@@ -79,7 +65,7 @@ def host_enrol(
     origin: Origin | None = None,
 ) -> Host:
     """Add a host whose agent printed `pairing_code` (see `domus-agent init`)."""
-    _require_manage(actor)
+    require_host_manage(actor)
     url = url.rstrip("/")
     if not url.startswith("https://"):
         why = "pairing needs https:// (the agent serves TLS once `domus-agent init` has run)"
@@ -103,7 +89,7 @@ def host_enrol(
         raise Conflict(f"A host named {name!r} exists already.", fields={"name": ["already in use"]})
 
     try:
-        seen = _run(fetch_fingerprint(url, timeout=ENROL_TIMEOUT_SECONDS))
+        seen = asyncio.run(fetch_fingerprint(url, timeout=ENROL_TIMEOUT_SECONDS))
     except AgentUnreachable as err:
         raise InvalidInput(f"Cannot reach the agent: {err.detail}", fields={"url": [err.detail]}) from err
     if expected and seen != expected:
@@ -116,7 +102,7 @@ def host_enrol(
     secret = secrets.token_urlsafe(SECRET_BYTES)
     request = PairRequest(proof=pairing_proof(code, seen), secret=secret, console=f"domus {name}")
     try:
-        result = _run(_pair(url, seen, request))
+        result = asyncio.run(_pair(url, seen, request))
     except AgentIdentityChanged as err:  # the certificate changed between two connections
         raise InvalidInput("TLS certificate mismatch.", fields={"fingerprint": [err.detail]}) from err
     except AgentUnreachable as err:
@@ -138,12 +124,12 @@ def host_enrol(
             }
             audit_record(action="host.enrol", actor=actor, origin=origin, obj=host, changes=changes)
     except IntegrityError as err:  # added under the same name meanwhile; undo the pairing
-        _run(_unpair_quietly(url, seen, secret))
+        asyncio.run(_unpair_quietly(url, seen, secret))
         raise Conflict(f"A host named {name!r} exists already.", fields={"name": ["already in use"]}) from err
     return host
 
 
-async def _pair(url: str, fingerprint: str, request: PairRequest) -> Any:
+async def _pair(url: str, fingerprint: str, request: PairRequest) -> PairResult:
     async with AgentClient(url, "", fingerprint=fingerprint, timeout=ENROL_TIMEOUT_SECONDS) as client:
         return await client.pair(request)
 
@@ -159,7 +145,7 @@ async def _unpair_quietly(url: str, fingerprint: str, secret: str) -> None:
 def host_rotate_secret(*, host: Host, actor: Any = None, origin: Origin | None = None) -> Host:
     """Give the agent a new secret. The agent keeps accepting the old one until the new one is
     first used, so a failure between its answer and our save locks nobody out."""
-    _require_manage(actor)
+    require_host_manage(actor)
     if not host.fingerprint:
         raise Conflict(
             "This host's agent uses a fixed secret from its command line (a loopback agent "
@@ -176,7 +162,7 @@ def host_rotate_secret(*, host: Host, actor: Any = None, origin: Origin | None =
             await client.host()  # first use of the new secret retires the old one
 
     try:
-        _run(rotate())
+        asyncio.run(rotate())
     except AgentError as err:
         raise Conflict(f"The agent did not take the new secret: {err.detail}") from err
     with transaction.atomic():
@@ -193,12 +179,12 @@ def host_remove(
 ) -> dict[str, Any]:
     """Forget a host: the agent forgets our secret, and the console forgets the host and its
     domain records. The domains themselves keep running on the host, untouched."""
-    _require_manage(actor)
+    require_host_manage(actor)
     agent_forgot = False
     problem = ""
     if host.fingerprint:
         try:
-            _run(_unpair(host))
+            run_agent(host, lambda client: client.unpair(), timeout=ENROL_TIMEOUT_SECONDS)
             agent_forgot = True
         except AgentUnauthorized:
             agent_forgot = True  # it does not know us any more: the goal
@@ -229,8 +215,3 @@ def host_remove(
         host.delete()
         publish_on_commit(event)
     return {"forgotten_domains": domains, "agent_forgot_secret": agent_forgot}
-
-
-async def _unpair(host: Host) -> None:
-    async with agent_client(host, timeout=ENROL_TIMEOUT_SECONDS) as client:
-        await client.unpair()

@@ -10,6 +10,8 @@ from django.utils import timezone
 from console.access.policy import explain, has_site_perm
 from console.audit.services import Origin, audit_record
 from console.errors import InvalidInput, PermissionDenied
+from console.jobs.models import Job
+from console.jobs.services import job_enqueue
 from console.realtime.events import publish_on_commit
 from hosts.events import host_event
 from hosts.models import Host
@@ -22,6 +24,12 @@ def _is_loopback(hostname: str) -> bool:
         return ipaddress.ip_address(hostname).is_loopback
     except ValueError:
         return False
+
+
+def require_host_manage(actor: Any) -> None:
+    """Adding, changing and removing hosts is for site-wide host managers (None: the system)."""
+    if actor is not None and not has_site_perm(actor, "host.manage"):
+        raise PermissionDenied(explain(actor, "host.manage"))
 
 
 def is_loopback_url(url: str) -> bool:
@@ -48,8 +56,7 @@ def host_register(
     This is for loopback agents with a fixed secret (`make run`'s own, or one at the end of an
     SSH tunnel). Remote hosts are enrolled with a pairing code (hosts.enrolment.host_enrol).
     """
-    if actor is not None and not has_site_perm(actor, "host.manage"):  # None: the system itself
-        raise PermissionDenied(explain(actor, "host.manage"))
+    require_host_manage(actor)
     if problem := agent_url_problem(url):
         raise InvalidInput("Unsafe agent URL.", fields={"url": [problem]})
     if not url.startswith("http://"):
@@ -94,8 +101,7 @@ def host_set_maintenance(
     *, host: Host, on: bool, reason: str = "", actor: Any = None, origin: Origin | None = None
 ) -> Host:
     """In maintenance a host receives no new domains; what runs on it is left alone."""
-    if actor is not None and not has_site_perm(actor, "host.manage"):
-        raise PermissionDenied(explain(actor, "host.manage"))
+    require_host_manage(actor)
     host = Host.objects.select_for_update().get(pk=host.pk)
     host.maintenance = on
     host.maintenance_reason = reason[:255] if on else ""
@@ -111,7 +117,7 @@ def host_set_maintenance(
     return host
 
 
-@transaction.atomic
-def host_record_stats(*, host_id: int, stats: dict[str, Any]) -> None:
-    """Periodic figures from the agent; no event (pages read them on load)."""
-    Host.objects.filter(pk=host_id).update(stats=stats, stats_at=timezone.now())
+def host_refresh(*, host: Host, actor: Any) -> Job:
+    """Re-read the host's capabilities and resources now (a job: it waits on the agent)."""
+    require_host_manage(actor)
+    return job_enqueue(kind="host.refresh", actor=actor, host=host, target_name=host.name)

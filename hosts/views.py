@@ -11,11 +11,10 @@ from console.access.policy import has_site_perm
 from console.audit.services import origin_of
 from console.errors import DomusError
 from console.jobs.selectors import job_list
-from console.jobs.services import job_enqueue
 from hosts.enrolment import host_enrol, host_remove, host_rotate_secret
 from hosts.models import Host
 from hosts.selectors import host_list
-from hosts.services import host_set_maintenance
+from hosts.services import host_refresh, host_set_maintenance
 
 
 @login_required
@@ -94,11 +93,8 @@ def host_action(request: HttpRequest, host_id: int, action: str) -> HttpResponse
             host_set_maintenance(host=host, on=on, reason=reason, actor=request.user, origin=origin)
             messages.success(request, f"{host.name} is {'in' if on else 'out of'} maintenance.")
         elif action == "refresh":
-            if not has_site_perm(request.user, "host.manage"):
-                messages.error(request, "You may not refresh hosts (host.manage).")
-            else:
-                job_enqueue(kind="host.refresh", actor=request.user, host=host, target_name=host.name)
-                messages.success(request, f"Refreshing what {host.name} offers…")
+            host_refresh(host=host, actor=request.user)
+            messages.success(request, f"Refreshing what {host.name} offers…")
         elif action == "rotate":
             host_rotate_secret(host=host, actor=request.user, origin=origin)
             messages.success(request, f"{host.name} has a new secret; the old one no longer works.")

@@ -7,15 +7,12 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from console.access.policy import explain, has_site_perm
 from console.audit.services import origin_of
-from console.errors import PermissionDenied
-from console.jobs.services import job_enqueue
 from hosts.api.serializers import HostAddSerializer, HostSerializer, MaintenanceSerializer
 from hosts.enrolment import host_enrol, host_remove, host_rotate_secret
 from hosts.models import Host
 from hosts.selectors import host_list
-from hosts.services import host_register, host_set_maintenance
+from hosts.services import host_refresh, host_register, host_set_maintenance, require_host_manage
 
 
 class HostViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet[Host]):
@@ -24,15 +21,11 @@ class HostViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.Re
     def get_queryset(self) -> QuerySet[Host]:
         return host_list(user=self.request.user)
 
-    def _require_manage(self, request: Request) -> None:
-        if not has_site_perm(request.user, "host.manage"):
-            raise PermissionDenied(explain(request.user, "host.manage"))
-
     @extend_schema(request=HostAddSerializer, responses={201: HostSerializer})
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
         """Add a host: `pairing_code` (and optionally the `fingerprint` its agent printed) for a
         TLS agent, or `secret` for a loopback agent without TLS."""
-        self._require_manage(request)
+        require_host_manage(request.user)
         serializer = HostAddSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -88,7 +81,5 @@ class HostViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.Re
     @action(detail=True, methods=["post"])
     def refresh(self, request: Request, pk: str | None = None) -> Response:
         """Re-read the host's capabilities and resources now (a job)."""
-        host = self.get_object()
-        self._require_manage(request)
-        job = job_enqueue(kind="host.refresh", actor=request.user, host=host, target_name=host.name)
+        job = host_refresh(host=self.get_object(), actor=request.user)
         return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)

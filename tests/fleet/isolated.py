@@ -447,7 +447,7 @@ def isolated_hosts(
         for host in reversed(hosts):
             try:
                 host.stop()
-            except Exception as exc:
+            except (IsolatedHostError, OSError) as exc:  # stop the others all the same
                 problems.append(str(exc))
         if problems:
             raise IsolatedHostError("; ".join(problems))

@@ -10,6 +10,7 @@ import pytest
 from django.test import Client
 
 from agent.capabilities import parse_host_capabilities
+from console.jobs.models import Job
 from hosts.models import Host
 from tests.conftest import grant, quiet_login
 
@@ -114,6 +115,8 @@ def test_viewers_see_hosts_but_no_actions(xen: Host, django_user_model: Any) -> 
     assert "host.manage" in response.content.decode()
     xen.refresh_from_db()
     assert not xen.maintenance
+    response = client.post(f"/hosts/{xen.pk}/refresh/", follow=True)
+    assert "host.manage" in response.content.decode() and not Job.objects.exists()
 
 
 def test_a_host_out_of_reach_is_404(xen: Host, django_user_model: Any) -> None:
