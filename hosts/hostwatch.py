@@ -61,23 +61,23 @@ def _reconcile(host_id: int, event: InventoryEvent) -> None:
     if host is None:
         return
     # One query for what we already know: after a reconnect most domains are unchanged, and
-    # only the others pay for a locked read, a write and an event.
+    # only the others pay for a locked read, a write and an event; what the host no longer
+    # reports is what is left of it.
     known = {
-        row[0]: row[1:]
+        row[0]: (row[1], row[2:])
         for row in Domain.objects.filter(host=host).values_list(
-            "uuid", "state", "vcpus", "memory_mib", "autostart"
+            "uuid", "pk", "state", "vcpus", "memory_mib", "autostart"
         )
     }
-    seen, new = set(), []
+    new = []
     for info in event.domains:
-        seen.add(info.uuid)
-        if info.uuid not in known:
+        if (entry := known.pop(info.uuid, None)) is None:
             new.append(info)
-        elif known[info.uuid] != (info.state, info.vcpus, info.memory_mib, info.autostart):
+        elif entry[1] != (info.state, info.vcpus, info.memory_mib, info.autostart):
             domain_observe(host=host, info=info)
     if new:
         domains_discovered(host=host, infos=new)
-    for domain_id in Domain.objects.filter(host=host).exclude(uuid__in=seen).values_list("pk", flat=True):
+    for domain_id, _facts in known.values():
         domain_vanished(domain_id=domain_id)
 
 

@@ -12,16 +12,16 @@ from django.contrib.auth import get_user_model
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from console.access.models import Grant, Membership, Role, Team
-from console.realtime.events import publish_on_commit
-
-ACCESS_CHANGED_EVENT = {"type": "access.changed"}
+from console.realtime.events import ACCESS_CHANGED, publish_on_commit
 
 
 def _changed(sender: Any, **kwargs: Any) -> None:
     update_fields = kwargs.get("update_fields")
     if update_fields is not None and set(update_fields) <= {"last_login"}:
         return  # a sign-in, not an access change
-    publish_on_commit(ACCESS_CHANGED_EVENT)
+    if str(kwargs.get("action", "")).startswith("pre_"):
+        return  # m2m_changed fires before and after: once (after) is enough
+    publish_on_commit({"type": ACCESS_CHANGED})
 
 
 def connect() -> None:

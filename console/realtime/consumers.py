@@ -8,14 +8,12 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from console.access.policy import Reach, is_signed_in, reach
-from console.realtime.events import EVENTS_GROUP
+from console.realtime.events import ACCESS_CHANGED, EVENTS_GROUP
 
-# Grants change rarely; what a socket may see is recomputed this often (and at each connect).
 # What each user may see is computed once per process and shared by all their sockets; an
 # "access.changed" event (grants, roles, teams, members, reserved hosts, users) clears it at
 # once, and the TTL bounds what a change made outside those paths (raw SQL, say) can miss.
 REACH_TTL_SECONDS = 60.0
-ACCESS_CHANGED = "access.changed"
 
 
 class ReachCache:

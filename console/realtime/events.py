@@ -12,6 +12,8 @@ from django.db import transaction
 logger = logging.getLogger(__name__)
 
 EVENTS_GROUP = "events"
+# Who may see what changed: open event sockets drop what they cached of their users' reach.
+ACCESS_CHANGED = "access.changed"
 
 
 async def apublish(event: dict[str, Any]) -> None:
