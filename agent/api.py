@@ -35,12 +35,8 @@ def problem_response(status: int, code: str, detail: str) -> web.Response:
     return web.Response(status=status, text=body, content_type="application/json")
 
 
-def model_response(model: BaseModel | list[BaseModel], status: int = 200) -> web.Response:
-    if isinstance(model, list):
-        text = "[" + ",".join(m.model_dump_json() for m in model) + "]"
-    else:
-        text = model.model_dump_json()
-    return web.Response(status=status, text=text, content_type="application/json")
+def model_response(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=model.model_dump_json(), content_type="application/json")
 
 
 def render_validation_error(err: ValidationError) -> str:

@@ -68,7 +68,7 @@ async def _in_process(node_path: Path, pool_dir: str, calls: int) -> dict[str, A
     import libvirt
     import libvirtaio
 
-    from agent.api import model_response
+    from agent.api import DOMAIN_LIST
     from agent.connection import LibvirtConnection
     from agent.domains import DomainService
 
@@ -83,7 +83,7 @@ async def _in_process(node_path: Path, pool_dir: str, calls: int) -> dict[str, A
         stats = _timed_sync(lambda: raw.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE), calls)
         built = _timed_sync(lambda: service._list_sync(raw), calls)
         listed = await service.list()
-        serialised = _timed_sync(lambda: model_response(list(listed)), calls)
+        serialised = _timed_sync(lambda: DOMAIN_LIST.dump_json(listed), calls)
     finally:
         await conn.close()
     return {

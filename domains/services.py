@@ -159,17 +159,17 @@ def domain_delete(*, actor: Any, domain: Domain, delete_disks: bool, origin: Ori
     return job
 
 
+# What the console copies from an agent's report onto a domain's row (both have these names).
+OBSERVED_FIELDS = ("state", "vcpus", "memory_mib", "autostart")
+
+
+def observed(info: DomainInfo) -> dict[str, Any]:
+    return {field: getattr(info, field) for field in OBSERVED_FIELDS}
+
+
 def _discovered_row(host: Host, info: DomainInfo, name: str) -> Domain:
     """A row for a domain the host reports and the console did not make (no spec)."""
-    return Domain(
-        uuid=info.uuid,
-        name=name,
-        host=host,
-        vcpus=info.vcpus,
-        memory_mib=info.memory_mib,
-        state=info.state,
-        autostart=info.autostart,
-    )
+    return Domain(uuid=info.uuid, name=name, host=host, **observed(info))
 
 
 @transaction.atomic
@@ -185,12 +185,7 @@ def domain_observe(*, host: Host, info: DomainInfo) -> Domain:
         domain.save(force_insert=True)
         publish_on_commit(domain_event(domain))
         return domain
-    new = {
-        "state": info.state,
-        "vcpus": info.vcpus,
-        "memory_mib": info.memory_mib,
-        "autostart": info.autostart,
-    }
+    new = observed(info)
     if any(getattr(domain, k) != v for k, v in new.items()):
         for key, value in new.items():
             setattr(domain, key, value)

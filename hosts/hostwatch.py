@@ -30,7 +30,7 @@ from pydantic import TypeAdapter, ValidationError
 from agent.client import AgentClient, AgentError, AgentIdentityChanged
 from agent.protocol import AgentEvent, DomainEvent, DomainInfo, HeartbeatEvent, InventoryEvent, StatsEvent
 from domains.models import Domain
-from domains.services import domain_observe, domain_vanished, domains_discovered
+from domains.services import OBSERVED_FIELDS, domain_observe, domain_vanished, domains_discovered, observed
 from hosts.models import Host
 from hosts.services import host_observe
 
@@ -65,15 +65,13 @@ def _reconcile(host_id: int, event: InventoryEvent) -> None:
     # reports is what is left of it.
     known = {
         row[0]: (row[1], row[2:])
-        for row in Domain.objects.filter(host=host).values_list(
-            "uuid", "pk", "state", "vcpus", "memory_mib", "autostart"
-        )
+        for row in Domain.objects.filter(host=host).values_list("uuid", "pk", *OBSERVED_FIELDS)
     }
     new = []
     for info in event.domains:
         if (entry := known.pop(info.uuid, None)) is None:
             new.append(info)
-        elif entry[1] != (info.state, info.vcpus, info.memory_mib, info.autostart):
+        elif entry[1] != tuple(observed(info).values()):
             domain_observe(host=host, info=info)
     if new:
         domains_discovered(host=host, infos=new)
