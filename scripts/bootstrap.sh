@@ -23,6 +23,7 @@ as_root() {
 # --- Debian packages ---------------------------------------------------------------------------
 pkgs=(libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
       libvirt-dev pkg-config gcc busybox-static cpio chromium libxml2-utils
+      isolinux syslinux-common xorriso  # tests/guest/build.sh: the test guest's bootable ISO
       iproute2 util-linux)  # ip, nsenter, unshare: the fleet tests give each host its own namespaces
 # python3-venv: Debian splits ensurepip out of python3, so `python3 -m venv` fails without it.
 python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)
