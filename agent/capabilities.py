@@ -19,6 +19,7 @@ from lxml import etree
 from agent.errors import is_connection_lost
 from agent.hostfacts import hypervisor_for
 from agent.protocol import (
+    MAX_POOL_VOLUMES,
     Accel,
     GuestArch,
     HostCapabilities,
@@ -27,6 +28,7 @@ from agent.protocol import (
     ModeSupport,
     NetworkInfo,
     PoolInfo,
+    VolumeInfo,
 )
 
 log = logging.getLogger(__name__)
@@ -227,6 +229,30 @@ def _skip_vanished(err: libvirt.libvirtError, what: str) -> None:
     log.warning("skipping %s: %s", what, err.get_error_message() or err)
 
 
+_IMAGE_SUFFIXES = (".qcow2", ".img", ".raw")
+
+
+def _offered_volumes(pool: libvirt.virStoragePool, path: str) -> list[VolumeInfo]:
+    """ISOs and disk images by name: one call per pool (a volume's path in a dir or LVM pool is
+    the pool's path plus its name), not one per volume."""
+    try:
+        names = sorted(pool.listVolumes())
+    except libvirt.libvirtError as err:
+        _skip_vanished(err, "storage pool volumes")
+        return []
+    offered = []
+    for name in names:
+        lower = name.lower()
+        if name.startswith("."):
+            continue
+        where = f"{path.rstrip('/')}/{name}"
+        if lower.endswith(".iso"):
+            offered.append(VolumeInfo(name=name, path=where, kind="iso"))
+        elif lower.endswith(_IMAGE_SUFFIXES):
+            offered.append(VolumeInfo(name=name, path=where, kind="image"))
+    return offered[:MAX_POOL_VOLUMES]
+
+
 def _read_pools(conn: libvirt.virConnect) -> list[PoolInfo]:
     pools = []
     for pool in conn.listAllStoragePools(0):
@@ -237,12 +263,14 @@ def _read_pools(conn: libvirt.virConnect) -> list[PoolInfo]:
         except libvirt.libvirtError as err:
             _skip_vanished(err, "storage pool")
             continue
+        path = root.findtext("target/path")
         pools.append(
             PoolInfo(
+                volumes=_offered_volumes(pool, path) if active and path else [],
                 name=root.findtext("name") or str(pool.name()),
                 type=root.get("type") or "unknown",
                 active=active,
-                path=root.findtext("target/path"),
+                path=path,
                 capacity_bytes=int(capacity),
                 allocation_bytes=int(allocation),
                 available_bytes=int(available),

@@ -7,6 +7,7 @@ lifecycle events, so listing is one `getAllDomainStats` call in the steady state
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -16,12 +17,19 @@ from dataclasses import dataclass, field
 import libvirt
 from lxml import etree
 
-from agent import storage
+from agent import netinstall, storage
 from agent.connection import LibvirtConnection
-from agent.domxml import parse_disks, render_domain_xml
+from agent.domxml import (
+    install_pending,
+    install_xml,
+    installed_xml,
+    parse_disks,
+    render_domain_xml,
+    stored_spec,
+)
 from agent.errors import Conflict, NotFound
 from agent.events import STATE_NAMES
-from agent.protocol import DeleteResult, DiskInfo, DomainEvent, DomainInfo, DomainSpec
+from agent.protocol import DeleteResult, DiskInfo, DomainEvent, DomainInfo, DomainSpec, NetworkInstall
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +87,17 @@ def _destroy_if_active(dom: libvirt.virDomain) -> None:
 
 class DomainService:
     def __init__(
-        self, conn: LibvirtConnection, *, domain_type: str, default_pool_dir: str, local_files: bool
+        self,
+        conn: LibvirtConnection,
+        *,
+        domain_type: str,
+        default_pool_dir: str,
+        local_files: bool,
+        arch: str = "x86_64",
     ) -> None:
         self._conn = conn
         self.domain_type = domain_type
+        self.arch = arch
         self.default_pool_dir = default_pool_dir
         # Whether volume and boot paths are real files on this machine (not for test://).
         self.local_files = local_files
@@ -164,32 +179,53 @@ class DomainService:
         return await self._conn.call(run, what="reading domain state")
 
     # -- define ------------------------------------------------------------------------------
-    def _define_sync(self, conn: libvirt.virConnect, spec: DomainSpec) -> tuple[DomainInfo, bool]:
+    def _existing(self, conn: libvirt.virConnect, spec: DomainSpec) -> DomainInfo | None:
         try:
-            return self._info_now(conn.lookupByUUIDString(str(spec.uuid))), False
+            return self._info_now(conn.lookupByUUIDString(str(spec.uuid)))
         except libvirt.libvirtError as err:
             if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
+            return None
+
+    def _define_sync(
+        self, conn: libvirt.virConnect, spec: DomainSpec, installer: tuple[str, str] | None
+    ) -> tuple[DomainInfo, bool]:
+        if (existing := self._existing(conn, spec)) is not None:
+            return existing, False
         try:
             other = conn.lookupByName(spec.name)
             raise Conflict(f"name: {spec.name!r} is already used by domain {other.UUIDString()}")
         except libvirt.libvirtError as err:
             if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
-        boot = storage.resolve_boot(conn, spec, self.default_pool_dir)
-        paths, created = storage.create_volumes(conn, spec)
-        xml = render_domain_xml(spec, domain_type=self.domain_type, boot=boot, disk_paths=paths)
+        seed = storage.write_seed_iso(conn, spec, self.default_pool_dir) if self.local_files else None
+        boot = storage.resolve_boot(conn, spec, self.default_pool_dir, installer=installer, seed_iso=seed)
+        disks, created = storage.create_volumes(conn, spec, self.default_pool_dir)
+        xml = render_domain_xml(spec, domain_type=self.domain_type, boot=boot, disks=disks, arch=self.arch)
         try:
             dom = conn.defineXML(xml)
+            if spec.autostart:
+                dom.setAutostart(1)
         except BaseException:
             storage.delete_volumes(created)
             raise
-        log.info("defined domain %s (%s) with %d disk(s)", spec.name, spec.uuid, len(paths))
+        log.info("defined domain %s (%s) with %d disk(s)", spec.name, spec.uuid, len(disks))
         return self._info_now(dom), True
+
+    async def _installer(self, spec: DomainSpec) -> tuple[str, str] | None:
+        if not isinstance(spec.boot, NetworkInstall):
+            return None
+        if not self.local_files:  # test://: nothing boots, only the paths matter
+            return netinstall.installer_paths(self.default_pool_dir, spec)
+        return await netinstall.fetch_installer(spec, self.default_pool_dir)
 
     async def define(self, spec: DomainSpec) -> tuple[DomainInfo, bool]:
         """Define `spec`; returns the domain and whether it was created by this call."""
-        return await self._conn.call(lambda c: self._define_sync(c, spec), what="defining domain")
+        existing = await self._conn.call(lambda c: self._existing(c, spec), what="looking up domain")
+        if existing is not None:
+            return existing, False
+        installer = await self._installer(spec)
+        return await self._conn.call(lambda c: self._define_sync(c, spec, installer), what="defining domain")
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _check_files(self, dom: libvirt.virDomain) -> None:
@@ -205,17 +241,39 @@ class DomainService:
             if path and not os.path.exists(path):
                 raise Conflict(f"{tag} is missing: {path}")
 
-    def _start_sync(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> DomainInfo:
+    def _start_sync(
+        self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, installer: tuple[str, str] | None
+    ) -> DomainInfo:
         dom = self._lookup(conn, domain_uuid)
         state = dom.state()[0]
         if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
             return self._info(dom, state)
         if state == libvirt.VIR_DOMAIN_PAUSED:
             dom.resume()
-        else:
-            self._check_files(dom)
+            return self._info_now(dom)
+        self._check_files(dom)
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        spec = stored_spec(xml) if install_pending(xml) else None
+        if spec is None:
             dom.create()
+            return self._info_now(dom)
+        # First start of an installing domain: boot the installer with a definition whose reboot
+        # powers off, then put back the installed system's definition for every later start (a
+        # running domain's new definition applies from its next boot).
+        boot = storage.resolve_boot(conn, spec, self.default_pool_dir, installer=installer)
+        conn.defineXML(install_xml(xml, spec, boot))
+        try:
+            dom.create()
+        finally:
+            conn.defineXML(installed_xml(xml) if dom.isActive() else xml)
+        log.info("started the installer of %s (%s)", spec.name, spec.uuid)
+        self.invalidate(None)
         return self._info_now(dom)
+
+    def _pending_installer(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> DomainSpec | None:
+        xml = self._lookup(conn, domain_uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        spec = stored_spec(xml) if install_pending(xml) else None
+        return spec if spec is not None and isinstance(spec.boot, NetworkInstall) else None
 
     def _shutdown_sync(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         dom = self._lookup(conn, domain_uuid)
@@ -282,7 +340,14 @@ class DomainService:
         return await self._conn.call(lambda c: self._reboot_sync(c, domain_uuid), what="rebooting domain")
 
     async def start(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
-        return await self._conn.call(lambda c: self._start_sync(c, domain_uuid), what="starting domain")
+        pending = await self._conn.call(
+            lambda c: self._pending_installer(c, domain_uuid), what="reading domain"
+        )
+        # A network install whose files went missing since the define: fetch them again.
+        installer = await self._installer(pending) if pending is not None else None
+        return await self._conn.call(
+            lambda c: self._start_sync(c, domain_uuid, installer), what="starting domain"
+        )
 
     async def shutdown(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._conn.call(
@@ -297,7 +362,10 @@ class DomainService:
         self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, delete_disks: bool
     ) -> DeleteResult:
         dom = self._lookup(conn, domain_uuid)
-        volumes = [d.path for d in parse_disks(dom.XMLDesc(0)) if d.device == "disk" and d.path]
+        disks = parse_disks(dom.XMLDesc(0))
+        volumes = [d.path for d in disks if d.device == "disk" and d.path]
+        seed_suffix = f"-{domain_uuid.hex[:8]}-cidata.iso"
+        seeds = [d.path for d in disks if d.device == "cdrom" and d.path and d.path.endswith(seed_suffix)]
         _destroy_if_active(dom)
         if dom.isPersistent():
             try:
@@ -311,6 +379,11 @@ class DomainService:
                     raise
                 dom.undefine()
         self.invalidate(None)
+        if self.local_files:
+            netinstall.remove_installer(self.default_pool_dir, str(domain_uuid))
+            for seed in seeds:  # Domus made it for this domain; it holds the password hash
+                with contextlib.suppress(OSError):
+                    os.unlink(seed)
         result = DeleteResult(uuid=domain_uuid)
         for path in volumes:
             if delete_disks and storage.delete_volume_by_path(conn, path):

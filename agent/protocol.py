@@ -10,9 +10,12 @@ import hashlib
 import hmac
 import re
 import uuid as uuid_mod
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agent.cloudinit import CloudInitSpec
 
 API_VERSION = "v1"
 
@@ -30,24 +33,167 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+VirtMode = Literal["hvm", "pv", "pvh"]
+DiskBus = Literal["virtio", "sata", "scsi", "ide", "xen"]
+NicModel = Literal["virtio", "e1000", "e1000e", "rtl8139", "netfront"]
+POOL_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+# Paths the user names (ISOs, kernels, images) are checked again on the agent against its real
+# pools; here only their shape: absolute or pool-relative, no NUL, no `..` component.
+PathField = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f]+$")]
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# An installer tree path relative to its URL: no scheme, no leading '/', no '..'.
+TREE_PATH_RE = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_.+/-]{1,512}$")
+
+
+def _no_dotdot(value: str) -> str:
+    if ".." in value.split("/"):
+        raise ValueError("must not contain '..'")
+    return value
+
+
 class DiskSpec(_Strict):
-    size_gib: Annotated[float, Field(gt=0, le=4096)]
-    format: Literal["qcow2"] = "qcow2"
-    pool: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "default"
+    """One disk: a new volume (`size_gib` in `pool`), a new qcow2 overlay on a base image
+    (`backing`, e.g. a cloud image), or an existing volume used as is (`existing`)."""
+
+    size_gib: Annotated[float | None, Field(gt=0, le=65536)] = None
+    format: Literal["qcow2", "raw"] = "qcow2"
+    pool: Annotated[str, Field(pattern=POOL_NAME)] = "default"
+    # sparse: grows as the guest writes; preallocated: all the space is taken now.
+    allocation: Literal["sparse", "preallocated"] = "sparse"
+    bus: DiskBus | None = None  # None: the default for the OS and mode
+    existing: PathField | None = None
+    backing: PathField | None = None
+
+    @field_validator("existing", "backing")
+    @classmethod
+    def _paths(cls, value: str | None) -> str | None:
+        return None if value is None else _no_dotdot(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DiskSpec:
+        if self.existing is not None:
+            if self.backing is not None:
+                raise ValueError("give either existing or backing, not both")
+        elif self.size_gib is None:
+            raise ValueError("size_gib is required for a new disk")
+        if self.backing is not None and self.format != "qcow2":
+            raise ValueError("a disk on a base image (backing) must be qcow2")
+        return self
+
+
+class NicSpec(_Strict):
+    """A network card on a libvirt virtual network (NAT/isolated) or on a host bridge."""
+
+    source: Literal["network", "bridge"] = "network"
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "default"
+    model: NicModel | None = None  # None: the default for the OS and mode
+    mac: str | None = None  # chosen by the console when absent, so a retry keeps it
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        mac = value.strip().lower().replace("-", ":")
+        if not MAC_RE.match(mac):
+            raise ValueError("must be six hex pairs such as 52:54:00:12:34:56")
+        if int(mac[:2], 16) & 1:
+            raise ValueError("must be a unicast address (the first byte must be even)")
+        return mac
 
 
 class KernelBoot(_Strict):
-    """Direct kernel boot: kernel and optional initrd are paths inside a host storage pool."""
+    """Direct kernel boot (also Xen PV/PVH): kernel and optional initrd inside a host pool."""
 
-    kernel: Annotated[str, Field(min_length=1, max_length=4096)]
-    initrd: Annotated[str | None, Field(max_length=4096)] = None
+    kind: Literal["kernel"] = "kernel"
+    kernel: PathField
+    initrd: PathField | None = None
     cmdline: Annotated[str, Field(max_length=4096)] = ""
+
+    @field_validator("kernel", "initrd")
+    @classmethod
+    def _paths(cls, value: str | None) -> str | None:
+        return None if value is None else _no_dotdot(value)
 
 
 class IsoBoot(_Strict):
-    """Boot from an ISO image (a path inside a host storage pool) attached as a CD-ROM."""
+    """Install from an ISO image (inside a host pool) attached as a CD-ROM."""
 
-    iso: Annotated[str, Field(min_length=1, max_length=4096)]
+    kind: Literal["iso"] = "iso"
+    iso: PathField
+
+    @field_validator("iso")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _no_dotdot(value)
+
+
+class CdromBoot(_Strict):
+    """Install from the host's physical CD/DVD drive."""
+
+    kind: Literal["cdrom"] = "cdrom"
+    device: Annotated[str, Field(pattern=r"^/dev/(cdrom|dvd|sr[0-9]{1,2})$")] = "/dev/cdrom"
+
+
+class NetworkInstall(_Strict):
+    """Install from an installer tree on the network: the agent fetches the kernel and initrd
+    from `url` into the default pool and boots them once; the installed system boots from disk."""
+
+    kind: Literal["url"] = "url"
+    url: Annotated[str, Field(max_length=2048)]
+    kernel: str = "images/pxeboot/vmlinuz"
+    initrd: str = "images/pxeboot/initrd.img"
+    cmdline: Annotated[str, Field(max_length=4096)] = ""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https", "ftp") or not parts.hostname:
+            raise ValueError("must be an http://, https:// or ftp:// URL of an installer tree")
+        if any(ch.isspace() or ord(ch) < 32 for ch in value):
+            raise ValueError("must not contain spaces or control characters")
+        return value
+
+    @field_validator("kernel", "initrd")
+    @classmethod
+    def _tree_path(cls, value: str) -> str:
+        if not TREE_PATH_RE.match(value):
+            raise ValueError("must be a path inside the installer tree, such as images/pxeboot/vmlinuz")
+        return value
+
+
+class PxeBoot(_Strict):
+    """Boot from the network (PXE) on the first NIC."""
+
+    kind: Literal["pxe"] = "pxe"
+
+
+class DiskBoot(_Strict):
+    """Boot the first disk: an existing image, or a cloud image with a cloud-init seed."""
+
+    kind: Literal["disk"] = "disk"
+    cloud_init: CloudInitSpec | None = None  # a NoCloud seed ISO the agent builds and attaches
+
+
+class BootloaderBoot(_Strict):
+    """Xen PV: the host's bootloader (pygrub) reads the kernel from the guest's first disk."""
+
+    kind: Literal["bootloader"] = "bootloader"
+    bootloader: Literal["pygrub"] = "pygrub"
+
+
+Boot = Annotated[
+    KernelBoot | IsoBoot | CdromBoot | NetworkInstall | PxeBoot | DiskBoot | BootloaderBoot,
+    Field(discriminator="kind"),
+]
+BOOT_KINDS = ("iso", "cdrom", "url", "pxe", "kernel", "disk", "bootloader")
+# Which boot kinds each virtualisation mode can use (PV has no firmware: no CD-ROM, no PXE).
+BOOT_KINDS_BY_MODE: dict[str, tuple[str, ...]] = {
+    "hvm": ("iso", "cdrom", "url", "pxe", "kernel", "disk"),
+    "pv": ("url", "kernel", "bootloader"),
+    "pvh": ("url", "kernel"),
+}
 
 
 class DomainSpec(_Strict):
@@ -56,10 +202,17 @@ class DomainSpec(_Strict):
 
     uuid: uuid_mod.UUID
     name: str
-    vcpus: Annotated[int, Field(ge=1, le=256)] = 1
+    mode: VirtMode = "hvm"
+    os: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.+-]{0,63}$")] = "generic"
+    vcpus: Annotated[int, Field(ge=1, le=4096)] = 1
     memory_mib: Annotated[int, Field(ge=16, le=16 * 1024 * 1024)] = 256
     disks: Annotated[list[DiskSpec], Field(max_length=16)] = []
-    boot: KernelBoot | IsoBoot
+    nics: Annotated[list[NicSpec], Field(max_length=8)] = []
+    boot: Boot
+    graphics: bool = False  # VNC, on the host's loopback only (reached through the agent)
+    serial: bool = True
+    clock: Literal["utc", "localtime"] = "utc"
+    autostart: bool = False
 
     @field_validator("name")
     @classmethod
@@ -70,8 +223,32 @@ class DomainSpec(_Strict):
             )
         return value
 
+    @field_validator("boot", mode="before")
+    @classmethod
+    def _boot_kind(cls, value: Any) -> Any:
+        # Specs stored before boot kinds existed: {"iso": ...} or {"kernel": ...}.
+        if isinstance(value, dict) and "kind" not in value:
+            if "iso" in value:
+                return {"kind": "iso", **value}
+            if "kernel" in value:
+                return {"kind": "kernel", **value}
+        return value
 
-VirtMode = Literal["hvm", "pv", "pvh"]
+    @model_validator(mode="after")
+    def _coherent(self) -> DomainSpec:
+        if self.boot.kind not in BOOT_KINDS_BY_MODE[self.mode]:
+            allowed = ", ".join(BOOT_KINDS_BY_MODE[self.mode])
+            raise ValueError(f"boot: {self.boot.kind!r} cannot start a {self.mode.upper()} guest ({allowed})")
+        if self.boot.kind in ("disk", "bootloader") and not self.disks:
+            raise ValueError(f"boot: {self.boot.kind!r} needs a disk to boot from")
+        if self.boot.kind == "pxe" and not self.nics:
+            raise ValueError("boot: a network (PXE) boot needs a network card")
+        return self
+
+    @property
+    def installs(self) -> bool:
+        """Whether the first boot runs an installer (then the system boots from its disk)."""
+        return self.boot.kind in ("iso", "cdrom", "url", "pxe")
 
 
 class ModeSupport(BaseModel):
@@ -113,6 +290,17 @@ class HostCapabilities(BaseModel):
     firmware: list[str] = []  # bios, efi
 
 
+class VolumeInfo(BaseModel):
+    """A file in a pool the wizard can offer: an installer ISO or a disk / cloud image."""
+
+    name: str
+    path: str
+    kind: Literal["iso", "image"]
+
+
+MAX_POOL_VOLUMES = 500
+
+
 class PoolInfo(BaseModel):
     name: str
     type: str  # dir, logical, netfs ...
@@ -121,6 +309,7 @@ class PoolInfo(BaseModel):
     capacity_bytes: int = 0
     allocation_bytes: int = 0
     available_bytes: int = 0
+    volumes: list[VolumeInfo] = []  # ISOs and images only, at most MAX_POOL_VOLUMES
 
 
 class NetworkInfo(BaseModel):

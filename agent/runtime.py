@@ -89,6 +89,7 @@ class AgentRuntime:
             domain_type=domain_type_for(hypervisor),
             default_pool_dir=self.pool_dir,
             local_files=hypervisor != "test",
+            arch=caps.arch,
         )
         self.hub.add_listener(self._domains.invalidate)
         self.hub.start()

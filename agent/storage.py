@@ -5,15 +5,17 @@ All functions here are blocking libvirt calls; callers run them off the event lo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 import libvirt
 from lxml import etree
 
-from agent.domxml import ResolvedBoot
+from agent.cloudinit import build_seed_iso
+from agent.domxml import ResolvedBoot, ResolvedDisk
 from agent.errors import Conflict, InvalidSpec, from_libvirt
-from agent.protocol import DiskSpec, DomainSpec, KernelBoot
+from agent.protocol import CdromBoot, DiskBoot, DiskSpec, DomainSpec, IsoBoot, KernelBoot, NetworkInstall
 
 log = logging.getLogger(__name__)
 
@@ -64,47 +66,132 @@ def _resolve_one(field: str, value: str, pool_dirs: list[str], default_dir: str)
     return real
 
 
-def resolve_boot(conn: libvirt.virConnect, spec: DomainSpec, default_dir: str) -> ResolvedBoot:
+def resolve_boot(
+    conn: libvirt.virConnect,
+    spec: DomainSpec,
+    default_dir: str,
+    *,
+    installer: tuple[str, str] | None = None,
+    seed_iso: str | None = None,
+) -> ResolvedBoot:
     """Resolve the boot files of `spec` (relative paths are taken in the default pool).
 
-    Symlinks and `..` are resolved first, so nothing outside a pool can be booted."""
+    Symlinks and `..` are resolved first, so nothing outside a pool can be booted. `installer`
+    is the (kernel, initrd) of a network install once fetched; `seed_iso` a cloud-init seed."""
     pool_dirs = active_pool_paths(conn)
-    if isinstance(spec.boot, KernelBoot):
-        kernel = _resolve_one("boot.kernel", spec.boot.kernel, pool_dirs, default_dir)
+    boot = spec.boot
+    if isinstance(boot, KernelBoot):
+        kernel = _resolve_one("boot.kernel", boot.kernel, pool_dirs, default_dir)
         initrd = None
-        if spec.boot.initrd:
-            initrd = _resolve_one("boot.initrd", spec.boot.initrd, pool_dirs, default_dir)
-        return ResolvedBoot(kernel=kernel, initrd=initrd, cmdline=spec.boot.cmdline)
-    return ResolvedBoot(iso=_resolve_one("boot.iso", spec.boot.iso, pool_dirs, default_dir))
+        if boot.initrd:
+            initrd = _resolve_one("boot.initrd", boot.initrd, pool_dirs, default_dir)
+        return ResolvedBoot(kernel=kernel, initrd=initrd, cmdline=boot.cmdline)
+    if isinstance(boot, IsoBoot):
+        return ResolvedBoot(iso=_resolve_one("boot.iso", boot.iso, pool_dirs, default_dir))
+    if isinstance(boot, CdromBoot):
+        if not os.path.exists(boot.device):
+            raise InvalidSpec(f"boot.device: this host has no CD/DVD drive at {boot.device}")
+        return ResolvedBoot(cdrom_device=boot.device)
+    if isinstance(boot, NetworkInstall):
+        if installer is None:
+            raise ValueError("a network install needs its fetched kernel and initrd")
+        return ResolvedBoot(kernel=installer[0], initrd=installer[1], cmdline=boot.cmdline)
+    return ResolvedBoot(seed_iso=seed_iso)
 
 
-def volume_name(spec: DomainSpec, index: int) -> str:
-    """`<name>-<first 8 hex of the uuid>-disk<N>.qcow2`: a retry of the same spec finds its own
-    volume again, but a new domain reusing an old (deleted, disks kept) name never picks up the
-    old domain's disk."""
-    return f"{spec.name}-{spec.uuid.hex[:8]}-disk{index}.qcow2"
+def write_seed_iso(conn: libvirt.virConnect, spec: DomainSpec, default_dir: str) -> str | None:
+    """Build the cloud-init seed ISO of `spec` into the default pool (once: a retry reuses it)."""
+    boot = spec.boot
+    if not isinstance(boot, DiskBoot) or boot.cloud_init is None:
+        return None
+    path = os.path.join(default_dir, f"{spec.name}-{spec.uuid.hex[:8]}-cidata.iso")
+    if not os.path.isfile(path):
+        partial = path + ".part"
+        with open(partial, "wb") as out:
+            out.write(build_seed_iso(boot.cloud_init))
+        os.chmod(partial, 0o644)
+        os.replace(partial, path)
+        with contextlib.suppress(libvirt.libvirtError):  # so that the pool lists it as a volume
+            conn.storagePoolLookupByName(DEFAULT_POOL).refresh(0)
+    return path
 
 
-def _volume_xml(name: str, disk: DiskSpec) -> str:
+def volume_name(spec: DomainSpec, index: int, *, logical: bool = False) -> str:
+    """`<name>-<first 8 hex of the uuid>-disk<N>.qcow2` (`.img` for raw; no suffix on LVM): a
+    retry of the same spec finds its own volume again, but a new domain reusing an old (deleted,
+    disks kept) name never picks up the old domain's disk."""
+    base = f"{spec.name}-{spec.uuid.hex[:8]}-disk{index}"
+    if logical:
+        return base
+    return f"{base}.{'qcow2' if spec.disks[index].format == 'qcow2' else 'img'}"
+
+
+def _pool_type(pool: libvirt.virStoragePool) -> str:
+    return str(etree.fromstring(pool.XMLDesc(0).encode()).get("type", "dir"))
+
+
+def _volume_xml(name: str, disk: DiskSpec, *, logical: bool, backing: ResolvedDisk | None) -> str:
+    assert disk.size_gib is not None
+    capacity = int(disk.size_gib * GIB)
     root = etree.Element("volume")
     etree.SubElement(root, "name").text = name
-    etree.SubElement(root, "capacity", unit="bytes").text = str(int(disk.size_gib * GIB))
-    etree.SubElement(root, "allocation", unit="bytes").text = "0"
-    target = etree.SubElement(root, "target")
-    etree.SubElement(target, "format", type=disk.format)
+    etree.SubElement(root, "capacity", unit="bytes").text = str(capacity)
+    # Preallocated: the whole size is reserved now; sparse: blocks are taken as the guest writes.
+    allocation = capacity if disk.allocation == "preallocated" or logical else 0
+    etree.SubElement(root, "allocation", unit="bytes").text = str(allocation)
+    if not logical:
+        target = etree.SubElement(root, "target")
+        etree.SubElement(target, "format", type=disk.format)
+    if backing is not None:
+        store = etree.SubElement(root, "backingStore")
+        etree.SubElement(store, "path").text = backing.path
+        etree.SubElement(store, "format", type=backing.format)
     return etree.tostring(root, encoding="unicode")
 
 
-def create_volumes(
-    conn: libvirt.virConnect, spec: DomainSpec
-) -> tuple[list[str], list[libvirt.virStorageVol]]:
-    """Create (or reuse, after a retried request) one volume per disk.
+def _existing_volume(conn: libvirt.virConnect, field: str, path: str, default_dir: str) -> ResolvedDisk:
+    """A volume the user names (an existing disk, or a base image): it must be a volume of an
+    active pool, after symlinks and `..` are resolved."""
+    candidate = path if os.path.isabs(path) else os.path.join(default_dir, path)
+    real = os.path.realpath(candidate)
+    try:
+        vol = conn.storageVolLookupByPath(real)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            raise InvalidSpec(f"{field}: {path!r} is not a volume of a storage pool on this host") from err
+        raise
+    root = etree.fromstring(vol.XMLDesc(0).encode())
+    fmt = root.find("target/format")
+    vol_type = vol.info()[0]
+    return ResolvedDisk(
+        path=vol.path(),
+        format=fmt.get("type", "raw") if fmt is not None and fmt.get("type") in ("qcow2", "raw") else "raw",
+        block=vol_type == libvirt.VIR_STORAGE_VOL_BLOCK,
+    )
 
-    Returns the volume paths and the volumes created by this call (to roll back on failure)."""
-    paths: list[str] = []
+
+def _volume_or_none(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
+    try:
+        return pool.storageVolLookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+            raise
+        return None
+
+
+def create_volumes(
+    conn: libvirt.virConnect, spec: DomainSpec, default_dir: str
+) -> tuple[list[ResolvedDisk], list[libvirt.virStorageVol]]:
+    """Create (or reuse, after a retried request) one volume per new disk; resolve existing ones.
+
+    Returns the disks and the volumes created by this call (to roll back on failure)."""
+    disks: list[ResolvedDisk] = []
     created: list[libvirt.virStorageVol] = []
     try:
         for index, disk in enumerate(spec.disks):
+            if disk.existing is not None:
+                disks.append(_existing_volume(conn, f"disks.{index}.existing", disk.existing, default_dir))
+                continue
             try:
                 pool = conn.storagePoolLookupByName(disk.pool)
             except libvirt.libvirtError as err:
@@ -113,20 +200,37 @@ def create_volumes(
                 raise
             if not pool.isActive():
                 raise Conflict(f"disks.{index}.pool: storage pool {disk.pool!r} is not active")
-            name = volume_name(spec, index)
-            try:
-                vol = pool.storageVolLookupByName(name)
+            logical = _pool_type(pool) == "logical"
+            name = volume_name(spec, index, logical=logical)
+            vol = _volume_or_none(pool, name)
+            if vol is not None:
                 log.info("reusing existing volume %s in pool %s", name, disk.pool)
-            except libvirt.libvirtError as err:
-                if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    raise
-                vol = pool.createXML(_volume_xml(name, disk), 0)
+            else:
+                backing = None
+                if disk.backing is not None:
+                    backing = _existing_volume(conn, f"disks.{index}.backing", disk.backing, default_dir)
+                    base_capacity = conn.storageVolLookupByPath(backing.path).info()[1]
+                    if disk.size_gib is not None and disk.size_gib * GIB < base_capacity:
+                        raise InvalidSpec(
+                            f"disks.{index}.size_gib: smaller than its base image "
+                            f"({base_capacity / GIB:.1f} GiB)"
+                        )
+                flags = 0
+                if disk.allocation == "preallocated" and disk.format == "qcow2" and not logical:
+                    flags = libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
+                xml = _volume_xml(name, disk, logical=logical, backing=backing)
+                vol = pool.createXML(xml, flags)
                 created.append(vol)
-            paths.append(vol.path())
+            fmt = "raw" if logical else disk.format
+            disks.append(
+                ResolvedDisk(
+                    path=vol.path(), format=fmt, block=vol.info()[0] == libvirt.VIR_STORAGE_VOL_BLOCK
+                )
+            )
     except BaseException:
         delete_volumes(created)
         raise
-    return paths, created
+    return disks, created
 
 
 def delete_volumes(volumes: list[libvirt.virStorageVol]) -> None:

@@ -10,6 +10,7 @@ from console.audit.api.views import AuditEventViewSet
 from console.health import healthz
 from console.jobs.api.views import JobViewSet
 from domains import views as domain_views
+from domains import wizard as domain_wizard
 from domains.api.views import DomainViewSet
 from hosts import views as host_views
 from hosts.api.views import HostViewSet
@@ -41,7 +42,8 @@ urlpatterns = [
     path("account/tokens/", access_views.token_list_page, name="token-list"),
     path("account/tokens/<int:token_id>/revoke/", access_views.token_revoke_page, name="token-revoke"),
     path("audit/", audit_views.audit_list_page, name="audit-list"),
-    path("domains/new/", domain_views.domain_new, name="domain-new"),
+    path("domains/new/", domain_wizard.domain_new, name="domain-new"),
+    path("domains/new/check/", domain_wizard.domain_new_check, name="domain-new-check"),
     path("domains/<int:domain_id>/", domain_views.domain_detail, name="domain-detail"),
     path("domains/<int:domain_id>/<str:action>/", domain_views.domain_action, name="domain-action"),
 ]

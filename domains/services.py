@@ -86,7 +86,10 @@ def domain_create(
     if team is not None:
         Team.objects.select_for_update().filter(pk=team.pk).first()  # one quota check at a time
         quota_check(
-            team, vcpus=spec.vcpus, memory_mib=spec.memory_mib, disk_gib=sum(d.size_gib for d in spec.disks)
+            team,
+            vcpus=spec.vcpus,
+            memory_mib=spec.memory_mib,
+            disk_gib=sum(d.size_gib or 0 for d in spec.disks),
         )
     try:
         with transaction.atomic():

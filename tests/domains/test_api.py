@@ -49,7 +49,7 @@ def test_create_answers_202_with_domain_and_queued_job(api: APIClient, host: Hos
 def test_create_with_iso_boot(api: APIClient, host: Host) -> None:
     response = api.post("/api/v1/domains/", body(host, boot={"iso": f"{POOL}/x.iso"}), format="json")
     assert response.status_code == 202, response.content
-    assert response.json()["domain"]["spec"]["boot"] == {"iso": f"{POOL}/x.iso"}
+    assert response.json()["domain"]["spec"]["boot"] == {"kind": "iso", "iso": f"{POOL}/x.iso"}
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_create_with_iso_boot(api: APIClient, host: Host) -> None:
         ({"disks": [{"size_gib": 1, "pool": "../etc"}]}, "disks.0.pool"),
         ({"boot": {"kernel": f"{POOL}/../../../etc/shadow"}}, "boot.kernel"),
         ({"boot": {"kernel": "/etc/passwd"}}, "boot.kernel"),
-        ({"boot": {"kernel": "vmlinuz"}}, "boot.kernel"),
+        ({"boot": {"kernel": "../vmlinuz"}}, "boot.kernel"),
         ({"boot": {"iso": "/tmp/x.iso"}}, "boot.iso"),
         ({"boot": {"iso": f"{POOL}/a.iso", "extra": 1}}, "boot.extra"),
         ({"boot": "cdrom"}, "boot"),

@@ -22,44 +22,128 @@ def test_overview_lists_hosts_and_domains(browser: Any, host: Host) -> None:
     assert "h1" in page and "web1" in page and 'data-domain-state="' in page
 
 
-def test_new_domain_form_shows_field_errors_and_keeps_input(browser: Any, host: Host) -> None:
-    response = browser.post(
-        "/domains/new/",
-        {
-            "name": "ok-name",
-            "host": host.pk,
-            "vcpus": "1",
-            "memory_mib": "256",
-            "disk_gib": "1",
-            "boot_kind": "kernel",
-            "kernel": "/etc/passwd",
-        },
-    )
-    assert response.status_code == 400
-    page = response.content.decode()
-    assert "boot.kernel" in page and "storage pool" in page
-    assert 'value="ok-name"' in page
+def _wizard_body(target: Host, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "web2",
+        "host": target.pk,
+        "mode": "hvm",
+        "os": "debian12",
+        "boot": {"kind": "iso", "iso": "/var/lib/libvirt/images/install.iso"},
+        "disks": [{"size_gib": "2 GiB", "allocation": "sparse"}],
+        "nics": [],
+        "memory_mib": "512 MiB",
+        "vcpus": 2,
+        "graphics": True,
+        "serial": True,
+        "autostart": False,
+        "start": True,
+    }
+    body.update(overrides)
+    return body
+
+
+def test_wizard_page_offers_the_steps_and_the_hosts(browser: Any, host: Host) -> None:
+    page = browser.get("/domains/new/").content.decode()
+    for step in (
+        "Name and host",
+        "Virtualisation",
+        "Install from",
+        "Operating system",
+        "Disks",
+        "Network",
+        "Memory and CPUs",
+        "Review",
+    ):
+        assert step in page
+    assert 'id="wizard-data"' in page and '"name": "h1"' in page and "debian12" in page
+    assert "Place automatically" in page
+
+
+def test_wizard_check_shows_only_the_errors_of_steps_reached(browser: Any, host: Host) -> None:
+    def check(step: int, **overrides: Any) -> Any:
+        body = {**_wizard_body(host, **overrides), "step": step}
+        return browser.post("/domains/new/check/", body, content_type="application/json").json()
+
+    assert list(check(1, name="bad name")["errors"]) == ["name"]
+    outside = {"kind": "iso", "iso": "/etc/passwd"}
+    assert check(1, boot=outside) == {"ok": True, "errors": {}, "host": {"id": host.pk, "name": "h1"}}
+    third = check(3, boot=outside)
+    assert third["ok"] is False and list(third["errors"]) == ["boot.iso"]
+    assert "storage pool" in third["errors"]["boot.iso"][0]
     assert not Domain.objects.exists()
 
 
-def test_new_domain_form_creates_and_redirects(browser: Any, host: Host) -> None:
-    response = browser.post(
-        "/domains/new/",
-        {
-            "name": "web2",
-            "host": host.pk,
-            "vcpus": "2",
-            "memory_mib": "512",
-            "disk_gib": "2",
-            "boot_kind": "iso",
-            "iso": "/var/lib/libvirt/images/install.iso",
-            "start": "on",
-        },
-    )
+def test_wizard_review_returns_the_spec_and_the_xml(browser: Any, host: Host) -> None:
+    answer = browser.post(
+        "/domains/new/check/", {**_wizard_body(host), "step": 8}, content_type="application/json"
+    ).json()
+    assert answer["ok"] is True and answer["host"]["name"] == "h1"
+    assert answer["spec"]["memory_mib"] == 512 and answer["spec"]["disks"][0]["bus"] == "virtio"
+    assert "<domain" in answer["xml"] and "install.iso" in answer["xml"]
+    assert not Domain.objects.exists()  # checking defines nothing
+
+
+def test_wizard_creates_and_answers_where_to_go(browser: Any, host: Host) -> None:
+    response = browser.post("/domains/new/", _wizard_body(host), content_type="application/json")
+    assert response.status_code == 202, response.content
     domain = Domain.objects.get(name="web2")
-    assert response.status_code == 302 and response["Location"] == f"/domains/{domain.pk}/"
-    assert domain.spec["disks"] == [{"size_gib": 2.0, "format": "qcow2", "pool": "default"}]
+    assert response.json()["redirect"] == f"/domains/{domain.pk}/"
+    assert domain.spec["disks"][0]["size_gib"] == 2.0 and domain.spec["graphics"] is True
     assert domain.jobs.get().params == {"start": True}
+
+
+def test_wizard_create_refuses_with_the_fields(browser: Any, host: Host) -> None:
+    response = browser.post(
+        "/domains/new/", _wizard_body(host, memory_mib="lots"), content_type="application/json"
+    )
+    assert response.status_code == 400 and "memory_mib" in response.json()["errors"]
+    assert not Domain.objects.exists()
+
+
+def test_wizard_places_automatically_on_the_host_with_most_free_memory(browser: Any, host: Host) -> None:
+    facts = {
+        "hostname": "x",
+        "uri": "qemu:///system",
+        "hypervisor": "qemu",
+        "accel": "tcg",
+        "arch": "x86_64",
+        "hvm_hardware_assisted": False,
+        "kvm_usable": False,
+        "cpus": 4,
+        "memory_mib": 8192,
+        "free_memory_mib": 1000,
+        "libvirt_version": "9",
+        "agent_version": "1",
+    }
+    small = Host.objects.create(
+        name="small", url="http://127.0.0.1:3", secret="x" * 32, state=Host.State.ONLINE, facts=facts
+    )
+    big = Host.objects.create(
+        name="big",
+        url="http://127.0.0.1:4",
+        secret="x" * 32,
+        state=Host.State.ONLINE,
+        facts={**facts, "free_memory_mib": 6000},
+    )
+    Host.objects.create(
+        name="busy",
+        url="http://127.0.0.1:5",
+        secret="x" * 32,
+        state=Host.State.ONLINE,
+        facts={**facts, "free_memory_mib": 9000},
+        maintenance=True,
+    )
+    response = browser.post("/domains/new/", _wizard_body(host, host="auto"), content_type="application/json")
+    assert response.status_code == 202, response.content
+    assert Domain.objects.get(name="web2").host == big
+    too_big = _wizard_body(host, host="auto", name="huge", memory_mib="7000 MiB")
+    refused = browser.post(
+        "/domains/new/check/", {**too_big, "step": 1}, content_type="application/json"
+    ).json()
+    reasons = refused["errors"]["host"][0]
+    assert (
+        "big: only 6000 MiB free" in reasons and "busy: in maintenance" in reasons and small.name in reasons
+    )
 
 
 def test_domain_page_has_console_and_actions(browser: Any, host: Host) -> None:
