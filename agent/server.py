@@ -12,6 +12,7 @@ import libvirtaio
 from aiohttp import web
 
 from agent import api, websockets
+from agent.idempotency import IdempotencyStore, make_idempotency
 from agent.runtime import AgentConfig, AgentRuntime
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,12 @@ def register_libvirt_event_loop() -> None:
 
 def make_app(runtime: AgentRuntime) -> web.Application:
     app = web.Application(
-        middlewares=[api.log_requests, api.problems, api.make_auth(runtime.keys)],
+        middlewares=[
+            api.log_requests,
+            api.problems,
+            api.make_auth(runtime.keys),
+            make_idempotency(IdempotencyStore()),  # inside auth: keys are per calling console
+        ],
         client_max_size=1024 * 1024,
     )
     app[api.RUNTIME] = runtime

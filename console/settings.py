@@ -202,6 +202,20 @@ DOMUS_CONSOLE_TICKET_TTL_SECONDS = 30
 DOMUS_HOST_OFFLINE_AFTER_SECONDS = float(os.environ.get("DOMUS_HOST_OFFLINE_AFTER_SECONDS", "6"))
 DOMUS_SHUTDOWN_TIMEOUT_SECONDS = float(os.environ.get("DOMUS_SHUTDOWN_TIMEOUT_SECONDS", "60"))
 
+# --- Jobs that outlive their worker (console/jobs/leases.py) ---
+# A running job's worker renews its lease every RENEW seconds; a job whose lease lapsed (its
+# worker was killed) is retried by the sweeper every worker runs, up to MAX_ATTEMPTS starts.
+# The broker's own redelivery (visibility_timeout above) is an hour away; this is seconds.
+DOMUS_JOB_LEASE_SECONDS = float(os.environ.get("DOMUS_JOB_LEASE_SECONDS", "30"))
+DOMUS_JOB_LEASE_RENEW_SECONDS = float(os.environ.get("DOMUS_JOB_LEASE_RENEW_SECONDS", "10"))
+DOMUS_JOB_SWEEP_SECONDS = float(os.environ.get("DOMUS_JOB_SWEEP_SECONDS", "10"))
+# A queued job no worker has touched for this long lost its message (e.g. Redis restarted
+# empty): it is sent again.
+DOMUS_JOB_QUEUED_RESEND_SECONDS = float(os.environ.get("DOMUS_JOB_QUEUED_RESEND_SECONDS", "300"))
+DOMUS_JOB_MAX_ATTEMPTS = int(os.environ.get("DOMUS_JOB_MAX_ATTEMPTS", "3"))
+# How soon a running, cancellable job's handler hears that someone cancelled it.
+DOMUS_JOB_CANCEL_CHECK_SECONDS = float(os.environ.get("DOMUS_JOB_CANCEL_CHECK_SECONDS", "1"))
+
 # --- Sign-in (console/access/login): lockout, TOTP second factor, optional OpenID Connect ---
 # Failed sign-ins are counted in Redis per username and per client address (throttle.py).
 DOMUS_LOGIN_MAX_FAILURES = int(os.environ.get("DOMUS_LOGIN_MAX_FAILURES", "5"))

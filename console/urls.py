@@ -42,6 +42,7 @@ urlpatterns = [
     path("account/tokens/", access_views.token_list_page, name="token-list"),
     path("account/tokens/<int:token_id>/revoke/", access_views.token_revoke_page, name="token-revoke"),
     path("audit/", audit_views.audit_list_page, name="audit-list"),
+    path("jobs/", include("console.jobs.urls")),
     path("domains/new/", domain_wizard.domain_new, name="domain-new"),
     path("domains/new/check/", domain_wizard.domain_new_check, name="domain-new-check"),
     path("domains/<int:domain_id>/", domain_views.domain_detail, name="domain-detail"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from console.jobs.models import Job
+from console.jobs.registry import can_cancel
 
 
 def job_event(job: Job) -> dict[str, Any]:
@@ -15,6 +16,7 @@ def job_event(job: Job) -> dict[str, Any]:
             "progress": job.progress,
             "step": job.step,
             "error": job.error,
+            "cancellable": can_cancel(job),  # whether a Cancel button makes sense now
             "domain": job.domain_id,
             "host": job.host_id,
             # Who may see it: those who may see its domain (for jobs on a domain).

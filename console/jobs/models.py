@@ -33,13 +33,22 @@ class Job(models.Model):
     )
     target_name = models.CharField(max_length=255, blank=True)  # survives the domain's deletion
     attempts = models.PositiveSmallIntegerField(default=0)
+    # A worker vouches for the job until then (runner.LeaseKeeper renews it while a handler runs);
+    # for a queued job, when to send its message again if no worker has picked it up. Past it,
+    # a worker's sweeper retries the job (console/jobs/leases.py).
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Someone asked a running, cancellable job to stop; its handler checks at safe points.
+    cancel_requested = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["domain", "status"])]
+        indexes = [
+            models.Index(fields=["domain", "status"]),
+            models.Index(fields=["status", "lease_expires_at"], name="job_status_lease"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} #{self.pk} ({self.status})"

@@ -1,83 +1,164 @@
 """Runs one job: finds its handler, serialises it per domain, records progress, log and outcome.
 
 Handlers are registered by the apps that own the work (`domains/jobs.py`) with `@job_handler`.
-A handler raises `JobFailed` with a message written for a person; agent errors are reported with
-the agent's own detail. Redelivery after a worker died re-runs the handler: agent operations are
-idempotent, so that is safe.
+A handler raises `JobFailed` with a message written for a person (agent errors are reported
+with the agent's own detail), or `JobCancelled` when it stopped because `ctx.cancel_requested()`.
+
+A delivery starts the job only by claiming it (queued -> running, one more attempt, a lease) in
+one conditional UPDATE, so a duplicate delivery of the same job never runs it a second time
+while it runs. While the handler runs, a `LeaseKeeper` thread renews the lease; when the worker
+dies the lease lapses and a sweeper (console/jobs/leases.py) queues the job again. The retry
+re-runs the handler from the start: agent operations carry the job's id as an idempotency key,
+so the agent answers a repeated one from memory instead of doing it again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+import time
+from datetime import timedelta
 from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connections
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
+from redis.exceptions import LockError
 from redis.lock import Lock
 
 from agent.client import AgentError
 from console.access.policy import explain, has_perm
-from console.audit.services import audit_record
 from console.jobs.events import job_event
 from console.jobs.models import Job
+from console.jobs.registry import (
+    CANCELLABLE,
+    HANDLERS,
+    REQUIRED,
+    Handler,
+    JobCancelled,
+    JobFailed,
+    job_handler,
+)
+from console.jobs.services import job_finish, job_recover, log_append, log_line, resend_deadline
 from console.realtime.events import publish
+
+__all__ = [
+    "CANCELLABLE",
+    "HANDLERS",
+    "REQUIRED",
+    "DomainBusy",
+    "JobCancelled",
+    "JobContext",
+    "JobFailed",
+    "domain_lock_key",
+    "job_handler",
+    "job_run",
+]
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[["JobContext"], dict[str, Any] | None]
-HANDLERS: dict[str, Handler] = {}
-# The permission a job's actor must still hold on its domain when a worker picks it up (it may
-# have been withdrawn while the job waited).
-REQUIRED: dict[str, str] = {}
-
-DOMAIN_LOCK_SECONDS = 15 * 60
-
-
-class JobFailed(Exception):
-    """The job cannot finish; the message is shown to the person who started it."""
+WAITING_FOR_DOMAIN = "Waiting for another job on this domain"
 
 
 class DomainBusy(Exception):
     """Another job holds the domain; the task retries later."""
 
 
-def job_handler(kind: str, *, permission: str | None = None) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        HANDLERS[kind] = fn
-        if permission is not None:
-            REQUIRED[kind] = permission
-        return fn
+class LeaseKeeper:
+    """A thread that keeps one attempt of a job alive while its handler runs: it renews the
+    job's lease (and the domain lock) every DOMUS_JOB_LEASE_RENEW_SECONDS, and for cancellable
+    kinds watches for a cancel request. It has its own database connection (Django's are per
+    thread) and closes it when it stops."""
 
-    return register
+    def __init__(self, job: Job, *, lock: Lock | None, watch_cancel: bool) -> None:
+        self.job_id = job.pk
+        self.attempt = job.attempts
+        self.lock = lock
+        self.watch_cancel = watch_cancel
+        self.cancelled = threading.Event()
+        self.lost = threading.Event()  # another attempt owns the job now: stop at a safe point
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"job-{job.pk}-lease", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        renew_every = settings.DOMUS_JOB_LEASE_RENEW_SECONDS
+        tick = min(renew_every, settings.DOMUS_JOB_CANCEL_CHECK_SECONDS) if self.watch_cancel else renew_every
+        next_renewal = time.monotonic() + renew_every
+        try:
+            while not self._stop.wait(tick):
+                try:
+                    if time.monotonic() >= next_renewal:
+                        self.renew()
+                        next_renewal = time.monotonic() + renew_every
+                    if self.watch_cancel and not self.cancelled.is_set():
+                        if Job.objects.filter(pk=self.job_id, cancel_requested=True).exists():
+                            self.cancelled.set()
+                except DatabaseError as exc:  # the database is away for a moment: try again next tick
+                    logger.warning("job %s: cannot renew its lease: %s", self.job_id, exc)
+                    connections.close_all()
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    def renew(self) -> None:
+        expires = timezone.now() + timedelta(seconds=settings.DOMUS_JOB_LEASE_SECONDS)
+        renewed = Job.objects.filter(pk=self.job_id, status=Job.Status.RUNNING, attempts=self.attempt).update(
+            lease_expires_at=expires
+        )
+        if not renewed and not self.lost.is_set():
+            logger.warning(
+                "job %s attempt %s lost its lease: another attempt owns it", self.job_id, self.attempt
+            )
+            self.lost.set()
+        if self.lock is not None:
+            try:
+                self.lock.reacquire()
+            except LockError:
+                logger.warning("job %s: the domain lock lapsed while it ran", self.job_id)
 
 
 class JobContext:
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, keeper: LeaseKeeper | None = None) -> None:
         self.job = job
+        self._keeper = keeper
 
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.job.params)
 
+    def cancel_requested(self) -> bool:
+        """Whether the handler should stop at this safe point: someone cancelled the job (kinds
+        registered with cancellable=True only), or another attempt took it over. Cheap and safe
+        to call from async code: it reads a flag the lease keeper sets."""
+        keeper = self._keeper
+        return keeper is not None and (keeper.cancelled.is_set() or keeper.lost.is_set())
+
     def progress(self, percent: int, step: str) -> None:
         self.job.progress = max(0, min(100, percent))
         self.job.step = step
-        self._append_log(step)
-        self._save("progress", "step", "log")
+        self._save(step, progress=self.job.progress, step=step)
 
     def log(self, line: str) -> None:
-        self._append_log(line)
-        self._save("log")
+        self._save(line)
 
-    def _append_log(self, line: str) -> None:
-        stamp = timezone.now().strftime("%H:%M:%S")
-        self.job.log += f"{stamp} {line}\n"
-
-    def _save(self, *fields: str) -> None:
-        self.job.save(update_fields=list(fields))
+    def _save(self, line: str, **fields: Any) -> None:
+        text = log_line(line)
+        self.job.log += text
+        # Only while the job is this attempt's (or, before it started, still queued).
+        if self.job.status == Job.Status.RUNNING:
+            owner = Q(status=Job.Status.RUNNING, attempts=self.job.attempts)
+        else:
+            owner = Q(status=Job.Status.QUEUED)
+        Job.objects.filter(owner, pk=self.job.pk).update(**fields, log=log_append(text))
         publish(job_event(self.job))
 
 
@@ -89,104 +170,143 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
+# Take the lock when it is free, already this attempt's (ARGV[1]), or left by an earlier attempt
+# of the same job (ARGV[2] is the job's prefix, "job:<id>:"); never from another job.
+_ACQUIRE = """
+local held = redis.call('get', KEYS[1])
+if held and held ~= ARGV[1] and string.sub(held, 1, string.len(ARGV[2])) ~= ARGV[2] then
+  return 0
+end
+redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[3])
+return 1
+"""
+
+
 def _domain_lock(job: Job) -> Lock | None:
-    """The domain's lock, held for this job; None while another job holds it. The lock's value
-    is the job's id, so a redelivered job (its worker died holding the lock) takes it back
-    instead of waiting for it to expire."""
+    """The domain's lock, held for this attempt of the job; None while another job holds it.
+
+    The lock's value names the job and the attempt. An earlier attempt of the same job can only
+    still hold it if its worker died: this attempt exists because that one's lease lapsed (the
+    caller has claimed the job), so it takes the lock over instead of waiting for it to expire.
+    The lock lasts one lease and the lease keeper renews it, so a dead worker's lock frees itself.
+    """
     assert job.domain_id is not None
     key = domain_lock_key(job.domain_id)
-    token = str(job.pk)
-    lock: Lock = _redis().lock(key, timeout=DOMAIN_LOCK_SECONDS)
-    if lock.acquire(blocking=False, token=token):
-        return lock
-    if lock.redis.get(key) == token.encode():
-        lock.local.token = token.encode()
-        lock.reacquire()
-        return lock
-    return None
+    token = f"job:{job.pk}:{job.attempts}"
+    client = _redis()
+    lease_ms = int(settings.DOMUS_JOB_LEASE_SECONDS * 1000)
+    if not client.register_script(_ACQUIRE)(keys=[key], args=[token, f"job:{job.pk}:", lease_ms]):
+        return None
+    # Not thread-local: the lease keeper's thread renews it.
+    lock: Lock = client.lock(key, timeout=settings.DOMUS_JOB_LEASE_SECONDS, thread_local=False)
+    lock.local.token = token.encode()
+    return lock
 
 
 def job_run(job_id: int) -> None:
     job = Job.objects.select_related("host", "domain", "actor").filter(pk=job_id).first()
     if job is None or job.is_finished:
         return  # deleted, or a redelivery of a job that already finished
+    if job.status == Job.Status.RUNNING:
+        lease = job.lease_expires_at
+        if lease is not None and lease > timezone.now():
+            logger.info("job %s is running under a live lease; duplicate delivery dropped", job.pk)
+            return
+        # Its worker died and no sweeper has noticed yet: recover it here and run it now.
+        if not job_recover(job=job, resend=False):
+            return
     handler = HANDLERS.get(job.kind)
+    queued = Q(status=Job.Status.QUEUED)
     if handler is None:
-        _finish(job, Job.Status.FAILED, error=f"No handler for job kind {job.kind!r}.")
+        job_finish(
+            job=job, status=Job.Status.FAILED, owner=queued, error=f"No handler for job kind {job.kind!r}."
+        )
         return
     permission = REQUIRED.get(job.kind)
     if permission and job.actor is not None and job.domain is not None:
         if not has_perm(job.actor, permission, job.domain):
             why = explain(job.actor, permission, job.domain)
-            _finish(job, Job.Status.FAILED, error=f"Permission withdrawn from {job.actor}: {why}")
+            job_finish(
+                job=job,
+                status=Job.Status.FAILED,
+                owner=queued,
+                error=f"Permission withdrawn from {job.actor}: {why}",
+            )
             return
+    if not _claim(job):
+        return  # cancelled meanwhile, or another delivery of it started it
     lock = None
     if job.domain_id is not None:
         lock = _domain_lock(job)
         if lock is None:
-            if job.step != "Waiting for another job on this domain":
-                JobContext(job).progress(0, "Waiting for another job on this domain")
+            _unclaim(job)
             raise DomainBusy(job.domain_id)
+    keeper = LeaseKeeper(job, lock=lock, watch_cancel=job.kind in CANCELLABLE)
+    keeper.start()
     try:
-        _execute(job, handler)
+        _execute(JobContext(job, keeper), handler)
     finally:
+        keeper.stop()
         if lock is not None and lock.owned():
             lock.release()
 
 
-def _execute(job: Job, handler: Handler) -> None:
-    ctx = JobContext(job)
-    job.started_at = job.started_at or timezone.now()
-    job.attempts += 1
-    # Only from queued (or running: a redelivery); a job cancelled meanwhile stays cancelled.
-    started = Job.objects.filter(pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
-        status=Job.Status.RUNNING, started_at=job.started_at, attempts=job.attempts
+def _claim(job: Job) -> bool:
+    """queued -> running, one more attempt, a fresh lease: in one UPDATE, so of two deliveries
+    of the same job only one starts it."""
+    now = timezone.now()
+    lease = now + timedelta(seconds=settings.DOMUS_JOB_LEASE_SECONDS)
+    claimed = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
+        status=Job.Status.RUNNING,
+        attempts=F("attempts") + 1,
+        started_at=Coalesce(F("started_at"), now),
+        lease_expires_at=lease,
     )
-    if not started:
-        return
-    job.status = Job.Status.RUNNING
-    if job.attempts > 1:
-        ctx.log(f"Attempt {job.attempts} (the previous worker stopped before finishing)")
+    if claimed:
+        job.refresh_from_db(
+            fields=["status", "attempts", "started_at", "lease_expires_at", "cancel_requested"]
+        )
+    return bool(claimed)
+
+
+def _unclaim(job: Job) -> None:
+    """The domain is busy: back to queued as if this delivery had not started the job (the
+    task retries in a second; meanwhile it can be cancelled like any queued job)."""
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "status": Job.Status.QUEUED,
+        "attempts": F("attempts") - 1,
+        "lease_expires_at": resend_deadline(now),
+    }
+    if job.attempts == 1:
+        fields["started_at"] = None
+    if job.step != WAITING_FOR_DOMAIN:
+        fields["step"] = WAITING_FOR_DOMAIN
+        fields["log"] = log_append(log_line(WAITING_FOR_DOMAIN, now))
+    if Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).update(**fields):
+        job.refresh_from_db(fields=["status", "attempts", "started_at", "lease_expires_at", "step", "log"])
+        if "step" in fields:
+            publish(job_event(job))
+
+
+def _execute(ctx: JobContext, handler: Handler) -> None:
+    job = ctx.job
+    owner = Q(status=Job.Status.RUNNING, attempts=job.attempts)
+    publish(job_event(job))
     try:
         result = handler(ctx)
+    except JobCancelled as exc:
+        done = job_finish(job=job, status=Job.Status.CANCELLED, owner=owner, step=str(exc) or "Cancelled")
     except JobFailed as exc:
-        _finish(job, Job.Status.FAILED, error=str(exc))
+        done = job_finish(job=job, status=Job.Status.FAILED, owner=owner, error=str(exc))
     except AgentError as exc:
         host = job.host.name if job.host else "host"
-        _finish(job, Job.Status.FAILED, error=f"{host}: {exc.detail}")
+        done = job_finish(job=job, status=Job.Status.FAILED, owner=owner, error=f"{host}: {exc.detail}")
     except Exception as exc:
         logger.exception("job %s (%s) crashed", job.pk, job.kind)
-        _finish(
-            job,
-            Job.Status.FAILED,
-            error=f"Internal error ({type(exc).__name__}); see the worker log.",
-        )
+        error = f"Internal error ({type(exc).__name__}); see the worker log."
+        done = job_finish(job=job, status=Job.Status.FAILED, owner=owner, error=error)
     else:
-        _finish(job, Job.Status.SUCCEEDED, result=result or {})
-
-
-def _finish(job: Job, status: str, *, error: str = "", result: dict[str, Any] | None = None) -> None:
-    job.status = status
-    job.error = error
-    job.result = result or {}
-    job.finished_at = timezone.now()
-    if status == Job.Status.SUCCEEDED:
-        job.progress = 100
-        job.step = "Done"
-    else:
-        job.step = "Failed"
-    stamp = job.finished_at.strftime("%H:%M:%S")
-    job.log += f"{stamp} {job.step}{': ' + error if error else ''}\n"
-    # The domain may have been deleted by this very job: don't let the FK write resurrect it.
-    with transaction.atomic():
-        job.save(update_fields=["status", "error", "result", "finished_at", "progress", "step", "log"])
-        outcome = "success" if status == Job.Status.SUCCEEDED else "failed"
-        audit_record(
-            action="job.finished",
-            actor=job.actor,
-            obj=job,
-            outcome=outcome,
-            detail=error,
-            changes={"kind": job.kind, "target": job.target_name, "attempts": job.attempts},
-        )
-    publish(job_event(job))
+        done = job_finish(job=job, status=Job.Status.SUCCEEDED, owner=owner, result=result or {})
+    if not done:
+        logger.warning("job %s attempt %s ended after another attempt took it over", job.pk, job.attempts)

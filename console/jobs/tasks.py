@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from console.jobs import leases  # noqa: F401  (each worker runs the sweeper of lost jobs)
 from console.jobs.runner import DomainBusy, job_run
 
 

@@ -1,21 +1,37 @@
-"""Cancelling a job that has not started: by whom, when it is refused, and what it undoes."""
+"""Cancelling a job: a queued one at once, a running one where its kind can stop half-way (by
+whom, when it is refused, and what it undoes)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import connections
 from rest_framework.test import APIClient
 
+from agent.protocol import DomainInfo
 from console.audit.models import AuditEvent
 from console.jobs.models import Job
-from console.jobs.runner import job_run
-from console.jobs.services import job_enqueue
+from console.jobs.runner import CANCELLABLE, HANDLERS, JobCancelled, JobContext, job_handler, job_run
+from console.jobs.services import job_cancel, job_enqueue
+from domains import jobs as domain_jobs
 from domains.models import Domain
 from hosts.models import Host
 from tests.conftest import grant
 
 pytestmark = pytest.mark.django_db
+
+
+def job_run_in_thread(job_id: int) -> None:
+    """job_run as a second worker would: in its own thread, with its own connection."""
+    try:
+        job_run(job_id)
+    finally:
+        connections.close_all()
 
 
 def queued(host: Host, user: Any, kind: str = "domain.start") -> Job:
@@ -34,12 +50,120 @@ def test_cancel_a_queued_job_and_the_worker_then_skips_it(api: APIClient, host: 
     assert AuditEvent.objects.filter(action="job.cancel").count() == 1
 
 
-def test_a_running_or_finished_job_cannot_be_cancelled(api: APIClient, host: Host, user: Any) -> None:
-    job = queued(host, user)
-    for status in ("running", "succeeded"):
+def test_a_running_job_that_cannot_stop_or_a_finished_one_is_refused(
+    api: APIClient, host: Host, user: Any
+) -> None:
+    job = queued(host, user)  # domain.start: one agent call, not cancellable half-way
+    for status, why in (("running", "cannot be stopped half-way"), ("succeeded", "nothing to cancel")):
         Job.objects.filter(pk=job.pk).update(status=status)
         response = api.post(f"/api/v1/jobs/{job.pk}/cancel/")
-        assert response.status_code == 409 and f"is {status}" in response.json()["detail"]
+        assert response.status_code == 409
+        assert f"is {status}" in response.json()["detail"] and why in response.json()["detail"]
+    job.refresh_from_db()
+    assert not job.cancel_requested
+
+
+@pytest.fixture
+def stoppable() -> Iterator[None]:
+    @job_handler("test.stoppable", cancellable=True)
+    def handler(ctx: JobContext) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if ctx.cancel_requested():
+                raise JobCancelled("Stopped at a safe point; nothing was left half done.")
+            time.sleep(0.05)
+
+    yield
+    HANDLERS.pop("test.stoppable")
+    CANCELLABLE.discard("test.stoppable")
+
+
+def test_cancelling_a_running_cancellable_job_asks_it_to_stop(
+    api: APIClient, host: Host, user: Any, stoppable: None
+) -> None:
+    job = Job.objects.create(kind="test.stoppable", host=host, actor=user, status="running", attempts=1)
+    assert api.get(f"/api/v1/jobs/{job.pk}/").json()["cancellable"] is True
+    response = api.post(f"/api/v1/jobs/{job.pk}/cancel/")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "running" and body["cancel_requested"] is True and body["cancellable"] is False
+    assert body["step"] == "Cancelling (requested by ana)" and "Cancelling (requested by ana)" in body["log"]
+    assert AuditEvent.objects.filter(action="job.cancel", object_id=str(job.pk)).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_running_job_stops_at_its_next_safe_point(
+    host: Host, user: Any, stoppable: None, settings: Any
+) -> None:
+    settings.DOMUS_JOB_CANCEL_CHECK_SECONDS = 0.05
+    job = Job.objects.create(kind="test.stoppable", host=host, actor=user)
+    worker = threading.Thread(target=job_run_in_thread, args=(job.pk,))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while Job.objects.get(pk=job.pk).status != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    started = time.monotonic()
+    job_cancel(job=Job.objects.get(pk=job.pk), actor=user)
+    worker.join(10)
+    assert time.monotonic() - started < 3  # not the handler's 10 s
+    job.refresh_from_db()
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert job.step == "Stopped at a safe point; nothing was left half done."
+    assert "Cancelling (requested by ana)" in job.log and "Stopped at a safe point" in job.log
+
+
+class FakeShutdownAgent:
+    """The agent as seen by domain.shutdown: the guest ignores the ACPI request."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def info(self, domain: Domain) -> DomainInfo:
+        return DomainInfo(uuid=domain.uuid, name=domain.name, state="running", vcpus=1, memory_mib=64)
+
+    async def shutdown(self, domain_uuid: Any) -> DomainInfo:
+        self.calls.append("shutdown")
+        return self.info(self.domain)
+
+    async def get_domain(self, domain_uuid: Any) -> DomainInfo:
+        self.calls.append("get")
+        return self.info(self.domain)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_shutdown_stops_the_wait_and_says_the_request_was_sent(
+    api: APIClient, host: Host, user: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.DOMUS_SHUTDOWN_TIMEOUT_SECONDS = 8  # uncancelled, it would fail after this
+    settings.DOMUS_JOB_CANCEL_CHECK_SECONDS = 0.05
+    domain = Domain.objects.create(name="web", host=host, state=Domain.State.RUNNING)
+    agent = FakeShutdownAgent()
+    agent.domain = domain  # type: ignore[attr-defined]
+    job_ids: list[int | None] = []
+
+    def fake_run_agent(host: Host, op: Any, *, timeout: float = 30, job_id: int | None = None) -> Any:
+        job_ids.append(job_id)
+        return asyncio.run(op(agent))
+
+    monkeypatch.setattr(domain_jobs, "run_agent", fake_run_agent)
+    job = Job.objects.create(kind="domain.shutdown", actor=user, host=host, domain=domain)
+    worker = threading.Thread(target=job_run_in_thread, args=(job.pk,))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while agent.calls.count("get") < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    response = api.post(f"/api/v1/jobs/{job.pk}/cancel/")
+    assert response.status_code == 200, response.content
+    cancelled_at = time.monotonic()
+    worker.join(15)
+    assert time.monotonic() - cancelled_at < 4  # it stopped waiting, rather than timing out
+    job.refresh_from_db()
+    assert job.status == "cancelled", job.log
+    assert "ACPI shutdown request was already sent" in job.step and "Stopped waiting for web" in job.step
+    assert agent.calls[0] == "shutdown" and agent.calls.count("shutdown") == 1
+    assert job_ids == [job.pk]  # the agent calls carry the job's id (the idempotency key)
 
 
 def test_cancelling_a_create_forgets_the_domain_that_was_never_defined(

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import redis
 from django.conf import settings
+from django.db import connections
+from django.utils import timezone
 
 from console.jobs.models import Job
 from console.jobs.runner import (
@@ -22,6 +26,14 @@ from hosts.models import Host
 from tests.conftest import grant
 
 pytestmark = pytest.mark.django_db
+
+
+def job_run_in_thread(job_id: int) -> None:
+    """job_run as a second worker would: in its own thread, with its own connection."""
+    try:
+        job_run(job_id)
+    finally:
+        connections.close_all()
 
 
 @pytest.fixture
@@ -112,16 +124,88 @@ def test_one_job_at_a_time_per_domain(handlers: dict[str, int], host: Host) -> N
     assert job.status == Job.Status.SUCCEEDED
 
 
-def test_a_redelivered_job_takes_back_its_own_lock(handlers: dict[str, int], host: Host) -> None:
-    """Its worker died holding the domain's lock: the retry must not wait for it to expire."""
+def lock_holder(domain: Domain) -> bytes | None:
+    value: bytes | None = redis.Redis.from_url(settings.REDIS_URL).get(domain_lock_key(domain.pk))
+    return value
+
+
+def test_a_retried_job_takes_over_the_lock_of_its_lost_attempt(handlers: dict[str, int], host: Host) -> None:
+    """Attempt 1's worker died holding the domain's lock, and its lease lapsed: the retry must
+    not wait for the lock to expire."""
     domain = Domain.objects.create(name="d", host=host)
     job = make("test.ok", domain)
+    lapsed = timezone.now() - timedelta(seconds=1)
+    Job.objects.filter(pk=job.pk).update(status="running", attempts=1, lease_expires_at=lapsed)
     stale = redis.Redis.from_url(settings.REDIS_URL).lock(domain_lock_key(domain.pk), timeout=600)
-    assert stale.acquire(blocking=False, token=str(job.pk))
-    job_run(job.pk)
+    assert stale.acquire(blocking=False, token=f"job:{job.pk}:1")
+    job_run(job.pk)  # the broker's redelivery, before any sweeper noticed
     job.refresh_from_db()
-    assert job.status == Job.Status.SUCCEEDED
-    assert redis.Redis.from_url(settings.REDIS_URL).get(domain_lock_key(domain.pk)) is None  # released
+    assert job.status == Job.Status.SUCCEEDED and job.attempts == 2 and handlers["ok"] == 1
+    assert "Worker lost; retrying (attempt 2 of 3)" in job.log
+    assert lock_holder(domain) is None  # released
+
+
+def test_a_duplicate_delivery_of_a_running_job_does_nothing(handlers: dict[str, int], host: Host) -> None:
+    """The same job delivered again while its attempt runs (lease live): not run a second time,
+    and the running attempt keeps the domain's lock."""
+    domain = Domain.objects.create(name="d", host=host)
+    job = make("test.ok", domain)
+    live = timezone.now() + timedelta(seconds=30)
+    Job.objects.filter(pk=job.pk).update(status="running", attempts=1, lease_expires_at=live)
+    holder = redis.Redis.from_url(settings.REDIS_URL).lock(domain_lock_key(domain.pk), timeout=30)
+    assert holder.acquire(blocking=False, token=f"job:{job.pk}:1")
+    try:
+        job_run(job.pk)
+        job.refresh_from_db()
+        assert handlers["ok"] == 0 and job.status == Job.Status.RUNNING and job.attempts == 1
+        assert lock_holder(domain) == f"job:{job.pk}:1".encode()
+    finally:
+        holder.release()
+
+
+def test_a_lock_left_by_another_job_is_not_taken(handlers: dict[str, int], host: Host) -> None:
+    domain = Domain.objects.create(name="d", host=host)
+    job = make("test.ok", domain)
+    other = redis.Redis.from_url(settings.REDIS_URL).lock(domain_lock_key(domain.pk), timeout=30)
+    assert other.acquire(blocking=False, token=f"job:{job.pk + 1}:1")
+    try:
+        with pytest.raises(DomainBusy):
+            job_run(job.pk)
+        job.refresh_from_db()
+        assert job.status == Job.Status.QUEUED and job.attempts == 0 and job.started_at is None
+    finally:
+        other.release()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_deliveries_at_once_run_the_job_once(host: Host) -> None:
+    """Two workers get the same job at the same moment (a duplicate message): one runs it; the
+    other neither runs it nor releases the lock the first holds."""
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    @job_handler("test.slow")
+    def slow(ctx: JobContext) -> None:
+        calls.append(ctx.job.attempts)
+        entered.set()
+        assert release.wait(10)
+
+    try:
+        domain = Domain.objects.create(name="d", host=host)
+        job = make("test.slow", domain)
+        first = threading.Thread(target=job_run_in_thread, args=(job.pk,))
+        first.start()
+        assert entered.wait(10)
+        job_run(job.pk)  # the duplicate
+        assert lock_holder(domain) == f"job:{job.pk}:1".encode()
+        release.set()
+        first.join(10)
+        job.refresh_from_db()
+        assert calls == [1] and job.status == Job.Status.SUCCEEDED and job.attempts == 1
+        assert lock_holder(domain) is None
+    finally:
+        release.set()
+        HANDLERS.pop("test.slow")
 
 
 def test_a_job_whose_actor_lost_the_permission_does_not_run(

@@ -8,8 +8,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from console.audit.services import origin_of
-from console.errors import InvalidInput
 from console.jobs.api.serializers import JobSerializer
+from console.jobs.filters import job_filter_parse
 from console.jobs.models import Job
 from console.jobs.selectors import job_list
 from console.jobs.services import job_cancel
@@ -30,27 +30,14 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet[Job]):
         return super().list(request, *args, **kwargs)
 
     def get_queryset(self) -> QuerySet[Job]:
-        jobs = job_list(user=self.request.user)
         if self.action != "list":
-            return jobs
-        params = self.request.query_params
-        for name, lookup in (("domain", "domain_id"), ("host", "host_id")):
-            if raw := params.get(name):
-                if not raw.isdigit():
-                    raise InvalidInput(f"Invalid {name}.", fields={name: ["must be an id (a number)"]})
-                jobs = jobs.filter(**{lookup: int(raw)})
-        if actor := params.get("actor"):
-            jobs = jobs.filter(actor__username=actor)
-        if status := params.get("status"):
-            if status not in Job.Status.values:
-                choices = ", ".join(Job.Status.values)
-                raise InvalidInput("Invalid status.", fields={"status": [f"one of {choices}"]})
-            jobs = jobs.filter(status=status)
-        return jobs
+            return job_list(user=self.request.user)
+        return job_list(user=self.request.user, filters=job_filter_parse(self.request.query_params))
 
     @extend_schema(request=None, responses={200: JobSerializer})
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
-        """Cancel a job that has not started yet (409 once it runs)."""
+        """Cancel a job that has not started yet, or ask a running one to stop when its kind can
+        stop half-way (`cancellable`; it then ends as cancelled). 409 for any other running job."""
         job = job_cancel(job=self.get_object(), actor=request.user, origin=origin_of(request))
         return Response(JobSerializer(job).data)
