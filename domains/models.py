@@ -33,6 +33,8 @@ class Domain(models.Model):
     spec = models.JSONField(default=dict, blank=True)  # the DomainSpec sent to the agent
     state = models.CharField(max_length=16, choices=State.choices, default=State.NEW)
     autostart = models.BooleanField(default=False)  # started with the host, as its agent reports
+    # Disks and CD-ROMs as its agent reports them: [{"target", "device", "path"}]
+    disks = models.JSONField(default=list, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -42,6 +44,15 @@ class Domain(models.Model):
     class Meta:
         ordering = ["name", "id"]
         constraints = [models.UniqueConstraint(fields=["host", "name"], name="domain_name_unique_per_host")]
+        # The lists' sort keys (domains.selectors.ORDERINGS), each ending on the id: a page is read
+        # from the index, forwards or backwards, instead of sorting every domain per request.
+        indexes = [
+            models.Index(fields=["name", "id"], name="domain_list_by_name"),
+            models.Index(fields=["state", "name", "id"], name="domain_list_by_state"),
+            models.Index(fields=["memory_mib", "name", "id"], name="domain_list_by_memory"),
+            models.Index(fields=["vcpus", "name", "id"], name="domain_list_by_vcpus"),
+            models.Index(fields=["created_at", "id"], name="domain_list_by_created"),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
@@ -7,23 +9,80 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from console.audit.services import origin_of
-from console.errors import DomusError
+from console.errors import DomusError, InvalidInput
 from console.jobs.selectors import job_list
-from domains.selectors import domain_get, domain_jobs, domain_list
-from domains.services import domain_delete, domain_power, domain_set_autostart
+from domains.models import Domain
+from domains.selectors import DomainFilter, domain_filter_parse, domain_get, domain_jobs, domain_page
+from domains.services import (
+    domain_delete,
+    domain_power,
+    domain_rename,
+    domain_set_autostart,
+    domain_set_resources,
+)
 from hosts.selectors import host_list
+
+HOME_PAGE_SIZE = 50
+# The overview's columns, each sortable: (heading, ?ordering= key).
+HOME_COLUMNS = (
+    ("Name", "name"),
+    ("Host", "host"),
+    ("vCPUs", "vcpus"),
+    ("Memory", "memory_mib"),
+    ("State", "state"),
+)
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
+    """The overview: hosts, one page of domains (filtered, sorted and paged by the database from
+    GET parameters, as the API's list is) and recent jobs. Bad parameters are named, with a 400,
+    and the unfiltered list is shown instead."""
+    errors: dict[str, list[str]] = {}
+    try:
+        filters = domain_filter_parse(request.GET)
+    except InvalidInput as exc:
+        errors, filters = dict(exc.fields), DomainFilter()
+    try:
+        listing = domain_page(
+            user=request.user, filters=filters, number=request.GET.get("page"), per_page=HOME_PAGE_SIZE
+        )
+    except InvalidInput as exc:
+        errors.update(exc.fields)
+        listing = domain_page(user=request.user, filters=filters, number="1", per_page=HOME_PAGE_SIZE)
+    page = listing.page
+    sorted_by, descending = filters.ordering.removeprefix("-"), filters.ordering.startswith("-")
+    columns = [  # a click on the sorted column reverses it; on another, sorts by it ascending
+        {
+            "label": label,
+            "sorted": ("desc" if descending else "asc") if key == sorted_by else "",
+            "query": urlencode(
+                filters.as_params(ordering=f"-{key}" if key == sorted_by and not descending else key)
+            ),
+        }
+        for label, key in HOME_COLUMNS
+    ]
+    offset = (page.number - 1) * HOME_PAGE_SIZE
     return render(
         request,
         "domains/home.html",
         {
             "hosts": host_list(user=request.user),
-            "domains": domain_list(user=request.user),
+            "page": page,
+            "page_range": page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1),
+            "newest_id": listing.newest_id,
+            "filters": filters,
+            "filtered": bool(filters.as_params(ordering="")),
+            "query": urlencode(filters.as_params()),
+            "clear_query": urlencode(DomainFilter(ordering=filters.ordering).as_params()),
+            # The same rows through the API: what the live script re-reads after a reconnect.
+            "api_query": urlencode({**filters.as_params(), "limit": HOME_PAGE_SIZE, "offset": offset}),
+            "columns": columns,
+            "states": Domain.State.choices,
+            "errors": errors,
             "jobs": job_list(user=request.user)[:10],
         },
+        status=400 if errors else 200,
     )
 
 
@@ -35,6 +94,15 @@ def domain_detail(request: HttpRequest, domain_id: int) -> HttpResponse:
         "domains/detail.html",
         {"domain": domain, "jobs": domain_jobs(user=request.user, domain=domain)},
     )
+
+
+def _number_or_text(raw: str) -> int | str | None:
+    """A form value: a whole number, else the text as typed (a size such as '2 GiB', or
+    something the service refuses by name), None when empty."""
+    text = raw.strip()
+    if not text:
+        return None
+    return int(text) if text.isdigit() else text
 
 
 @login_required
@@ -59,9 +127,25 @@ def domain_action(request: HttpRequest, domain_id: int, action: str) -> HttpResp
             )
             messages.success(request, f"Turning autostart {'on' if enabled else 'off'} for {domain.name}…")
             return redirect("domain-detail", domain.pk)
+        if action == "resources":
+            domain_set_resources(
+                actor=request.user,
+                domain=domain,
+                memory_mib=_number_or_text(request.POST.get("memory_mib", "")),
+                vcpus=_number_or_text(request.POST.get("vcpus", "")),
+                origin=origin_of(request),
+            )
+            messages.success(request, f"Changing the memory and vCPUs of {domain.name}…")
+            return redirect("domain-detail", domain.pk)
+        if action == "rename":
+            name = request.POST.get("name", "").strip()
+            domain_rename(actor=request.user, domain=domain, name=name, origin=origin_of(request))
+            messages.success(request, f"Renaming {domain.name} to {name}…")
+            return redirect("domain-detail", domain.pk)
         if action not in ("start", "shutdown", "force-off", "reboot", "pause", "resume"):
             return HttpResponseNotAllowed(["POST"])
         domain_power(actor=request.user, domain=domain, action=action, origin=origin_of(request))
     except DomusError as exc:
-        messages.error(request, exc.detail)
+        reasons = "; ".join(f"{field}: {' '.join(why)}" for field, why in exc.fields.items())
+        messages.error(request, f"{exc.detail} {reasons}".strip())
     return redirect("domain-detail", domain_id=domain.pk)

@@ -9,6 +9,8 @@ from domains.models import Domain
 
 class DomainSerializer(serializers.ModelSerializer[Domain]):
     state_label = serializers.CharField(source="get_state_display", read_only=True)
+    # The list sorts by host name (?ordering=host): say it, not only the host's id.
+    host_name = serializers.CharField(source="host.name", read_only=True)
 
     class Meta:
         model = Domain
@@ -17,12 +19,14 @@ class DomainSerializer(serializers.ModelSerializer[Domain]):
             "uuid",
             "name",
             "host",
+            "host_name",
             "team",
             "vcpus",
             "memory_mib",
             "state",
             "state_label",
             "autostart",
+            "disks",
             "spec",
             "created_at",
             "updated_at",
@@ -31,26 +35,59 @@ class DomainSerializer(serializers.ModelSerializer[Domain]):
 
 
 class DiskInputSerializer(serializers.Serializer[Any]):
-    size_gib = serializers.FloatField()
+    size_gib = serializers.CharField(required=False, help_text="GiB, or a size such as '512 MiB'")
+    format = serializers.ChoiceField(choices=["qcow2", "raw"], required=False)
+    pool = serializers.CharField(required=False, help_text="a storage pool of the host (default: default)")
+    allocation = serializers.ChoiceField(choices=["sparse", "preallocated"], required=False)
+    bus = serializers.ChoiceField(choices=["virtio", "sata", "scsi", "ide", "xen"], required=False)
+    existing = serializers.CharField(required=False, help_text="use this volume as is")
+    backing = serializers.CharField(required=False, help_text="a new qcow2 disk on this base image")
+
+
+class NicInputSerializer(serializers.Serializer[Any]):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # `source` is also an attribute of every DRF field: declare it here, not as a class attribute.
+        self.fields["source"] = serializers.ChoiceField(choices=["network", "bridge"], required=False)
+
+    name = serializers.CharField(required=False, help_text="the virtual network or host bridge")
+    model = serializers.ChoiceField(
+        choices=["virtio", "e1000", "e1000e", "rtl8139", "netfront"], required=False
+    )
+    mac = serializers.CharField(required=False, help_text="generated when absent")
 
 
 class BootInputSerializer(serializers.Serializer[Any]):
+    kind = serializers.ChoiceField(choices=["iso", "cdrom", "url", "pxe", "kernel", "disk", "bootloader"])
     iso = serializers.CharField(required=False)
+    device = serializers.CharField(required=False, help_text="cdrom: the host's drive, e.g. /dev/sr0")
+    url = serializers.CharField(required=False, help_text="url: the installer tree")
     kernel = serializers.CharField(required=False)
     initrd = serializers.CharField(required=False)
     cmdline = serializers.CharField(required=False)
+    cloud_init = serializers.DictField(
+        required=False, help_text="disk: hostname, user, password, ssh_authorized_keys"
+    )
 
 
 class DomainCreateSerializer(serializers.Serializer[Any]):
-    """Documents the create body; the spec itself is validated by `agent.protocol.DomainSpec`."""
+    """Documents the create body; the spec itself is validated by `agent.protocol.DomainSpec`
+    and checked against the host by `domains.specs.build_spec`."""
 
     name = serializers.CharField()
-    host = serializers.IntegerField()
+    host = serializers.CharField(help_text='the id of a host, or "auto"')
     team = serializers.IntegerField(required=False, help_text="Defaults to your only team")
+    mode = serializers.ChoiceField(choices=["hvm", "pv", "pvh"], required=False)
+    os = serializers.CharField(required=False, help_text="an id of the OS catalog, e.g. debian12, win11")
     vcpus = serializers.IntegerField(required=False)
-    memory_mib = serializers.IntegerField(required=False)
+    memory_mib = serializers.CharField(required=False, help_text="MiB, or a size such as '2 GiB'")
     disks = DiskInputSerializer(many=True, required=False)
+    nics = NicInputSerializer(many=True, required=False)
     boot = BootInputSerializer()
+    graphics = serializers.BooleanField(required=False)
+    serial = serializers.BooleanField(required=False)
+    clock = serializers.ChoiceField(choices=["utc", "localtime"], required=False)
+    autostart = serializers.BooleanField(required=False)
     start = serializers.BooleanField(required=False, default=False)
 
 
@@ -66,3 +103,12 @@ class ConsoleTicketSerializer(serializers.Serializer[Any]):
 
 class AutostartSerializer(serializers.Serializer[Any]):
     enabled = serializers.BooleanField()
+
+
+class ResourcesSerializer(serializers.Serializer[Any]):
+    memory_mib = serializers.CharField(required=False, help_text="MiB, or a size such as '2 GiB'")
+    vcpus = serializers.IntegerField(required=False, min_value=1)
+
+
+class RenameSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=63)

@@ -4,9 +4,10 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -22,22 +23,89 @@ from domains.api.serializers import (
     ConsoleTicketSerializer,
     DomainCreateSerializer,
     DomainSerializer,
+    RenameSerializer,
+    ResourcesSerializer,
 )
 from domains.consoles import console_ticket_issue
 from domains.models import Domain
-from domains.selectors import domain_list
-from domains.services import domain_create, domain_delete, domain_power, domain_set_autostart
+from domains.placement import host_place
+from domains.selectors import ORDERING_CHOICES, domain_filter_parse, domain_list, domain_search
+from domains.services import (
+    domain_create,
+    domain_delete,
+    domain_power,
+    domain_rename,
+    domain_set_autostart,
+    domain_set_resources,
+)
+from domains.specs import parse_size_mib
 from hosts.selectors import host_list
+
+
+def _placed(request: Request, data: dict[str, Any]) -> int:
+    """The host chosen for `"host": "auto"`: most free memory among those that fit."""
+    memory = parse_size_mib(data.get("memory_mib", 256), default_unit="mib")
+    vcpus = data.get("vcpus", 1)
+    if not isinstance(memory, int | float) or not isinstance(vcpus, int):
+        raise InvalidInput("Invalid size.", fields={"memory_mib": ["must be a number of MiB or a size"]})
+    mode = data.get("mode", "hvm")
+    return host_place(user=request.user, memory_mib=int(memory), vcpus=vcpus, mode=str(mode)).pk
 
 
 def _accepted(job: Job, **extra: Any) -> Response:
     return Response({**extra, "job": JobSerializer(job).data}, status=status.HTTP_202_ACCEPTED)
 
 
+class DomainPagination(LimitOffsetPagination):
+    """?limit= (1 to 500, default 100; more is served as 500) and ?offset=; anything else that is
+    not a number is a 400 naming the parameter, rather than silently the first page."""
+
+    default_limit = 100
+    max_limit = 500
+
+    def _number(self, request: Request, name: str, *, least: int) -> int | None:
+        raw = request.query_params.get(name)
+        if raw is None or raw.strip() == "":
+            return None
+        raw = raw.strip()
+        if not raw.isascii() or not raw.isdigit() or int(raw) < least:
+            what = "a whole number from 1" if least else "a whole number from 0"
+            raise InvalidInput(f"Invalid {name}.", fields={name: [f"must be {what}, not {raw[:40]!r}"]})
+        return int(raw)
+
+    def get_limit(self, request: Request) -> int:
+        limit = self._number(request, self.limit_query_param, least=1)
+        return self.default_limit if limit is None else min(limit, self.max_limit)
+
+    def get_offset(self, request: Request) -> int:
+        return self._number(request, self.offset_query_param, least=0) or 0
+
+
+LIST_PARAMETERS = [
+    OpenApiParameter(
+        "ordering", str, enum=ORDERING_CHOICES, description="sort key, '-' for descending (default name)"
+    ),
+    OpenApiParameter("host", int, description="only domains on this host"),
+    OpenApiParameter("team", int, description="only domains of this team"),
+    OpenApiParameter("state", str, enum=[s.value for s in Domain.State]),
+    OpenApiParameter("q", str, description="only domains whose name contains this (any case)"),
+]
+
+
 class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
     serializer_class = DomainSerializer
+    pagination_class = DomainPagination
+
+    @extend_schema(parameters=LIST_PARAMETERS)
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """The domains you may see: filtered, sorted and paged by the database (what hostwatch
+        recorded; no host is asked)."""
+        return super().list(request, *args, **kwargs)
 
     def get_queryset(self) -> QuerySet[Domain]:
+        if self.action == "list":
+            filters = domain_filter_parse(self.request.query_params)
+            return domain_search(user=self.request.user, filters=filters)
         return domain_list(user=self.request.user)
 
     def _require(self, action_name: str, domain: Domain | None = None) -> None:
@@ -51,8 +119,10 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
         data = dict(request.data)
         host_id = data.pop("host", None)
         start = data.pop("start", False)
+        if host_id == "auto":
+            host_id = _placed(request, data)
         if not isinstance(host_id, int) or isinstance(host_id, bool):
-            raise InvalidInput("Missing host.", fields={"host": ["required: the id of a host"]})
+            raise InvalidInput("Missing host.", fields={"host": ['required: the id of a host, or "auto"']})
         host = host_list(user=request.user).filter(pk=host_id).first()
         if host is None:
             raise InvalidInput("Unknown host.", fields={"host": [f"no host with id {host_id}"]})
@@ -136,6 +206,35 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str | None = None) -> Response:
         return self._power(request, "resume")
+
+    @extend_schema(request=ResourcesSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def resources(self, request: Request, pk: str | None = None) -> Response:
+        """New memory and/or vCPUs: applied to the running guest where libvirt can, otherwise
+        from the next boot (the job's result says which)."""
+        domain = self.get_object()
+        body = request.data if isinstance(request.data, dict) else {}
+        unknown = set(body) - {"memory_mib", "vcpus"}
+        if unknown:
+            raise InvalidInput("Unknown fields.", fields={k: ["unknown field"] for k in sorted(unknown)})
+        job = domain_set_resources(
+            actor=request.user,
+            domain=domain,
+            memory_mib=body.get("memory_mib"),
+            vcpus=body.get("vcpus"),
+            origin=origin_of(request),
+        )
+        return _accepted(job)
+
+    @extend_schema(request=RenameSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def rename(self, request: Request, pk: str | None = None) -> Response:
+        """Rename a shut-off domain."""
+        domain = self.get_object()
+        name = request.data.get("name") if isinstance(request.data, dict) else None
+        return _accepted(
+            domain_rename(actor=request.user, domain=domain, name=name, origin=origin_of(request))
+        )
 
     @extend_schema(request=ConsoleTicketRequestSerializer, responses={201: ConsoleTicketSerializer})
     @action(detail=True, methods=["post"], url_path="console-tickets")

@@ -21,8 +21,52 @@
   const actions = document.getElementById("actions");
   if (actions) applyActions(actions.dataset.state);
 
+  // The overview shows one page of domains, filtered and sorted by the server. Events update the
+  // rows shown; a domain that is not shown but now belongs in this list (new, or entered the state
+  // filtered on) is counted in a notice with a reload link instead of being inserted, since where
+  // it belongs (which page, which position) is the database's to say.
+  const list = document.getElementById("domains");
+  const notice = document.getElementById("domains-notice");
+  const unseen = new Set(); // ids of domains that belong in this list and are not shown
+  let listChanged = false; // the snapshot after a reconnect differs from the rows shown
+
+  function showNotice() {
+    if (!notice) return;
+    const n = unseen.size;
+    const text = n ? n + " new domain" + (n === 1 ? "" : "s") + " in this list" : listChanged ? "This list has changed" : "";
+    notice.querySelector('[data-field="text"]').textContent = text + " —";
+    notice.hidden = !text;
+  }
+
+  function belongsInList(d) {
+    const f = list.dataset;
+    return (!f.host || String(d.host) === f.host) && (!f.team || String(d.team) === f.team) &&
+      (!f.state || d.state === f.state) && (!f.q || String(d.name).toLowerCase().includes(f.q.toLowerCase()));
+  }
+
+  function applyListed(d) {
+    const row = list.querySelector('[data-domain-row="' + d.id + '"]');
+    if (row) {
+      const vcpus = row.querySelector('[data-field="vcpus"]');
+      if (vcpus && d.vcpus !== undefined) vcpus.textContent = d.vcpus;
+      const memory = row.querySelector('[data-field="memory_mib"]');
+      if (memory && d.memory_mib !== undefined) memory.textContent = d.memory_mib + " MiB";
+    } else if ((d.id > Number(list.dataset.newest) || list.dataset.state) && belongsInList(d)) {
+      unseen.add(d.id);
+      showNotice();
+    } else if (unseen.delete(d.id)) {
+      showNotice(); // it left the state filtered on again
+    }
+  }
+
+  function forgetDomain(id) {
+    document.querySelectorAll('[data-domain-row="' + id + '"]').forEach((r) => r.remove());
+    if (unseen.delete(id)) showNotice();
+  }
+
   function applyDomain(d) {
     document.querySelectorAll('[data-domain-state="' + d.id + '"]').forEach((el) => setState(el, d.state, d.state_label));
+    if (list) applyListed(d);
     if (actions && actions.dataset.domain === String(d.id)) applyActions(d.state);
     const term = document.getElementById("terminal");
     if (term && String(d.id) === term.dataset.domain) {
@@ -56,7 +100,7 @@
     const cancel = row.querySelector('[data-field="cancel"]');
     if (cancel) {
       cancel.replaceChildren();
-      if (j.status === "queued") {
+      if (j.cancellable) {  // queued, or running and able to stop half-way
         const button = document.createElement("button");
         Object.assign(button, { type: "button", className: "small", textContent: "Cancel" });
         button.dataset.cancel = j.id;
@@ -65,7 +109,8 @@
     }
   }
 
-  // A job that has not started can be cancelled (the server refuses one that has, and says so).
+  // A queued job can be cancelled, and a running one whose kind can stop half-way (the server
+  // refuses the others, and says why).
   document.addEventListener("click", async (e) => {
     const button = e.target.closest("button[data-cancel]");
     if (!button) return;
@@ -87,14 +132,31 @@
 
   async function resync() {
     const get = (url) => fetch(url, { credentials: "same-origin" }).then((r) => (r.ok ? r.json() : null));
-    const [domains, hosts, jobs] = await Promise.all([
-      get("/api/v1/domains/?limit=1000"), get("/api/v1/hosts/?limit=1000"), get("/api/v1/jobs/?limit=20"),
+    // Domains: the overview's page again (same filters, order, offset and size), and any other
+    // domain the page shows (a detail page's) one by one; never the whole fleet.
+    const others = [...new Set([...document.querySelectorAll("[data-domain-state]")]
+      .filter((el) => !list || !list.contains(el)).map((el) => el.dataset.domainState))];
+    const [listed, hosts, jobs, ...single] = await Promise.all([
+      list ? get("/api/v1/domains/?" + list.dataset.query) : null,
+      get("/api/v1/hosts/?limit=1000"), get("/api/v1/jobs/?limit=20"),
+      ...others.map((id) => get("/api/v1/domains/" + encodeURIComponent(id) + "/")),
     ]);
-    if (domains) {
-      const ids = new Set(domains.results.map((d) => String(d.id)));
-      document.querySelectorAll("[data-domain-row]").forEach((row) => { if (!ids.has(row.dataset.domainRow)) row.remove(); });
-      domains.results.forEach(applyDomain);
+    if (listed) {
+      const ids = new Set(listed.results.map((d) => String(d.id)));
+      let shown = [...list.querySelectorAll("[data-domain-row]")].map((row) => row.dataset.domainRow);
+      // A row the page no longer lists may just have moved to another page, or be gone (deleted
+      // before this socket was open, its event missed): ask, and drop the ones that are gone.
+      const missing = shown.filter((id) => !ids.has(id));
+      const gone = await Promise.all(missing.map((id) =>
+        fetch("/api/v1/domains/" + encodeURIComponent(id) + "/", { credentials: "same-origin" })
+          .then((r) => r.status === 404).catch(() => false)));
+      missing.forEach((id, i) => { if (gone[i]) forgetDomain(Number(id)); });
+      shown = shown.filter((id) => !(missing.includes(id) && gone[missing.indexOf(id)]));
+      listChanged = listChanged || shown.some((id) => !ids.has(id)) || listed.results.length !== shown.length;
+      listed.results.forEach((d) => { if (shown.includes(String(d.id))) applyDomain(d); });
+      showNotice();
     }
+    single.forEach((d) => { if (d) applyDomain(d); });
     if (hosts) hosts.results.forEach(applyHost);
     if (jobs) {
       // Update the rows shown; add only jobs newer than the newest shown, oldest first.
@@ -141,7 +203,7 @@
     ws.onmessage = (msg) => {
       const ev = JSON.parse(msg.data);
       if (ev.type === "domain.state") applyDomain(ev.domain);
-      else if (ev.type === "domain.deleted") document.querySelectorAll('[data-domain-row="' + ev.domain.id + '"]').forEach((r) => r.remove());
+      else if (ev.type === "domain.deleted") forgetDomain(ev.domain.id);
       else if (ev.type === "job.updated") applyJob(ev.job);
       else if (ev.type === "host.state") applyHost(ev.host);
     };
