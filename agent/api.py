@@ -17,7 +17,16 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from agent import __version__
 from agent.errors import AgentProblem, Conflict, InvalidSpec, NotFound, Unauthorized
 from agent.identity import AgentIdentity, ConsoleKeys
-from agent.protocol import DomainInfo, DomainSpec, PairRequest, PairResult, Problem, RotateRequest
+from agent.protocol import (
+    DomainInfo,
+    DomainSpec,
+    PairRequest,
+    PairResult,
+    Problem,
+    RenameRequest,
+    ResourcesRequest,
+    RotateRequest,
+)
 from agent.runtime import AgentRuntime
 
 log = logging.getLogger("agent.http")
@@ -27,7 +36,7 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({("GET", "/v1/health"), ("POST", "/v1/pair")})
 DOMAIN_LIST = TypeAdapter(list[DomainInfo])
-CONSOLE_ID = "domus.console_id"  # request key: which paired console is calling
+CONSOLE_ID = web.RequestKey("console_id", str)  # which paired console is calling
 
 
 def problem_response(status: int, code: str, detail: str) -> web.Response:
@@ -213,6 +222,16 @@ async def autostart_domain(request: web.Request) -> web.Response:
     return model_response(await request.app[RUNTIME].domains.set_autostart(_uuid(request), enabled))
 
 
+async def domain_resources(request: web.Request) -> web.Response:
+    body = await _model_body(request, ResourcesRequest)
+    return model_response(await request.app[RUNTIME].domains.set_resources(_uuid(request), body))
+
+
+async def rename_domain(request: web.Request) -> web.Response:
+    body = await _model_body(request, RenameRequest)
+    return model_response(await request.app[RUNTIME].domains.rename(_uuid(request), body.name))
+
+
 async def destroy_domain(request: web.Request) -> web.Response:
     return model_response(await request.app[RUNTIME].domains.destroy(_uuid(request)))
 
@@ -240,3 +259,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/domains/{uuid}/resume", resume_domain)
     app.router.add_post("/v1/domains/{uuid}/reboot", reboot_domain)
     app.router.add_post("/v1/domains/{uuid}/autostart", autostart_domain)
+    app.router.add_post("/v1/domains/{uuid}/resources", domain_resources)
+    app.router.add_post("/v1/domains/{uuid}/rename", rename_domain)

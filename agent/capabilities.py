@@ -8,6 +8,7 @@ blocking libvirt calls around it; callers run them off the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -235,6 +236,8 @@ _IMAGE_SUFFIXES = (".qcow2", ".img", ".raw")
 def _offered_volumes(pool: libvirt.virStoragePool, path: str) -> list[VolumeInfo]:
     """ISOs and disk images by name: one call per pool (a volume's path in a dir or LVM pool is
     the pool's path plus its name), not one per volume."""
+    with contextlib.suppress(libvirt.libvirtError):  # e.g. busy creating a volume: list what it knows
+        pool.refresh(0)  # files copied in by hand (an ISO) appear only after a refresh
     try:
         names = sorted(pool.listVolumes())
     except libvirt.libvirtError as err:

@@ -30,6 +30,8 @@ from agent.protocol import (
     PairRequest,
     PairResult,
     Problem,
+    ResourcesRequest,
+    ResourcesResult,
     RotateRequest,
     format_fingerprint,
 )
@@ -113,11 +115,29 @@ async def fetch_fingerprint(url: str, *, timeout: float = 10.0) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 class AgentClient:
-    def __init__(self, base_url: str, secret: str, *, timeout: float = 120.0, fingerprint: str = "") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        secret: str,
+        *,
+        timeout: float = 120.0,
+        fingerprint: str = "",
+        idempotency_key: str = "",
+    ) -> None:
         """`fingerprint` pins the agent's certificate (sha256, lowercase hex): any other
-        certificate is refused before a byte of the request is sent."""
+        certificate is refused before a byte of the request is sent.
+
+        `idempotency_key` (e.g. "job-42") makes every mutating call carry the header
+        `Idempotency-Key: <idempotency_key>:<METHOD> <path>`: the same call made again under the
+        same prefix (a job retried after its worker died) is answered by the agent from memory
+        instead of being done twice (agent/idempotency.py). A caller that must repeat one call
+        on purpose uses another prefix."""
         self.base_url = base_url.rstrip("/")
+        self.idempotency_key = idempotency_key
         self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -169,6 +189,11 @@ class AgentClient:
         return AgentUnreachable(0, "unreachable", f"agent at {self.base_url} is unreachable: {why}")
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        if self.idempotency_key and method in _MUTATING:
+            kwargs["headers"] = {
+                **kwargs.get("headers", {}),
+                "Idempotency-Key": f"{self.idempotency_key}:{method} {path}",
+            }
         try:
             async with self.session.request(method, self.base_url + path, **kwargs) as resp:
                 text = await resp.text()
@@ -239,6 +264,15 @@ class AgentClient:
     async def set_autostart(self, domain_uuid: uuid_mod.UUID, enabled: bool) -> DomainInfo:
         params = {"enabled": "true" if enabled else "false"}
         return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/autostart", params=params)
+
+    async def set_resources(
+        self, domain_uuid: uuid_mod.UUID, *, memory_mib: int | None = None, vcpus: int | None = None
+    ) -> ResourcesResult:
+        body = ResourcesRequest(memory_mib=memory_mib, vcpus=vcpus).model_dump(exclude_none=True)
+        return await self._model(ResourcesResult, "POST", f"/v1/domains/{domain_uuid}/resources", json=body)
+
+    async def rename(self, domain_uuid: uuid_mod.UUID, name: str) -> DomainInfo:
+        return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/rename", json={"name": name})
 
     async def reboot(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/reboot")

@@ -13,6 +13,7 @@ import os
 import threading
 import uuid as uuid_mod
 from dataclasses import dataclass, field
+from typing import Literal
 
 import libvirt
 from lxml import etree
@@ -29,7 +30,16 @@ from agent.domxml import (
 )
 from agent.errors import Conflict, NotFound
 from agent.events import STATE_NAMES
-from agent.protocol import DeleteResult, DiskInfo, DomainEvent, DomainInfo, DomainSpec, NetworkInstall
+from agent.protocol import (
+    DeleteResult,
+    DiskInfo,
+    DomainEvent,
+    DomainInfo,
+    DomainSpec,
+    NetworkInstall,
+    ResourcesRequest,
+    ResourcesResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,10 @@ _UNDEFINE_FLAGS = (
     | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
 )
 _MEMORY_UNITS = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "m": 1024, "mib": 1024}
+
+
+Notes = list[str]  # (inside DomainService, `list` is its method)
+Applied = Literal["now", "next boot"]
 
 
 @dataclass(frozen=True)
@@ -319,11 +333,100 @@ class DomainService:
         if not dom.isPersistent():
             raise Conflict(f"{dom.name()} is transient: only a defined domain can start with the host")
         dom.setAutostart(1 if enabled else 0)
-        # No lifecycle event says so: forget the cached facts of this one domain ourselves.
+        self._forget_cached(dom)
+        return self._info_now(dom)
+
+    def _forget_cached(self, dom: libvirt.virDomain) -> None:
+        """Changes no lifecycle event reports (autostart, resources, rename): forget this one."""
         with self._lock:
             self._generation += 1
             self._cache.pop(dom.UUIDString(), None)
+
+    def _resources_sync(
+        self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, request: ResourcesRequest
+    ) -> ResourcesResult:
+        dom = self._lookup(conn, domain_uuid)
+        active = bool(dom.isActive())
+        result = ResourcesResult(domain=self._info_now(dom))
+        notes: Notes = []
+        if request.vcpus is not None:
+            result.vcpus = self._set_vcpus(dom, request.vcpus, active, notes)
+        if request.memory_mib is not None:
+            result.memory = self._set_memory(dom, request.memory_mib * 1024, active, notes)
+        self._forget_cached(dom)
+        result.domain = self._info_now(dom)
+        result.detail = "; ".join(notes)
+        log.info("resources of %s: vcpus %s, memory %s", dom.name(), result.vcpus, result.memory)
+        return result
+
+    @staticmethod
+    def _set_vcpus(dom: libvirt.virDomain, count: int, active: bool, notes: Notes) -> Applied:
+        config = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if count > dom.vcpusFlags(config | libvirt.VIR_DOMAIN_VCPU_MAXIMUM):
+            dom.setVcpusFlags(count, config | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+        dom.setVcpusFlags(count, config)
+        if not active:
+            return "next boot"
+        live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+        if count > dom.vcpusFlags(live | libvirt.VIR_DOMAIN_VCPU_MAXIMUM):
+            notes.append(f"{count} vCPUs is above the running guest's maximum: from the next boot")
+            return "next boot"
+        try:
+            dom.setVcpusFlags(count, live)
+        except libvirt.libvirtError as err:
+            notes.append(
+                f"the running guest refused the vCPU change ({err.get_error_message()}): from the next boot"
+            )
+            return "next boot"
+        return "now"
+
+    @staticmethod
+    def _set_memory(dom: libvirt.virDomain, kib: int, active: bool, notes: Notes) -> Applied:
+        config = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        dom.setMemoryFlags(kib, config | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
+        dom.setMemoryFlags(kib, config)
+        if not active:
+            return "next boot"
+        if kib > dom.maxMemory():
+            notes.append("more memory than the running guest started with: from the next boot")
+            return "next boot"
+        try:
+            dom.setMemoryFlags(kib, libvirt.VIR_DOMAIN_AFFECT_LIVE)  # the balloon driver
+        except libvirt.libvirtError as err:
+            notes.append(
+                f"the running guest refused the memory change ({err.get_error_message()}): from the next boot"
+            )
+            return "next boot"
+        return "now"
+
+    async def set_resources(self, domain_uuid: uuid_mod.UUID, request: ResourcesRequest) -> ResourcesResult:
+        return await self._conn.call(
+            lambda c: self._resources_sync(c, domain_uuid, request), what="changing memory and vCPUs"
+        )
+
+    def _rename_sync(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, name: str) -> DomainInfo:
+        dom = self._lookup(conn, domain_uuid)
+        if dom.name() == name:  # a retried request
+            return self._info_now(dom)
+        if dom.isActive():
+            raise Conflict(f"{dom.name()} is running: shut it off to rename it")
+        try:
+            other = conn.lookupByName(name)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+        else:
+            raise Conflict(f"name: {name!r} is already used by domain {other.UUIDString()}")
+        old = dom.name()
+        dom.rename(name, 0)
+        self._forget_cached(dom)
+        log.info("renamed %s (%s) to %s", old, domain_uuid, name)
         return self._info_now(dom)
+
+    async def rename(self, domain_uuid: uuid_mod.UUID, name: str) -> DomainInfo:
+        return await self._conn.call(
+            lambda c: self._rename_sync(c, domain_uuid, name), what="renaming domain"
+        )
 
     async def set_autostart(self, domain_uuid: uuid_mod.UUID, enabled: bool) -> DomainInfo:
         return await self._conn.call(

@@ -148,13 +148,7 @@ def _render_os(root: etree._Element, spec: DomainSpec, boot: ResolvedBoot, *, xe
         _sub(os_el, "type", "hvm", arch=arch)
     kind = spec.boot.kind
     if kind == "kernel":
-        if boot.kernel is None:
-            raise ValueError("kernel boot needs a resolved kernel path")
-        _sub(os_el, "kernel", boot.kernel)
-        if boot.initrd is not None:
-            _sub(os_el, "initrd", boot.initrd)
-        if boot.cmdline:
-            _sub(os_el, "cmdline", boot.cmdline)
+        _kernel_boot(os_el, boot)
         return
     if spec.mode != "hvm":  # PV with a bootloader: no firmware, no boot order
         return
@@ -165,6 +159,17 @@ def _render_os(root: etree._Element, spec: DomainSpec, boot: ResolvedBoot, *, xe
         order.append("network")  # diskless, or a disk with nothing to boot yet
     for dev in order or ["hd"]:
         _sub(os_el, "boot", dev=dev)
+
+
+def _kernel_boot(os_el: etree._Element, boot: ResolvedBoot) -> None:
+    """Direct kernel boot (a kernel in a pool, or a network install's fetched installer)."""
+    if boot.kernel is None:
+        raise ValueError("kernel boot needs a resolved kernel path")
+    _sub(os_el, "kernel", boot.kernel)
+    if boot.initrd is not None:
+        _sub(os_el, "initrd", boot.initrd)
+    if boot.cmdline:
+        _sub(os_el, "cmdline", boot.cmdline)
 
 
 def _render_devices(
@@ -324,13 +329,7 @@ def install_xml(xml: str, spec: DomainSpec, boot: ResolvedBoot) -> str:
             os_el.remove(el)
     kind = spec.boot.kind
     if kind == "url":
-        if boot.kernel is None:
-            raise ValueError("a network install needs its fetched kernel")
-        _sub(os_el, "kernel", boot.kernel)
-        if boot.initrd is not None:
-            _sub(os_el, "initrd", boot.initrd)
-        if boot.cmdline:
-            _sub(os_el, "cmdline", boot.cmdline)
+        _kernel_boot(os_el, boot)
     elif kind in ("iso", "cdrom", "pxe"):
         _sub(os_el, "boot", dev="network" if kind == "pxe" else "cdrom")
         _sub(os_el, "boot", dev="hd")

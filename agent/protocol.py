@@ -21,6 +21,7 @@ API_VERSION = "v1"
 
 # Names end up in libvirt names and volume file names: keep them boring.
 DOMAIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RULE = "must be 1-63 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 DomainState = Literal[
     "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended"
@@ -218,9 +219,7 @@ class DomainSpec(_Strict):
     @classmethod
     def _name_is_safe(cls, value: str) -> str:
         if not DOMAIN_NAME_RE.match(value):
-            raise ValueError(
-                "must be 1-63 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
-            )
+            raise ValueError(NAME_RULE)
         return value
 
     @field_validator("boot", mode="before")
@@ -358,6 +357,34 @@ class DomainInfo(BaseModel):
     persistent: bool = True
     autostart: bool = False  # started with the host (persistent domains only)
     disks: list[DiskInfo] = []
+
+
+class ResourcesRequest(_Strict):
+    """New memory and/or vCPUs for a domain (what is not given is left as it is)."""
+
+    memory_mib: Annotated[int | None, Field(ge=16, le=16 * 1024 * 1024)] = None
+    vcpus: Annotated[int | None, Field(ge=1, le=4096)] = None
+
+
+class ResourcesResult(BaseModel):
+    """The domain after an edit, and when each change takes effect: now (applied to the running
+    guest as well) or at the next boot (the guest cannot take it live)."""
+
+    domain: DomainInfo
+    memory: Literal["now", "next boot", "unchanged"] = "unchanged"
+    vcpus: Literal["now", "next boot", "unchanged"] = "unchanged"
+    detail: str = ""
+
+
+class RenameRequest(_Strict):
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_safe(cls, value: str) -> str:
+        if not DOMAIN_NAME_RE.match(value):
+            raise ValueError(NAME_RULE)
+        return value
 
 
 class DeleteResult(BaseModel):

@@ -10,8 +10,8 @@ from typing import Any
 from django.conf import settings
 
 from agent.client import AgentClient, AgentNotFound
-from agent.protocol import DomainInfo, DomainSpec
-from console.jobs.runner import JobContext, JobFailed, job_handler
+from agent.protocol import DomainInfo, DomainSpec, ResourcesResult
+from console.jobs.runner import JobCancelled, JobContext, JobFailed, job_handler
 from domains.models import Domain
 from domains.services import domain_forget, domain_observe
 from hosts.agent import run_agent
@@ -41,7 +41,7 @@ def domain_create_job(ctx: JobContext) -> dict[str, Any]:
     async def define(client: AgentClient) -> DomainInfo:
         return await client.define(spec)
 
-    info = run_agent(domain.host, define)
+    info = run_agent(domain.host, define, job_id=ctx.job.pk)
     _observe(domain, info)
     ctx.progress(70 if ctx.params.get("start") else 90, f"Defined {domain.name}")
     if ctx.params.get("start"):
@@ -55,7 +55,7 @@ def _start(ctx: JobContext, domain: Domain) -> None:
     async def start(client: AgentClient) -> DomainInfo:
         return await client.start(domain.uuid)
 
-    _observe(domain, run_agent(domain.host, start))
+    _observe(domain, run_agent(domain.host, start, job_id=ctx.job.pk))
 
 
 @job_handler("domain.start", permission="domain.power")
@@ -71,7 +71,7 @@ def _simple(ctx: JobContext, verb: str, call: Callable[[AgentClient, Domain], Aw
     async def conversation(client: AgentClient) -> DomainInfo:
         return await call(client, domain)
 
-    _observe(domain, run_agent(domain.host, conversation))
+    _observe(domain, run_agent(domain.host, conversation, job_id=ctx.job.pk))
 
 
 @job_handler("domain.force_off", permission="domain.power")
@@ -101,7 +101,7 @@ def domain_autostart_job(ctx: JobContext) -> None:
     _simple(ctx, verb, lambda client, domain: client.set_autostart(domain.uuid, enabled))
 
 
-@job_handler("domain.shutdown", permission="domain.power")
+@job_handler("domain.shutdown", permission="domain.power", cancellable=True)
 def domain_shutdown_job(ctx: JobContext) -> None:
     domain = _domain(ctx)
     timeout = settings.DOMUS_SHUTDOWN_TIMEOUT_SECONDS
@@ -111,12 +111,19 @@ def domain_shutdown_job(ctx: JobContext) -> None:
         info = await client.shutdown(domain.uuid)
         deadline = time.monotonic() + timeout
         while info.state not in ("shutoff", "crashed") and time.monotonic() < deadline:
+            if ctx.cancel_requested():
+                break
             await asyncio.sleep(1.0)
             info = await client.get_domain(domain.uuid)
         return info
 
-    info = run_agent(domain.host, request_and_wait)
+    info = run_agent(domain.host, request_and_wait, job_id=ctx.job.pk)
     _observe(domain, info)
+    if info.state not in ("shutoff", "crashed") and ctx.cancel_requested():
+        raise JobCancelled(
+            f"Stopped waiting for {domain.name} to power off. The ACPI shutdown request was already "
+            "sent, so the guest may still power off on its own; use Force off to stop it now."
+        )
     if info.state not in ("shutoff", "crashed"):
         raise JobFailed(
             f"{domain.name} did not power off within {timeout:.0f} s: the guest ignored the ACPI "
@@ -145,7 +152,7 @@ def domain_delete_job(ctx: JobContext) -> dict[str, Any]:
             }
         return result.model_dump(mode="json")
 
-    result = run_agent(domain.host, delete)
+    result = run_agent(domain.host, delete, job_id=ctx.job.pk)
     for volume in result.get("deleted_volumes", []):
         ctx.log(f"Deleted volume {volume}")
     for volume in result.get("kept_volumes", []):
@@ -153,3 +160,41 @@ def domain_delete_job(ctx: JobContext) -> dict[str, Any]:
     domain_forget(domain=domain)
     ctx.job.domain = None  # the row is gone; the job keeps target_name
     return result
+
+
+@job_handler("domain.resources", permission="domain.edit")
+def domain_resources_job(ctx: JobContext) -> dict[str, Any]:
+    domain = _domain(ctx)
+    memory_mib, vcpus = ctx.params.get("memory_mib"), ctx.params.get("vcpus")
+    wanted = ", ".join(
+        part
+        for part in (f"{memory_mib} MiB" if memory_mib else "", f"{vcpus} vCPUs" if vcpus else "")
+        if part
+    )
+    ctx.progress(20, f"Setting {domain.name} to {wanted}")
+
+    async def resize(client: AgentClient) -> ResourcesResult:
+        return await client.set_resources(domain.uuid, memory_mib=memory_mib, vcpus=vcpus)
+
+    result = run_agent(domain.host, resize, job_id=ctx.job.pk)
+    _observe(domain, result.domain)
+    for what, when in (("Memory", result.memory), ("vCPUs", result.vcpus)):
+        if when != "unchanged":
+            ctx.log(f"{what}: applied {'to the running guest' if when == 'now' else 'from the next boot'}")
+    if result.detail:
+        ctx.log(result.detail)
+    return {"memory": result.memory, "vcpus": result.vcpus, "detail": result.detail}
+
+
+@job_handler("domain.rename", permission="domain.edit")
+def domain_rename_job(ctx: JobContext) -> dict[str, Any]:
+    domain = _domain(ctx)
+    name = str(ctx.params["name"])
+    ctx.progress(20, f"Renaming {domain.name} to {name}")
+
+    async def rename(client: AgentClient) -> DomainInfo:
+        return await client.rename(domain.uuid, name)
+
+    info = run_agent(domain.host, rename, job_id=ctx.job.pk)
+    _observe(domain, info)
+    return {"name": info.name}

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from agent.protocol import DomainInfo
+from agent.protocol import DOMAIN_NAME_RE, NAME_RULE, DomainInfo
 from console.access.models import Team
 from console.access.policy import explain, has_perm, has_site_perm, restrict
 from console.access.quotas import quota_check
@@ -15,7 +15,7 @@ from console.jobs.services import job_enqueue
 from console.realtime.events import publish_on_commit
 from domains.events import domain_deleted_event, domain_event
 from domains.models import Domain
-from domains.specs import build_spec
+from domains.specs import build_spec, host_facts, parse_size_mib
 from hosts.models import Host
 
 POWER_ACTIONS = {
@@ -148,6 +148,91 @@ def domain_set_autostart(*, actor: Any, domain: Domain, enabled: bool, origin: O
 
 
 @transaction.atomic
+def domain_set_resources(
+    *,
+    actor: Any,
+    domain: Domain,
+    memory_mib: Any = None,
+    vcpus: Any = None,
+    origin: Origin | None = None,
+) -> Job:
+    """New memory and/or vCPUs, checked against the host and the team's quota. The job applies
+    them to the running guest where it can, otherwise from the next boot, and says which."""
+    _require(actor, "domain.edit", domain)
+    if domain.state in (Domain.State.NEW, Domain.State.MISSING):
+        raise Conflict(f"{domain.name} is {domain.get_state_display().lower()}: it has nothing to change.")
+    errors: dict[str, list[str]] = {}
+    memory = _positive(parse_size_mib(memory_mib, default_unit="mib"), "memory_mib", 16, errors)
+    count = _positive(vcpus, "vcpus", 1, errors)
+    if memory is None and count is None and not errors:
+        errors["non_field_errors"] = ["give memory_mib, vcpus or both"]
+    facts = host_facts(domain.host)
+    if facts is not None:
+        if memory is not None and facts.memory_mib and memory > facts.memory_mib:
+            errors.setdefault("memory_mib", []).append(
+                f"at most {facts.memory_mib} MiB: the memory of {domain.host}"
+            )
+        if count is not None and facts.cpus and count > facts.cpus:
+            errors.setdefault("vcpus", []).append(
+                f"at most {facts.cpus}: {domain.host} has {facts.cpus} CPUs"
+            )
+    if errors:
+        raise InvalidInput("Invalid resources.", fields=errors)
+    if domain.team is not None:
+        Team.objects.select_for_update().filter(pk=domain.team.pk).first()
+        quota_check(
+            domain.team,
+            vcpus=max(0, (count or domain.vcpus) - domain.vcpus),
+            memory_mib=max(0, (memory or domain.memory_mib) - domain.memory_mib),
+            disk_gib=0,
+        )
+    params = {k: v for k, v in (("memory_mib", memory), ("vcpus", count)) if v is not None}
+    job = job_enqueue(kind="domain.resources", actor=actor, host=domain.host, domain=domain, params=params)
+    audit_record(
+        action="domain.resources", actor=actor, origin=origin, obj=domain, changes={**params, "job": job.pk}
+    )
+    return job
+
+
+def _positive(value: Any, field: str, minimum: int, errors: dict[str, list[str]]) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        errors[field] = [
+            "must be a whole number" + (" of MiB, or a size such as '2 GiB'" if field == "memory_mib" else "")
+        ]
+        return None
+    if value < minimum or value > 16 * 1024 * 1024:
+        errors[field] = [f"must be between {minimum} and {16 * 1024 * 1024}"]
+        return None
+    return int(value)
+
+
+@transaction.atomic
+def domain_rename(*, actor: Any, domain: Domain, name: Any, origin: Origin | None = None) -> Job:
+    """Rename a shut-off domain (libvirt cannot rename a running one)."""
+    _require(actor, "domain.edit", domain)
+    if not isinstance(name, str) or not DOMAIN_NAME_RE.match(name):
+        raise InvalidInput(
+            "Invalid name.",
+            fields={"name": [NAME_RULE]},
+        )
+    if domain.state != Domain.State.SHUTOFF:
+        raise Conflict(f"{domain.name} is {domain.get_state_display().lower()}: shut it off to rename it.")
+    if Domain.objects.filter(host=domain.host, name=name).exclude(pk=domain.pk).exists():
+        raise InvalidInput(
+            "Name already used.",
+            fields={"name": [f"a domain named {name!r} already exists on host {domain.host}"]},
+        )
+    job = job_enqueue(
+        kind="domain.rename", actor=actor, host=domain.host, domain=domain, params={"name": name}
+    )
+    changes = {"from": domain.name, "to": name, "job": job.pk}
+    audit_record(action="domain.rename", actor=actor, origin=origin, obj=domain, changes=changes)
+    return job
+
+
+@transaction.atomic
 def domain_delete(*, actor: Any, domain: Domain, delete_disks: bool, origin: Origin | None = None) -> Job:
     _require(actor, "domain.delete", domain)
     job = job_enqueue(
@@ -163,11 +248,13 @@ def domain_delete(*, actor: Any, domain: Domain, delete_disks: bool, origin: Ori
 
 
 # What the console copies from an agent's report onto a domain's row (both have these names).
-OBSERVED_FIELDS = ("state", "vcpus", "memory_mib", "autostart")
+OBSERVED_FIELDS = ("state", "vcpus", "memory_mib", "autostart", "disks")
 
 
 def observed(info: DomainInfo) -> dict[str, Any]:
-    return {field: getattr(info, field) for field in OBSERVED_FIELDS}
+    values = {field: getattr(info, field) for field in OBSERVED_FIELDS}
+    values["disks"] = [disk.model_dump(mode="json") for disk in info.disks]
+    return values
 
 
 def _discovered_row(host: Host, info: DomainInfo, name: str) -> Domain:
@@ -189,12 +276,22 @@ def domain_observe(*, host: Host, info: DomainInfo) -> Domain:
         publish_on_commit(domain_event(domain))
         return domain
     new = observed(info)
+    if info.name != domain.name and _may_take_name(domain, info):
+        new["name"] = info.name  # renamed on the host (by Domus or behind its back)
     if any(getattr(domain, k) != v for k, v in new.items()):
         for key, value in new.items():
             setattr(domain, key, value)
         domain.save(update_fields=[*new, "updated_at"])
         publish_on_commit(domain_event(domain))
     return domain
+
+
+def _may_take_name(domain: Domain, info: DomainInfo) -> bool:
+    """Whether the row may follow the host's name: not when the row's name was made unique on
+    purpose (a discovered domain whose name another row had), nor onto another row's name."""
+    if domain.name == f"{info.name}-{str(info.uuid)[:8]}":
+        return False
+    return not Domain.objects.filter(host_id=domain.host_id, name=info.name).exclude(pk=domain.pk).exists()
 
 
 @transaction.atomic

@@ -27,7 +27,7 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 from pydantic import TypeAdapter, ValidationError
 
-from agent.client import AgentClient, AgentError, AgentIdentityChanged
+from agent.client import AgentClient, AgentError, AgentIdentityChanged, AgentNotFound
 from agent.protocol import AgentEvent, DomainEvent, DomainInfo, HeartbeatEvent, InventoryEvent, StatsEvent
 from domains.models import Domain
 from domains.services import OBSERVED_FIELDS, domain_observe, domain_vanished, domains_discovered, observed
@@ -79,6 +79,12 @@ def _reconcile(host_id: int, event: InventoryEvent) -> None:
         domain_vanished(domain_id=domain_id)
 
 
+def _domain_defined(host_id: int, info: DomainInfo) -> None:
+    host = Host.objects.filter(pk=host_id).first()
+    if host is not None:
+        domain_observe(host=host, info=info)
+
+
 def _domain_changed(host_id: int, event: DomainEvent) -> None:
     host = Host.objects.filter(pk=host_id).first()
     if host is None:
@@ -94,7 +100,8 @@ def _domain_changed(host_id: int, event: DomainEvent) -> None:
         state=event.state,
         vcpus=known.vcpus if known else 1,
         memory_mib=known.memory_mib if known else 0,
-        autostart=known.autostart if known else False,  # lifecycle events do not carry it
+        autostart=known.autostart if known else False,  # lifecycle events do not carry these
+        disks=known.disks if known else [],
     )
     domain_observe(host=host, info=info)
 
@@ -207,14 +214,22 @@ class HostWatch:
                     logger.warning("host %s sent an unreadable event: %.200s", key.name, msg.data)
                     continue
                 try:
-                    await self._apply(key, event)
+                    await self._apply(key, event, client)
                 except DatabaseError:  # one event lost is better than the whole stream
                     logger.exception("host %s: cannot record %s", key.name, type(event).__name__)
 
-    async def _apply(self, key: HostKey, event: object) -> None:
+    async def _apply(self, key: HostKey, event: object, client: AgentClient) -> None:
         if isinstance(event, InventoryEvent):
             logger.info("host %s online: %d domains", key.name, len(event.domains))
             await db(_reconcile)(key.id, event)
+        elif isinstance(event, DomainEvent) and event.event == "defined" and event.state is not None:
+            # A new or changed definition (perhaps made behind Domus's back): the event carries
+            # no vCPUs, memory or disks, so read the domain once (rare, unlike state changes).
+            try:
+                info = await client.get_domain(event.uuid)
+            except AgentNotFound:  # undefined again meanwhile: its own event follows
+                return
+            await db(_domain_defined)(key.id, info)
         elif isinstance(event, DomainEvent):
             await db(_domain_changed)(key.id, event)
         elif isinstance(event, StatsEvent):

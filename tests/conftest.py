@@ -88,6 +88,26 @@ def api(user: Any) -> APIClient:
     return client
 
 
+def host_facts(**overrides: Any) -> dict[str, Any]:
+    """What an emulating (TCG) host with 4 CPUs and 8 GiB reports, as its agent would."""
+    return {
+        "hostname": "x",
+        "uri": "qemu:///system",
+        "hypervisor": "qemu",
+        "accel": "tcg",
+        "arch": "x86_64",
+        "hvm_hardware_assisted": False,
+        "kvm_usable": False,
+        "cpus": 4,
+        "memory_mib": 8192,
+        "free_memory_mib": 4000,
+        "libvirt_version": "9",
+        "agent_version": "1",
+        "default_pool_path": "/var/lib/libvirt/images",
+        **overrides,
+    }
+
+
 @pytest.fixture
 def host(db: None) -> Host:
     return Host.objects.create(

@@ -225,7 +225,9 @@ async def test_boot_paths_are_confined(
         {"kind": "iso", "iso": "../outside"},
     ],
 )
-async def test_dotdot_paths_are_refused_before_any_lookup(test_agent: RunningAgent, boot: dict[str, str]) -> None:
+async def test_dotdot_paths_are_refused_before_any_lookup(
+    test_agent: RunningAgent, boot: dict[str, str]
+) -> None:
     body = kernel_spec("escape").model_dump(mode="json") | {"boot": boot}
     headers = {"Authorization": f"Bearer {test_agent.secret}"}
     status, problem = await raw(test_agent, "POST", "/v1/domains", json=body, headers=headers)
@@ -336,3 +338,34 @@ async def test_autostart(client: AgentClient) -> None:
         assert (await client.set_autostart(spec.uuid, False)).autostart is False
     finally:
         await client.delete(spec.uuid, delete_disks=True)
+
+
+async def test_resources_apply_at_next_boot_when_off_and_now_when_possible(client: AgentClient) -> None:
+    spec = kernel_spec("resize")
+    await client.define(spec)
+    off = await client.set_resources(spec.uuid, memory_mib=128, vcpus=2)
+    assert (off.memory, off.vcpus) == ("next boot", "next boot")
+    assert (off.domain.memory_mib, off.domain.vcpus) == (128, 2)
+    await client.start(spec.uuid)
+    fewer = await client.set_resources(spec.uuid, vcpus=1)
+    assert fewer.vcpus == "now" and fewer.memory == "unchanged" and fewer.domain.vcpus == 1
+    more = await client.set_resources(spec.uuid, memory_mib=4096)
+    assert more.memory == "next boot" and "next boot" in more.detail  # above what it started with
+    await client.delete(spec.uuid, delete_disks=True)
+
+
+async def test_rename_only_while_shut_off(client: AgentClient) -> None:
+    spec = kernel_spec("old-name")
+    other = kernel_spec("taken")
+    await client.define(spec)
+    await client.define(other)
+    renamed = await client.rename(spec.uuid, "new-name")
+    assert renamed.name == "new-name" and renamed.uuid == spec.uuid
+    assert await client.rename(spec.uuid, "new-name") == renamed  # a retry is a no-op
+    with pytest.raises(AgentConflict, match="already used"):
+        await client.rename(spec.uuid, "taken")
+    await client.start(spec.uuid)
+    with pytest.raises(AgentConflict, match="shut it off"):
+        await client.rename(spec.uuid, "running-name")
+    for uid in (spec.uuid, other.uuid):
+        await client.delete(uid, delete_disks=True)

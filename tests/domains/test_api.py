@@ -8,7 +8,7 @@ from rest_framework.test import APIClient
 from console.jobs.models import Job
 from domains.models import Domain
 from hosts.models import Host
-from tests.conftest import grant
+from tests.conftest import grant, host_facts
 
 pytestmark = pytest.mark.django_db
 
@@ -158,3 +158,49 @@ def test_autostart_is_a_job_for_those_who_may_edit(
     client.force_authenticate(viewer)
     denied = client.post(f"/api/v1/domains/{domain.pk}/autostart/", {"enabled": True}, format="json")
     assert denied.status_code == 403 and "domain.edit" in denied.json()["detail"]
+
+
+def test_resources_are_checked_then_queued(api: APIClient, host: Host) -> None:
+    host.facts = host_facts()
+    host.save()
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.RUNNING, memory_mib=512, vcpus=1)
+    url = f"/api/v1/domains/{domain.pk}/resources/"
+    for bad, field in [
+        ({"memory_mib": "9 GiB"}, "memory_mib"),
+        ({"vcpus": 5}, "vcpus"),
+        ({"vcpus": 0}, "vcpus"),
+        ({"vcpus": 1.5}, "vcpus"),
+        ({"memory_mib": "lots"}, "memory_mib"),
+        ({"colour": 1}, "colour"),
+        ({}, "non_field_errors"),
+    ]:
+        response = api.post(url, bad, format="json")
+        assert response.status_code == 400 and field in response.json()["fields"], (bad, response.json())
+    response = api.post(url, {"memory_mib": "1 GiB", "vcpus": 2}, format="json")
+    assert response.status_code == 202, response.content
+    job = Job.objects.get(pk=response.json()["job"]["id"])
+    assert job.kind == "domain.resources" and job.params == {"memory_mib": 1024, "vcpus": 2}
+
+
+def test_rename_only_while_shut_off_and_to_a_free_name(api: APIClient, host: Host) -> None:
+    domain = Domain.objects.create(name="old", host=host, state=Domain.State.RUNNING)
+    Domain.objects.create(name="taken", host=host, state=Domain.State.SHUTOFF)
+    url = f"/api/v1/domains/{domain.pk}/rename/"
+    assert api.post(url, {"name": "new"}, format="json").status_code == 409
+    domain.state = Domain.State.SHUTOFF
+    domain.save()
+    assert "name" in api.post(url, {"name": "taken"}, format="json").json()["fields"]
+    assert "name" in api.post(url, {"name": "bad name/.."}, format="json").json()["fields"]
+    response = api.post(url, {"name": "new"}, format="json")
+    assert response.status_code == 202 and Job.objects.get(kind="domain.rename").params == {"name": "new"}
+
+
+def test_create_with_host_auto_places_it(api: APIClient, host: Host) -> None:
+    host.facts = host_facts(free_memory_mib=100)
+    host.save()
+    roomy = Host.objects.create(
+        name="roomy", url="http://127.0.0.1:9", secret="x" * 32, state=Host.State.ONLINE, facts=host_facts()
+    )
+    response = api.post("/api/v1/domains/", {**body(host), "host": "auto"}, format="json")
+    assert response.status_code == 202, response.content
+    assert response.json()["domain"]["host"] == roomy.pk

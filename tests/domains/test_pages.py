@@ -6,6 +6,7 @@ import pytest
 
 from domains.models import Domain
 from hosts.models import Host
+from tests.conftest import host_facts
 
 pytestmark = pytest.mark.django_db
 
@@ -101,20 +102,7 @@ def test_wizard_create_refuses_with_the_fields(browser: Any, host: Host) -> None
 
 
 def test_wizard_places_automatically_on_the_host_with_most_free_memory(browser: Any, host: Host) -> None:
-    facts = {
-        "hostname": "x",
-        "uri": "qemu:///system",
-        "hypervisor": "qemu",
-        "accel": "tcg",
-        "arch": "x86_64",
-        "hvm_hardware_assisted": False,
-        "kvm_usable": False,
-        "cpus": 4,
-        "memory_mib": 8192,
-        "free_memory_mib": 1000,
-        "libvirt_version": "9",
-        "agent_version": "1",
-    }
+    facts = host_facts(free_memory_mib=1000)
     small = Host.objects.create(
         name="small", url="http://127.0.0.1:3", secret="x" * 32, state=Host.State.ONLINE, facts=facts
     )
@@ -187,3 +175,27 @@ def test_pages_enforce_permissions_too(client: Any, django_user_model: Any, host
     assert "web9" in page
     response = client.post(f"/domains/{domain.pk}/start/", follow=True)
     assert "domain.power" in response.content.decode()  # the page says what is missing
+
+
+def test_domain_page_changes_resources_and_name(browser: Any, host: Host) -> None:
+    domain = Domain.objects.create(name="web4", host=host, state=Domain.State.SHUTOFF, memory_mib=256)
+    page = browser.get(f"/domains/{domain.pk}/").content.decode()
+    assert 'data-action="resources"' in page and 'data-action="rename"' in page
+    response = browser.post(f"/domains/{domain.pk}/resources/", {"memory_mib": "1 GiB", "vcpus": "2"})
+    assert response.status_code == 302
+    assert domain.jobs.get(kind="domain.resources").params == {"memory_mib": 1024, "vcpus": 2}
+    browser.post(f"/domains/{domain.pk}/rename/", {"name": "web5"})
+    assert domain.jobs.get(kind="domain.rename").params == {"name": "web5"}
+    refused = browser.post(f"/domains/{domain.pk}/resources/", {"memory_mib": "lots"}, follow=True)
+    assert "must be a whole number" in refused.content.decode()
+
+
+def test_the_api_reports_the_disks_the_delete_confirmation_lists(browser: Any, host: Host) -> None:
+    disks = [
+        {"target": "vda", "device": "disk", "path": "/var/lib/libvirt/images/web6-disk0.qcow2"},
+        {"target": "hda", "device": "cdrom", "path": "/var/lib/libvirt/images/install.iso"},
+    ]
+    domain = Domain.objects.create(name="web6", host=host, state=Domain.State.SHUTOFF, disks=disks)
+    page = browser.get(f"/domains/{domain.pk}/").content.decode()
+    assert 'id="delete-form"' in page and "domus/delete.js" in page
+    assert browser.get(f"/api/v1/domains/{domain.pk}/").json()["disks"] == disks

@@ -49,7 +49,13 @@ def _facts(hypervisor: str = "qemu", *, modes: list[dict[str, Any]] | None = Non
         "resources": {
             "pools": [
                 {"name": "default", "type": "dir", "active": True, "path": POOL, "available_bytes": 50 * GIB},
-                {"name": "vg0", "type": "logical", "active": True, "path": "/dev/vg0", "available_bytes": 100 * GIB},
+                {
+                    "name": "vg0",
+                    "type": "logical",
+                    "active": True,
+                    "path": "/dev/vg0",
+                    "available_bytes": 100 * GIB,
+                },
                 {"name": "old", "type": "dir", "active": False, "path": "/srv/old", "available_bytes": 0},
             ],
             "networks": [
@@ -141,8 +147,16 @@ def test_generated_macs_follow_the_hypervisor(xen: Host) -> None:
         ({"nics": [{"name": "down"}]}, "nics.0.name", "not active"),
         ({"nics": [{"source": "bridge", "name": "br9"}]}, "nics.0.name", "no bridge 'br9'"),
         ({"nics": [{"mac": "01:00:5e:00:00:01"}]}, "nics.0.mac", "unicast"),
-        ({"nics": [{"mac": "52:54:00:00:00:01"}, {"mac": "52:54:00:00:00:01"}]}, "nics.1.mac", "already used"),
-        ({"boot": {"kind": "url", "url": "https://mirror/os/"}, "disks": []}, "disks", "network install needs a disk"),
+        (
+            {"nics": [{"mac": "52:54:00:00:00:01"}, {"mac": "52:54:00:00:00:01"}]},
+            "nics.1.mac",
+            "already used",
+        ),
+        (
+            {"boot": {"kind": "url", "url": "https://mirror/os/"}, "disks": []},
+            "disks",
+            "network install needs a disk",
+        ),
         ({"boot": {"kind": "pxe"}, "nics": []}, "boot", "needs a network card"),
         ({"boot": {"kind": "bootloader"}}, "boot", "cannot start a HVM guest"),
         ({"os": "amigaos"}, "os", "amigaos"),
@@ -195,7 +209,9 @@ def test_xen_takes_pv_and_pvh_but_not_for_windows(xen: Host) -> None:
         ({"disks": [{"size_gib": 1}] * 17}, "disks"),
     ],
 )
-def test_hostile_values_are_refused_with_the_field_named(kvm: Host, overrides: dict[str, Any], field: str) -> None:
+def test_hostile_values_are_refused_with_the_field_named(
+    kvm: Host, overrides: dict[str, Any], field: str
+) -> None:
     errors = errors_of(base(**overrides), kvm)
     assert field in errors, errors
 

@@ -144,6 +144,20 @@ def guest_files() -> dict[str, str]:
     return files
 
 
+@pytest.fixture(scope="session")
+def guest_iso() -> str:
+    """The test guest as a bootable ISO (an "installer"), copied into the host's default pool."""
+    iso = GUEST_DIR / "guest.iso"
+    if not iso.exists():
+        pytest.skip(f"no test guest ISO in {GUEST_DIR}: run tests/guest/build.sh (make test does)")
+    POOL.mkdir(parents=True, exist_ok=True)
+    dest = POOL / "domus-test-guest.iso"
+    if not dest.exists() or dest.stat().st_mtime < iso.stat().st_mtime:
+        shutil.copy2(iso, dest)
+        dest.chmod(0o644)
+    return str(dest)
+
+
 @pytest.fixture
 def domain_name() -> Iterator[str]:
     name = f"domus-test-{uuid.uuid4().hex[:8]}"
@@ -164,3 +178,14 @@ def virsh_names() -> set[str]:
         check=True,
     ).stdout
     return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def virsh_volumes(pool: str = "default") -> set[str]:
+    """Names of the volumes in `pool` (after the two header lines of `virsh vol-list`)."""
+    out = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "vol-list", pool],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {line.split()[0] for line in out.splitlines()[2:] if line.strip()}

@@ -195,6 +195,8 @@ def test_two_real_hosts(stack: Stack, fleet: list[FleetHost]) -> None:
     h1.box.virsh("define", str(xml_path))
     found = wait_for("the virsh-defined domain", lambda: domain_named(stack, h1.host_id, sneaky))
     assert found["state"] == "shutoff" and domain_named(stack, h2.host_id, sneaky) is None
+    # Right from the first list: its figures too, not only its name (the event carries none).
+    assert (found["memory_mib"], found["vcpus"]) == (96, 1), found
 
     # Starting it with virsh reaches a signed-in browser's events socket.
     cookie = browser_session(stack)

@@ -340,7 +340,7 @@
     const bootText = { iso: `ISO ${boot.iso}`, cdrom: `CD/DVD ${boot.device}`, url: `network install from ${boot.url}`, pxe: "PXE",
       kernel: `kernel ${boot.kernel}`, disk: "its first disk", bootloader: "pygrub" }[boot.kind];
     const disks = spec.disks.map((d) => d.existing ? `existing ${d.existing} (${d.bus})` :
-      `${d.size_gib} GiB ${d.format} in ${d.pool}, ${d.allocation === "sparse" ? "grows as written" : "allocated now"}${d.backing ? ` on ${d.backing}` : ""} (${d.bus})`);
+      `${d.size_gib < 1 ? Math.round(d.size_gib * 1024) + " MiB" : d.size_gib + " GiB"} ${d.format} in ${d.pool}, ${d.allocation === "sparse" ? "grows as written" : "allocated now"}${d.backing ? ` on ${d.backing}` : ""} (${d.bus})`);
     const nics = spec.nics.map((n) => `${n.source} ${n.name}, ${n.model || "netfront"}, ${n.mac}`);
     const rows = [
       ["Name", spec.name], ["Host", answer.host.name + (el("host").value === "auto" ? " (placed automatically)" : "")],
