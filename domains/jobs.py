@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 
@@ -16,6 +16,8 @@ from domains.models import Domain
 from domains.services import domain_forget, domain_observe
 from hosts.agent import run_agent
 
+T = TypeVar("T")
+
 
 def _domain(ctx: JobContext) -> Domain:
     domain = ctx.job.domain
@@ -24,7 +26,21 @@ def _domain(ctx: JobContext) -> Domain:
     return domain
 
 
-def _observe(domain: Domain, info: DomainInfo) -> None:
+def _agent(ctx: JobContext, domain: Domain, op: Callable[[AgentClient], Awaitable[T]]) -> T:
+    """One agent conversation for this job: its mutating calls carry the job's idempotency key,
+    and an attempt that lost the job (its worker stalled) stops before making it."""
+    ctx.ensure_owned()
+    return run_agent(domain.host, op, job_id=ctx.job.pk)
+
+
+def _observe(domain: Domain, info: DomainInfo, ctx: JobContext | None = None) -> None:
+    if ctx is not None and ctx.job.attempts > 1:
+        # A retried attempt may have been answered from the agent's memory of the first one:
+        # record the domain as it is now, not as it was then.
+        async def fresh(client: AgentClient) -> DomainInfo:
+            return await client.get_domain(domain.uuid)
+
+        info = run_agent(domain.host, fresh)
     domain_observe(host=domain.host, info=info)
 
 
@@ -41,8 +57,8 @@ def domain_create_job(ctx: JobContext) -> dict[str, Any]:
     async def define(client: AgentClient) -> DomainInfo:
         return await client.define(spec)
 
-    info = run_agent(domain.host, define, job_id=ctx.job.pk)
-    _observe(domain, info)
+    info = _agent(ctx, domain, define)
+    _observe(domain, info, ctx)
     ctx.progress(70 if ctx.params.get("start") else 90, f"Defined {domain.name}")
     if ctx.params.get("start"):
         _start(ctx, domain)
@@ -55,7 +71,7 @@ def _start(ctx: JobContext, domain: Domain) -> None:
     async def start(client: AgentClient) -> DomainInfo:
         return await client.start(domain.uuid)
 
-    _observe(domain, run_agent(domain.host, start, job_id=ctx.job.pk))
+    _observe(domain, _agent(ctx, domain, start), ctx)
 
 
 @job_handler("domain.start", permission="domain.power")
@@ -71,7 +87,7 @@ def _simple(ctx: JobContext, verb: str, call: Callable[[AgentClient, Domain], Aw
     async def conversation(client: AgentClient) -> DomainInfo:
         return await call(client, domain)
 
-    _observe(domain, run_agent(domain.host, conversation, job_id=ctx.job.pk))
+    _observe(domain, _agent(ctx, domain, conversation), ctx)
 
 
 @job_handler("domain.force_off", permission="domain.power")
@@ -117,8 +133,8 @@ def domain_shutdown_job(ctx: JobContext) -> None:
             info = await client.get_domain(domain.uuid)
         return info
 
-    info = run_agent(domain.host, request_and_wait, job_id=ctx.job.pk)
-    _observe(domain, info)
+    info = _agent(ctx, domain, request_and_wait)
+    _observe(domain, info, ctx)
     if info.state not in ("shutoff", "crashed") and ctx.cancel_requested():
         raise JobCancelled(
             f"Stopped waiting for {domain.name} to power off. The ACPI shutdown request was already "
@@ -152,7 +168,7 @@ def domain_delete_job(ctx: JobContext) -> dict[str, Any]:
             }
         return result.model_dump(mode="json")
 
-    result = run_agent(domain.host, delete, job_id=ctx.job.pk)
+    result = _agent(ctx, domain, delete)
     for volume in result.get("deleted_volumes", []):
         ctx.log(f"Deleted volume {volume}")
     for volume in result.get("kept_volumes", []):
@@ -176,8 +192,8 @@ def domain_resources_job(ctx: JobContext) -> dict[str, Any]:
     async def resize(client: AgentClient) -> ResourcesResult:
         return await client.set_resources(domain.uuid, memory_mib=memory_mib, vcpus=vcpus)
 
-    result = run_agent(domain.host, resize, job_id=ctx.job.pk)
-    _observe(domain, result.domain)
+    result = _agent(ctx, domain, resize)
+    _observe(domain, result.domain, ctx)
     for what, when in (("Memory", result.memory), ("vCPUs", result.vcpus)):
         if when != "unchanged":
             ctx.log(f"{what}: applied {'to the running guest' if when == 'now' else 'from the next boot'}")
@@ -195,6 +211,6 @@ def domain_rename_job(ctx: JobContext) -> dict[str, Any]:
     async def rename(client: AgentClient) -> DomainInfo:
         return await client.rename(domain.uuid, name)
 
-    info = run_agent(domain.host, rename, job_id=ctx.job.pk)
-    _observe(domain, info)
+    info = _agent(ctx, domain, rename)
+    _observe(domain, info, ctx)
     return {"name": info.name}

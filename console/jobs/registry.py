@@ -32,6 +32,10 @@ class JobCancelled(Exception):
     person) says what was and was not done."""
 
 
+class AttemptLost(Exception):
+    """This attempt's worker stalled and another attempt owns the job now: stop, write nothing."""
+
+
 def job_handler(
     kind: str, *, permission: str | None = None, cancellable: bool = False
 ) -> Callable[[Handler], Handler]:

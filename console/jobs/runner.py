@@ -14,6 +14,7 @@ so the agent answers a repeated one from memory instead of doing it again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -37,6 +38,7 @@ from console.jobs.registry import (
     CANCELLABLE,
     HANDLERS,
     REQUIRED,
+    AttemptLost,
     Handler,
     JobCancelled,
     JobFailed,
@@ -49,6 +51,7 @@ __all__ = [
     "CANCELLABLE",
     "HANDLERS",
     "REQUIRED",
+    "AttemptLost",
     "DomainBusy",
     "JobCancelled",
     "JobContext",
@@ -78,10 +81,13 @@ class LeaseKeeper:
         self.attempt = job.attempts
         self.lock = lock
         self.watch_cancel = watch_cancel
+        self.domain_id = job.domain_id
         self.cancelled = threading.Event()
         self.lost = threading.Event()  # another attempt owns the job now: stop at a safe point
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"job-{job.pk}-lease", daemon=True)
+        if watch_cancel and job.cancel_requested:  # cancelled while it waited for its domain
+            self.cancelled.set()
 
     def start(self) -> None:
         self._thread.start()
@@ -106,6 +112,8 @@ class LeaseKeeper:
                 except DatabaseError as exc:  # the database is away for a moment: try again next tick
                     logger.warning("job %s: cannot renew its lease: %s", self.job_id, exc)
                     connections.close_all()
+                except redis.RedisError as exc:  # so is Redis: the thread must live on regardless
+                    logger.warning("job %s: cannot renew its domain lock: %s", self.job_id, exc)
         finally:
             connections.close_all()  # this thread's connections only
 
@@ -123,7 +131,14 @@ class LeaseKeeper:
             try:
                 self.lock.reacquire()
             except LockError:
-                logger.warning("job %s: the domain lock lapsed while it ran", self.job_id)
+                # It lapsed (Redis was away longer than a lease): take it again unless another
+                # job has it now, in which case this attempt must not go on alongside it.
+                assert self.domain_id is not None
+                if _take_domain_lock(self.domain_id, self.job_id, self.attempt):
+                    logger.warning("job %s: the domain lock lapsed and was taken again", self.job_id)
+                else:
+                    logger.warning("job %s: another job took its domain lock; stopping", self.job_id)
+                    self.lost.set()
 
 
 class JobContext:
@@ -158,16 +173,33 @@ class JobContext:
             owner = Q(status=Job.Status.RUNNING, attempts=self.job.attempts)
         else:
             owner = Q(status=Job.Status.QUEUED)
-        Job.objects.filter(owner, pk=self.job.pk).update(**fields, log=log_append(text))
-        publish(job_event(self.job))
+        # A stalled attempt that lost the job writes nothing, and shows nothing either.
+        if Job.objects.filter(owner, pk=self.job.pk).update(**fields, log=log_append(text)):
+            publish(job_event(self.job))
+
+    def ensure_owned(self) -> None:
+        """Stop here (before another agent call) if another attempt has taken the job over."""
+        if self._keeper is not None and self._keeper.lost.is_set():
+            raise AttemptLost(self.job.pk)
 
 
 def domain_lock_key(domain_id: int) -> str:
     return f"{settings.DOMUS_REDIS_PREFIX}:lock:domain:{domain_id}"
 
 
+@functools.cache
+def _redis_for(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)  # one connection pool per process, not one per call
+
+
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
+    return _redis_for(settings.REDIS_URL)
+
+
+def _take_domain_lock(domain_id: int, job_id: int, attempt: int) -> bool:
+    lease_ms = int(settings.DOMUS_JOB_LEASE_SECONDS * 1000)
+    args: list[str | int] = [f"job:{job_id}:{attempt}", f"job:{job_id}:", lease_ms]
+    return bool(_redis().register_script(_ACQUIRE)(keys=[domain_lock_key(domain_id)], args=args))
 
 
 # Take the lock when it is free, already this attempt's (ARGV[1]), or left by an earlier attempt
@@ -194,8 +226,7 @@ def _domain_lock(job: Job) -> Lock | None:
     key = domain_lock_key(job.domain_id)
     token = f"job:{job.pk}:{job.attempts}"
     client = _redis()
-    lease_ms = int(settings.DOMUS_JOB_LEASE_SECONDS * 1000)
-    if not client.register_script(_ACQUIRE)(keys=[key], args=[token, f"job:{job.pk}:", lease_ms]):
+    if not _take_domain_lock(job.domain_id, job.pk, job.attempts):
         return None
     # Not thread-local: the lease keeper's thread renews it.
     lock: Lock = client.lock(key, timeout=settings.DOMUS_JOB_LEASE_SECONDS, thread_local=False)
@@ -284,7 +315,14 @@ def _unclaim(job: Job) -> None:
         fields["step"] = WAITING_FOR_DOMAIN
         fields["log"] = log_append(log_line(WAITING_FOR_DOMAIN, now))
     if Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).update(**fields):
-        job.refresh_from_db(fields=["status", "attempts", "started_at", "lease_expires_at", "step", "log"])
+        job.refresh_from_db(
+            fields=["status", "attempts", "started_at", "lease_expires_at", "step", "log", "cancel_requested"]
+        )
+        if job.cancel_requested:  # cancelled in the moment it was marked running: honour it now
+            job_finish(
+                job=job, status=Job.Status.CANCELLED, owner=Q(status=Job.Status.QUEUED), step="Cancelled"
+            )
+            return
         if "step" in fields:
             publish(job_event(job))
 
@@ -295,6 +333,9 @@ def _execute(ctx: JobContext, handler: Handler) -> None:
     publish(job_event(job))
     try:
         result = handler(ctx)
+    except AttemptLost:
+        logger.warning("job %s attempt %s stopped: another attempt owns the job", job.pk, job.attempts)
+        return
     except JobCancelled as exc:
         done = job_finish(job=job, status=Job.Status.CANCELLED, owner=owner, step=str(exc) or "Cancelled")
     except JobFailed as exc:

@@ -12,7 +12,7 @@ from django.shortcuts import render
 from console.errors import InvalidInput
 from console.jobs.filters import JobFilter, job_filter_parse
 from console.jobs.models import Job
-from console.jobs.registry import can_cancel, is_cancellable
+from console.jobs.registry import can_cancel
 from console.jobs.selectors import job_filter_choices, job_list
 
 PAGE_SIZE = 50
@@ -32,10 +32,8 @@ def job_list_page(request: HttpRequest) -> HttpResponse:
         "jobs/list.html",
         {
             "page": page,
-            # (job, whether Cancel can work now, whether it could once the job runs)
-            "rows": [
-                (job, can_cancel(job), is_cancellable(job.kind) and not job.cancel_requested) for job in page
-            ],
+            # (job, whether Cancel can work now; live.js follows its events' `cancellable` after)
+            "rows": [(job, can_cancel(job)) for job in page],
             "filters": filters,
             "errors": errors,
             "query": urlencode(filters.as_params()),

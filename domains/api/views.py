@@ -11,6 +11,7 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from console.access.models import Team
 from console.access.policy import explain, has_perm
 from console.access.selectors import team_list
 from console.audit.services import origin_of
@@ -42,14 +43,14 @@ from domains.specs import parse_size_mib
 from hosts.selectors import host_list
 
 
-def _placed(request: Request, data: dict[str, Any]) -> int:
+def _placed(request: Request, data: dict[str, Any], team: Team | None) -> int:
     """The host chosen for `"host": "auto"`: most free memory among those that fit."""
     memory = parse_size_mib(data.get("memory_mib", 256), default_unit="mib")
     vcpus = data.get("vcpus", 1)
     if not isinstance(memory, int | float) or not isinstance(vcpus, int):
         raise InvalidInput("Invalid size.", fields={"memory_mib": ["must be a number of MiB or a size"]})
     mode = data.get("mode", "hvm")
-    return host_place(user=request.user, memory_mib=int(memory), vcpus=vcpus, mode=str(mode)).pk
+    return host_place(user=request.user, memory_mib=int(memory), vcpus=vcpus, mode=str(mode), team=team).pk
 
 
 def _accepted(job: Job, **extra: Any) -> Response:
@@ -119,15 +120,6 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
         data = dict(request.data)
         host_id = data.pop("host", None)
         start = data.pop("start", False)
-        if host_id == "auto":
-            host_id = _placed(request, data)
-        if not isinstance(host_id, int) or isinstance(host_id, bool):
-            raise InvalidInput("Missing host.", fields={"host": ['required: the id of a host, or "auto"']})
-        host = host_list(user=request.user).filter(pk=host_id).first()
-        if host is None:
-            raise InvalidInput("Unknown host.", fields={"host": [f"no host with id {host_id}"]})
-        if not isinstance(start, bool):
-            raise InvalidInput("Invalid start.", fields={"start": ["must be true or false"]})
         team_id = data.pop("team", None)
         team = None
         if team_id is not None:
@@ -135,6 +127,15 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
                 team = team_list(user=request.user).filter(pk=team_id).first()
             if team is None:
                 raise InvalidInput("Unknown team.", fields={"team": [f"no team with id {team_id!r}"]})
+        if host_id == "auto":
+            host_id = _placed(request, data, team)
+        if not isinstance(host_id, int) or isinstance(host_id, bool):
+            raise InvalidInput("Missing host.", fields={"host": ['required: the id of a host, or "auto"']})
+        host = host_list(user=request.user).filter(pk=host_id).first()
+        if host is None:
+            raise InvalidInput("Unknown host.", fields={"host": [f"no host with id {host_id}"]})
+        if not isinstance(start, bool):
+            raise InvalidInput("Invalid start.", fields={"start": ["must be true or false"]})
         domain, job = domain_create(
             actor=request.user, host=host, team=team, data=data, start=start, origin=origin_of(request)
         )

@@ -36,6 +36,7 @@ class FakeDomains:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.gate: asyncio.Event | None = None  # when set, start() waits for it
+        self.entered = asyncio.Event()  # start() has begun
         self.fail_next = False
 
     def _info(self, state: str) -> DomainInfo:
@@ -43,6 +44,7 @@ class FakeDomains:
 
     async def start(self, domain_uuid: uuid.UUID) -> DomainInfo:
         self.calls.append("start")
+        self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_next:
@@ -160,9 +162,9 @@ async def test_a_repeat_while_the_first_runs_waits_for_it(agent: tuple[str, Fake
     domains.gate = asyncio.Event()
     path = f"/v1/domains/{DOMAIN}/start"
     first = asyncio.create_task(raw_post(url, path, "k1"))
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(domains.entered.wait(), 10)  # the first is inside the handler
     second = asyncio.create_task(raw_post(url, path, "k1"))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # let the second reach the agent while the first is held
     assert domains.calls == ["start"] and not first.done() and not second.done()
     domains.gate.set()
     answers = await asyncio.gather(first, second)

@@ -204,3 +204,30 @@ def test_create_with_host_auto_places_it(api: APIClient, host: Host) -> None:
     response = api.post("/api/v1/domains/", {**body(host), "host": "auto"}, format="json")
     assert response.status_code == 202, response.content
     assert response.json()["domain"]["host"] == roomy.pk
+
+
+def test_host_auto_places_a_team_domain_on_its_reserved_host(api: APIClient, user: Any, host: Host) -> None:
+    from console.access.models import Team
+
+    team = Team.objects.create(name="ops")
+    host.facts = host_facts(free_memory_mib=6000)
+    host.save()
+    host.teams.add(team)  # reserved to ops
+    Host.objects.create(  # less free memory, shared by the whole site
+        name="shared",
+        url="http://127.0.0.1:9",
+        secret="x" * 32,
+        state=Host.State.ONLINE,
+        facts=host_facts(free_memory_mib=2000),
+    )
+    reserved = Host.objects.create(  # the most free memory, reserved to another team
+        name="theirs",
+        url="http://127.0.0.1:10",
+        secret="x" * 32,
+        state=Host.State.ONLINE,
+        facts=host_facts(free_memory_mib=8000),
+    )
+    reserved.teams.add(Team.objects.create(name="others"))
+    response = api.post("/api/v1/domains/", {**body(host), "host": "auto", "team": team.pk}, format="json")
+    assert response.status_code == 202, response.content
+    assert response.json()["domain"]["host_name"] == "h1"  # ops' own host, not another team's

@@ -47,6 +47,8 @@
   function applyListed(d) {
     const row = list.querySelector('[data-domain-row="' + d.id + '"]');
     if (row) {
+      const name = row.querySelector('[data-field="name"]');
+      if (name && d.name) name.textContent = d.name;  // renamed
       const vcpus = row.querySelector('[data-field="vcpus"]');
       if (vcpus && d.vcpus !== undefined) vcpus.textContent = d.vcpus;
       const memory = row.querySelector('[data-field="memory_mib"]');
