@@ -91,6 +91,7 @@ def test_wizard_install_from_iso_and_the_whole_lifecycle(
     assert page.is_enabled("input[name=mode][value=hvm]")
     assert page.is_disabled("input[name=mode][value=pv]") and page.is_disabled("input[name=mode][value=pvh]")
     assert "software emulation" in page.inner_text("#modes")
+    page.screenshot(path=str(ARTIFACTS / "wizard-mode.png"))
     _next(page, 3)
     # 3: the ISO is listed from the host's pool.
     page.check("input[name=boot_kind][value=iso]")
@@ -101,6 +102,7 @@ def test_wizard_install_from_iso_and_the_whole_lifecycle(
     _next(page, 5)
     page.fill(".disk-row [name=d_size]", "64")
     page.select_option(".disk-row [name=d_unit]", "MiB")
+    page.screenshot(path=str(ARTIFACTS / "wizard-disks.png"))
     _next(page, 6)
     for remove in page.query_selector_all(".nic-row [data-remove]"):
         remove.click()  # no network card: this host's virtual network may not exist
