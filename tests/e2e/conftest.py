@@ -54,7 +54,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.api("GET", f"/api/v1/jobs/{job['id']}/").json()
-            if job["status"] in ("succeeded", "failed"):
+            if job["status"] in ("succeeded", "failed", "cancelled"):
                 return job
             time.sleep(0.3)
         raise AssertionError(f"job {job['id']} ({job['kind']}) still {job['status']}: {job['log']}")
@@ -162,12 +162,13 @@ def guest_iso() -> str:
 def domain_name() -> Iterator[str]:
     name = f"domus-test-{uuid.uuid4().hex[:8]}"
     yield name
-    # Nothing may be left behind, whatever the test did.
-    subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True)
-    subprocess.run(
-        ["virsh", "-c", "qemu:///system", "undefine", name, "--remove-all-storage"],
-        capture_output=True,
-    )
+    # Nothing may be left behind, whatever the test did (a test may have renamed it).
+    for left in (name, f"{name}-renamed"):
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", left], capture_output=True)
+        subprocess.run(
+            ["virsh", "-c", "qemu:///system", "undefine", left, "--remove-all-storage"],
+            capture_output=True,
+        )
 
 
 def virsh_names() -> set[str]:

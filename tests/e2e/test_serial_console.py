@@ -123,6 +123,24 @@ def test_guest_lifecycle_and_serial_console(
     assert re.search(r"Autostart:\s+enable", dominfo), dominfo
     assert stack.api("GET", f"/api/v1/domains/{domain['id']}/").json()["autostart"] is True
 
+    # Memory while it runs: less is applied at once (the balloon); more than it started with, and
+    # more vCPUs than its maximum, wait for the next boot; the job says which.
+    job = stack.wait_job(
+        stack.api("POST", f"/api/v1/domains/{domain['id']}/resources/", json={"memory_mib": 192}).json()[
+            "job"
+        ]
+    )
+    assert job["status"] == "succeeded" and job["result"]["memory"] == "now", job
+    job = stack.wait_job(
+        stack.api(
+            "POST", f"/api/v1/domains/{domain['id']}/resources/", json={"memory_mib": "320 MiB", "vcpus": 2}
+        ).json()["job"]
+    )
+    assert (job["result"]["memory"], job["result"]["vcpus"]) == ("next boot", "next boot"), job
+    assert "from the next boot" in job["log"]
+    # A running domain cannot be renamed.
+    assert stack.api("POST", f"/api/v1/domains/{domain['id']}/rename/", json={"name": "x"}).status_code == 409
+
     ticket = stack.api("POST", f"/api/v1/domains/{domain['id']}/console-tickets/", json={"kind": "serial"})
     output = asyncio.run(reboot_and_watch(stack, ticket.json()["url"], domain["id"]))
     assert b"DOMUS-TEST-GUEST READY" in output
@@ -133,11 +151,22 @@ def test_guest_lifecycle_and_serial_console(
     assert job["status"] == "succeeded", job
     stack.wait_state(domain["id"], "shutoff")
 
+    # Shut off, it can be renamed: libvirt's name and the console's record both follow.
+    renamed_to = domain_name + "-renamed"
+    job = stack.wait_job(
+        stack.api("POST", f"/api/v1/domains/{domain['id']}/rename/", json={"name": renamed_to}).json()["job"]
+    )
+    assert job["status"] == "succeeded", job
+    assert renamed_to in virsh_names() and domain_name not in virsh_names()
+    after = stack.api("GET", f"/api/v1/domains/{domain['id']}/").json()
+    assert after["name"] == renamed_to
+    assert (after["memory_mib"], after["vcpus"]) == (320, 2)  # what its next boot gets
+
     deleted = stack.api("DELETE", f"/api/v1/domains/{domain['id']}/?delete_disks=true")
     assert deleted.status_code == 202
     job = stack.wait_job(deleted.json()["job"])
     assert job["status"] == "succeeded", job
-    assert domain_name not in virsh_names()
+    assert domain_name not in virsh_names() and renamed_to not in virsh_names()
     assert not volume.exists()
     assert os.path.exists(guest_files["kernel"]), "boot files are not the domain's to delete"
     assert stack.api("GET", f"/api/v1/domains/{domain['id']}/").status_code == 404
