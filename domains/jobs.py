@@ -117,7 +117,7 @@ def domain_autostart_job(ctx: JobContext) -> None:
     _simple(ctx, verb, lambda client, domain: client.set_autostart(domain.uuid, enabled))
 
 
-@job_handler("domain.shutdown", permission="domain.power", cancellable=True)
+@job_handler("domain.shutdown", permission="domain.power", cancellable=True, offer_on_failure="force-off")
 def domain_shutdown_job(ctx: JobContext) -> None:
     domain = _domain(ctx)
     timeout = settings.DOMUS_SHUTDOWN_TIMEOUT_SECONDS

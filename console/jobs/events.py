@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from console.jobs.models import Job
-from console.jobs.registry import can_cancel
+from console.jobs.registry import can_cancel, offer
 
 
 def job_event(job: Job) -> dict[str, Any]:
@@ -17,6 +17,7 @@ def job_event(job: Job) -> dict[str, Any]:
             "step": job.step,
             "error": job.error,
             "cancellable": can_cancel(job),  # whether a Cancel button makes sense now
+            "offer": offer(job),  # a domain action to offer after a failure, e.g. "force-off"
             "domain": job.domain_id,
             "host": job.host_id,
             # Who may see it: those who may see its domain (for jobs on a domain).

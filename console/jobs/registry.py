@@ -36,11 +36,17 @@ class AttemptLost(Exception):
     """This attempt's worker stalled and another attempt owns the job now: stop, write nothing."""
 
 
+# The domain action a failed job of a kind offers next (a shutdown the guest ignored: force off).
+OFFER_ON_FAILURE: dict[str, str] = {}
+
+
 def job_handler(
-    kind: str, *, permission: str | None = None, cancellable: bool = False
+    kind: str, *, permission: str | None = None, cancellable: bool = False, offer_on_failure: str = ""
 ) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         HANDLERS[kind] = fn
+        if offer_on_failure:
+            OFFER_ON_FAILURE[kind] = offer_on_failure
         if permission is not None:
             REQUIRED[kind] = permission
         if cancellable:
@@ -62,3 +68,10 @@ def can_cancel(job: Job) -> bool:
     if job.status == "queued":
         return True
     return job.status == "running" and is_cancellable(job.kind) and not job.cancel_requested
+
+
+def offer(job: Job) -> str:
+    """The action to offer next to a failed job on a domain ("" for none)."""
+    if job.status != "failed" or job.domain_id is None:
+        return ""
+    return OFFER_ON_FAILURE.get(job.kind, "")

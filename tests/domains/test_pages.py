@@ -199,3 +199,17 @@ def test_the_api_reports_the_disks_the_delete_confirmation_lists(browser: Any, h
     page = browser.get(f"/domains/{domain.pk}/").content.decode()
     assert 'id="delete-form"' in page and "domus/delete.js" in page
     assert browser.get(f"/api/v1/domains/{domain.pk}/").json()["disks"] == disks
+
+
+def test_a_shutdown_the_guest_ignored_offers_force_off(browser: Any, host: Host) -> None:
+    from console.jobs.events import job_event
+    from console.jobs.models import Job
+
+    domain = Domain.objects.create(name="web7", host=host, state=Domain.State.RUNNING)
+    ignored = Job.objects.create(
+        kind="domain.shutdown", host=host, domain=domain, status="failed", error="the guest ignored it"
+    )
+    started = Job.objects.create(kind="domain.start", host=host, domain=domain, status="failed")
+    page = browser.get(f"/domains/{domain.pk}/").content.decode()
+    assert f'data-force-off="{domain.pk}"' in page and page.count("data-force-off=") == 1
+    assert job_event(ignored)["job"]["offer"] == "force-off" and job_event(started)["job"]["offer"] == ""

@@ -6,6 +6,7 @@ from django import template
 
 from console.jobs.models import Job
 from console.jobs.registry import can_cancel as _can_cancel
+from console.jobs.registry import offer as _offer
 
 register = template.Library()
 
@@ -14,3 +15,9 @@ register = template.Library()
 def can_cancel(job: Job) -> bool:
     """Whether a Cancel button makes sense for `job` now (as the live events say)."""
     return _can_cancel(job)
+
+
+@register.filter
+def job_offer(job: Job) -> str:
+    """The domain action a failed job offers next ("" for none)."""
+    return _offer(job)

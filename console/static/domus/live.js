@@ -107,9 +107,26 @@
         Object.assign(button, { type: "button", className: "small", textContent: "Cancel" });
         button.dataset.cancel = j.id;
         cancel.append(button);
+      } else if (j.offer === "force-off") {  // e.g. the guest ignored the ACPI shutdown
+        const button = document.createElement("button");
+        Object.assign(button, { type: "button", className: "small warn", textContent: "Force off" });
+        button.dataset.forceOff = j.domain;
+        cancel.append(button);
       }
     }
   }
+
+  document.addEventListener("click", async (e) => {
+    const button = e.target.closest("button[data-force-off]");
+    if (!button) return;
+    button.disabled = true;
+    const resp = await fetch("/api/v1/domains/" + encodeURIComponent(button.dataset.forceOff) + "/force-off/", {
+      method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrf() },
+    });
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) { button.disabled = false; flash(body.detail || "The request failed (" + resp.status + ").", "error"); }
+    else { button.remove(); applyJob({ ...body.job, target: body.job.target_name }); }
+  });
 
   // A queued job can be cancelled, and a running one whose kind can stop half-way (the server
   // refuses the others, and says why).
