@@ -44,7 +44,7 @@ def _observe(domain: Domain, info: DomainInfo, ctx: JobContext | None = None) ->
     domain_observe(host=domain.host, info=info)
 
 
-@job_handler("domain.create", permission="domain.create")
+@job_handler("domain.create", permission="domain.create", cancellable=True)
 def domain_create_job(ctx: JobContext) -> dict[str, Any]:
     domain = _domain(ctx)
     spec = DomainSpec.model_validate(domain.spec)
@@ -61,6 +61,10 @@ def domain_create_job(ctx: JobContext) -> dict[str, Any]:
     _observe(domain, info, ctx)
     ctx.progress(70 if ctx.params.get("start") else 90, f"Defined {domain.name}")
     if ctx.params.get("start"):
+        # The safe point: libvirt cannot abort a define (its volumes) half-way, but the start
+        # can be skipped, leaving a whole, defined domain.
+        if ctx.cancel_requested():
+            raise JobCancelled(f"Defined {domain.name}; not started, as the cancel asked.")
         _start(ctx, domain)
     return {"uuid": str(info.uuid)}
 

@@ -13,7 +13,7 @@ import pytest
 from django.db import connections
 from rest_framework.test import APIClient
 
-from agent.protocol import DomainInfo
+from agent.protocol import DomainInfo, DomainSpec
 from console.audit.models import AuditEvent
 from console.jobs.models import Job
 from console.jobs.runner import CANCELLABLE, HANDLERS, JobCancelled, JobContext, job_handler, job_run
@@ -206,3 +206,51 @@ def test_jobs_filter_by_domain_host_actor_and_status(api: APIClient, host: Host,
     bad = api.get("/api/v1/jobs/?status=done")
     assert bad.status_code == 400 and "status" in bad.json()["fields"]
     assert api.get("/api/v1/jobs/?domain=x").status_code == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_running_create_defines_it_whole_and_does_not_start_it(
+    host: Host, user: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.DOMUS_JOB_CANCEL_CHECK_SECONDS = 0.05
+    domain = Domain.objects.create(name="web", host=host, state=Domain.State.NEW, created_by=user)
+    spec = DomainSpec.model_validate(
+        {"uuid": domain.uuid, "name": "web", "boot": {"kind": "pxe"}, "nics": [{}]}
+    )
+    domain.spec = spec.model_dump(mode="json")
+    domain.save()
+    defining = threading.Event()
+    release = threading.Event()
+    calls: list[str] = []
+
+    class SlowDefine:
+        async def define(self, spec: Any) -> DomainInfo:
+            calls.append("define")
+            defining.set()
+            await asyncio.to_thread(release.wait, 30)  # volumes being allocated
+            return DomainInfo(uuid=domain.uuid, name="web", state="shutoff", vcpus=1, memory_mib=64)
+
+        async def start(self, domain_uuid: Any) -> DomainInfo:
+            calls.append("start")
+            return DomainInfo(uuid=domain.uuid, name="web", state="running", vcpus=1, memory_mib=64)
+
+    monkeypatch.setattr(domain_jobs, "run_agent", lambda host, op, **kw: asyncio.run(op(SlowDefine())))
+    job = Job.objects.create(
+        kind="domain.create", actor=user, host=host, domain=domain, params={"start": True}
+    )
+    worker = threading.Thread(target=job_run_in_thread, args=(job.pk,))
+    worker.start()
+    assert defining.wait(10)
+    job_cancel(job=Job.objects.get(pk=job.pk), actor=user)
+    # The define is not interrupted; once it is over, the keeper has seen the cancel.
+    deadline = time.monotonic() + 10
+    while not Job.objects.get(pk=job.pk).cancel_requested and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # ten of the lease keeper's 0.05 s checks: it has raised its flag
+    release.set()
+    worker.join(30)
+    job.refresh_from_db()
+    assert job.status == "cancelled" and "not started" in job.step, job.log
+    assert calls == ["define"]
+    domain.refresh_from_db()
+    assert domain.state == "shutoff"  # defined, whole, and known to the console
