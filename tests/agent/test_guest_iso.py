@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -19,23 +18,11 @@ import pytest
 from lxml import etree
 
 from tests.agent.conftest import REPO
+from tests.agent.test_real_libvirt import POOL_PATH, PREFIX, URI, _libvirt_available
 
-# As in test_real_libvirt.py (not imported from there: this test needs none of the agent).
-URI = "qemu:///system"
-POOL_PATH = Path("/var/lib/libvirt/images")
 GUEST = Path(os.environ.get("DOMUS_GUEST_DIR", REPO / ".cache" / "guest"))  # as build.sh and e2e
-PREFIX = "domus-test-"
 BANNER = b"DOMUS-TEST-GUEST READY"
 BOOT_TIMEOUT = 60.0  # seconds from start to banner; TCG, measured ~3 s on a 2-core host
-
-
-def _libvirt_available() -> bool:
-    if shutil.which("virsh") is None:
-        return False
-    result = subprocess.run(
-        ["virsh", "-c", URI, "version"], capture_output=True, text=True, timeout=60, check=False
-    )
-    return result.returncode == 0
 
 
 pytestmark = [
