@@ -1,4 +1,5 @@
-"""Console tickets: single use, short-lived, bound to a user, a domain and a kind; stored hashed."""
+"""Console tickets: single use, short-lived, bound to a user, a domain, a kind and a mode (view or
+interact); stored hashed."""
 
 from __future__ import annotations
 
@@ -20,15 +21,27 @@ class TicketRefused(Exception):
     """The ticket cannot open a console; the message says why (sent as the close reason)."""
 
 
+def _permission(mode: str) -> str:
+    return "domain.console.interact" if mode == ConsoleTicket.Mode.INTERACT else "domain.console.view"
+
+
 @transaction.atomic
-def console_ticket_issue(*, user: Any, domain: Domain, kind: str) -> tuple[ConsoleTicket, str]:
+def console_ticket_issue(
+    *, user: Any, domain: Domain, kind: str, mode: str = ConsoleTicket.Mode.INTERACT
+) -> tuple[ConsoleTicket, str]:
+    """A ticket to watch (`view`) or to watch and type into (`interact`) one console."""
     if kind not in ConsoleTicket.Kind.values:
         raise InvalidInput(
             f"Unknown console kind {kind!r}.",
             fields={"kind": [f"must be one of: {', '.join(ConsoleTicket.Kind.values)}"]},
         )
-    if not has_perm(user, "domain.console.interact", domain):
-        raise PermissionDenied(explain(user, "domain.console.interact", domain))
+    if mode not in ConsoleTicket.Mode.values:
+        raise InvalidInput(
+            f"Unknown console mode {mode!r}.",
+            fields={"mode": [f"must be one of: {', '.join(ConsoleTicket.Mode.values)}"]},
+        )
+    if not has_perm(user, _permission(mode), domain):
+        raise PermissionDenied(explain(user, _permission(mode), domain))
     if domain.state != Domain.State.RUNNING:
         raise Conflict(f"{domain.name} is {domain.get_state_display().lower()}: start it first.")
     key = secrets.token_urlsafe(32)
@@ -37,6 +50,7 @@ def console_ticket_issue(*, user: Any, domain: Domain, kind: str) -> tuple[Conso
         user=user,
         domain=domain,
         kind=kind,
+        mode=mode,
         expires_at=timezone.now() + timedelta(seconds=settings.DOMUS_CONSOLE_TICKET_TTL_SECONDS),
     )
     return ticket, key
@@ -62,6 +76,6 @@ def console_ticket_redeem(*, key: str, user: Any) -> ConsoleTicket:
         raise TicketRefused("sign in (session or API token) to open a console")
     if user.pk != ticket.user_id:
         raise TicketRefused("ticket belongs to another user")
-    if not has_perm(ticket.user, "domain.console.interact", ticket.domain):
+    if not has_perm(ticket.user, _permission(ticket.mode), ticket.domain):
         raise TicketRefused("permission to this console was withdrawn")
     return ticket

@@ -12,6 +12,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from agent.client import AgentClient, AgentError
 from console.audit.services import audit_record
 from domains.consoles import TicketRefused, console_ticket_redeem
+from domains.models import ConsoleTicket
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     """
 
     agent_ws: aiohttp.ClientWebSocketResponse | None = None
+    view_only = True  # until a ticket says otherwise: nothing typed reaches the guest
     pump: asyncio.Task[None] | None = None
     stack: contextlib.AsyncExitStack | None = None
 
@@ -61,13 +63,14 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.accept()
             await self.close(code=CLOSE_AGENT, reason=f"console unavailable: {detail}"[:120])
             return
+        self.view_only = ticket.mode != ConsoleTicket.Mode.INTERACT
         await database_sync_to_async(audit_record)(
             action="console.open",
             actor=ticket.user,
             ip=self._ip(),
             token=self.scope.get("auth"),
             obj=ticket.domain,
-            changes={"kind": ticket.kind},
+            changes={"kind": ticket.kind, "mode": ticket.mode},
         )
         await self.accept()
         self.pump = asyncio.create_task(self._agent_to_browser())
@@ -91,8 +94,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.close(code=1000, reason=reason[:120])
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.agent_ws is None or self.agent_ws.closed:
-            return
+        if self.agent_ws is None or self.agent_ws.closed or self.view_only:
+            return  # a watcher's keystrokes are dropped here, before the agent
         data = bytes_data if bytes_data is not None else (text_data or "").encode()
         try:
             await self.agent_ws.send_bytes(data)

@@ -67,7 +67,14 @@ class ConsoleTicket(models.Model):
     key_hash = models.CharField(max_length=64, unique=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="console_tickets")
+
+    class Mode(models.TextChoices):
+        VIEW = "view", "Watch"
+        INTERACT = "interact", "Watch and type"
+
     kind = models.CharField(max_length=16, choices=Kind.choices)
+    # A view ticket's socket never sends a keystroke to the guest.
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.INTERACT)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     used_at = models.DateTimeField(null=True, blank=True)

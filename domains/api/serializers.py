@@ -93,10 +93,14 @@ class DomainCreateSerializer(serializers.Serializer[Any]):
 
 class ConsoleTicketRequestSerializer(serializers.Serializer[Any]):
     kind = serializers.CharField(default="serial")
+    mode = serializers.ChoiceField(
+        choices=["view", "interact"], default="interact", help_text="view: watch only; interact: type too"
+    )
 
 
 class ConsoleTicketSerializer(serializers.Serializer[Any]):
     ticket = serializers.CharField()
+    mode = serializers.CharField()
     url = serializers.CharField()
     expires_at = serializers.DateTimeField()
 

@@ -241,11 +241,19 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
     @action(detail=True, methods=["post"], url_path="console-tickets")
     def console_tickets(self, request: Request, pk: str | None = None) -> Response:
         domain = self.get_object()
-        kind = request.data.get("kind", "serial") if isinstance(request.data, dict) else None
+        data = request.data if isinstance(request.data, dict) else {}
+        kind, mode = data.get("kind", "serial"), data.get("mode", "interact")
         if not isinstance(kind, str):
             raise InvalidInput("Invalid kind.", fields={"kind": ["must be a string"]})
-        ticket, key = console_ticket_issue(user=request.user, domain=domain, kind=kind)
-        body = {"ticket": key, "url": f"/ws/console/?ticket={key}", "expires_at": ticket.expires_at}
+        if not isinstance(mode, str):
+            raise InvalidInput("Invalid mode.", fields={"mode": ["must be a string"]})
+        ticket, key = console_ticket_issue(user=request.user, domain=domain, kind=kind, mode=mode)
+        body = {
+            "ticket": key,
+            "url": f"/ws/console/?ticket={key}",
+            "expires_at": ticket.expires_at,
+            "mode": ticket.mode,
+        }
         return Response(ConsoleTicketSerializer(body).data, status=status.HTTP_201_CREATED)
 
     def get_object(self) -> Domain:

@@ -86,3 +86,48 @@ def test_unknown_console_kind_is_refused(api: APIClient, running: Domain) -> Non
     response = api.post(f"/api/v1/domains/{running.pk}/console-tickets/", {"kind": "telnet"}, format="json")
     assert response.status_code == 400
     assert "kind" in response.json()["fields"]
+
+
+def _viewer(django_user_model: Any, domain: Domain) -> tuple[Any, APIClient]:
+    """A user who may watch this domain's console but not type into it (the Viewer role)."""
+    from console.access.services import api_token_issue
+    from tests.conftest import grant
+
+    viewer = django_user_model.objects.create_user("vic", password="v-pass-1234")
+    grant(viewer, "Viewer", domain)
+    _, key = api_token_issue(user=viewer)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return viewer, client
+
+
+def test_a_viewer_gets_a_view_ticket_but_not_an_interact_one(
+    running: Domain, django_user_model: Any
+) -> None:
+    viewer, client = _viewer(django_user_model, running)
+    url = f"/api/v1/domains/{running.pk}/console-tickets/"
+    refused = client.post(url, {"kind": "serial", "mode": "interact"}, format="json")
+    assert refused.status_code == 403 and "domain.console.interact" in refused.json()["detail"]
+    granted = client.post(url, {"kind": "serial", "mode": "view"}, format="json")
+    assert granted.status_code == 201 and granted.json()["mode"] == "view"
+    ticket = console_ticket_redeem(key=granted.json()["ticket"], user=viewer)
+    assert ticket.mode == ConsoleTicket.Mode.VIEW
+
+
+def test_interact_is_the_default_and_unknown_modes_are_refused(api: APIClient, running: Domain) -> None:
+    url = f"/api/v1/domains/{running.pk}/console-tickets/"
+    assert api.post(url, {"kind": "serial"}, format="json").json()["mode"] == "interact"
+    response = api.post(url, {"kind": "serial", "mode": "drive"}, format="json")
+    assert response.status_code == 400 and "mode" in response.json()["fields"]
+
+
+def test_a_view_ticket_is_refused_once_watching_is_withdrawn(running: Domain, django_user_model: Any) -> None:
+    from console.access.models import Grant
+
+    viewer, client = _viewer(django_user_model, running)
+    key = client.post(
+        f"/api/v1/domains/{running.pk}/console-tickets/", {"kind": "serial", "mode": "view"}, format="json"
+    ).json()["ticket"]
+    Grant.objects.filter(user=viewer).delete()
+    with pytest.raises(TicketRefused, match="withdrawn"):
+        console_ticket_redeem(key=key, user=viewer)

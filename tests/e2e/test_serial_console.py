@@ -52,6 +52,21 @@ async def reboot_and_watch(stack: Stack, ticket_url: str, domain_id: int) -> byt
         return await read_until(ws, b"DOMUS-TEST-GUEST READY", timeout=90)
 
 
+async def watch_and_try_to_type(stack: Stack, view_url: str, interact_url: str) -> bytes:
+    """A watcher sees what the guest prints, but what it types never reaches the guest."""
+    ws_url = stack.url.replace("http", "ws")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(ws_url + view_url, headers=stack.auth) as watcher,
+        session.ws_connect(ws_url + interact_url, headers=stack.auth) as typist,
+    ):
+        await watcher.send_bytes(b"echo viewonly-$((3*3))\r")
+        await typist.send_bytes(b"echo marker-$((4*4))\r")
+        seen = await read_until(watcher, b"marker-16")  # the watcher sees the typist's work
+        await typist.send_bytes(b"echo marker-$((5*5))\r")  # anything the watcher sent came first
+        return seen + await read_until(watcher, b"marker-25")
+
+
 async def refused_reason(stack: Stack, ticket_url: str, *, signed_in: bool = True) -> tuple[int | None, str]:
     headers = stack.auth if signed_in else {}
     async with (
@@ -96,6 +111,18 @@ def test_guest_lifecycle_and_serial_console(
     assert ticket.status_code == 201, ticket.text
     output = asyncio.run(talk_to_guest(stack, ticket.json()["url"]))
     assert b"hello-42" in output
+
+    # A view ticket watches; its keystrokes are dropped before they reach the agent.
+    tickets = [
+        stack.api(
+            "POST", f"/api/v1/domains/{domain['id']}/console-tickets/", json={"kind": "serial", "mode": m}
+        )
+        for m in ("view", "interact")
+    ]
+    assert [t.json()["mode"] for t in tickets] == ["view", "interact"]
+    watched = asyncio.run(watch_and_try_to_type(stack, tickets[0].json()["url"], tickets[1].json()["url"]))
+    assert b"marker-16" in watched and b"marker-25" in watched
+    assert b"viewonly-9" not in watched
 
     # The ticket was spent: a second socket with it is refused, with the reason.
     code, reason = asyncio.run(refused_reason(stack, ticket.json()["url"]))

@@ -14,6 +14,7 @@
   window.domusTerminal = term; // for tests and the curious
   const encoder = new TextEncoder();
   let ws = null;
+  let viewOnly = false;
 
   function say(text, cls) { status.textContent = text; status.className = "console-status " + (cls || ""); }
 
@@ -23,16 +24,22 @@
       return;
     }
     say("connecting…");
-    const resp = await fetch("/api/v1/domains/" + el.dataset.domain + "/console-tickets/", {
+    const ticket = (mode) => fetch("/api/v1/domains/" + el.dataset.domain + "/console-tickets/", {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json", "X-CSRFToken": window.domusCsrf() },
-      body: JSON.stringify({ kind: "serial" }),
+      body: JSON.stringify({ kind: "serial", mode }),
     });
+    let resp = await ticket("interact");
+    if (resp.status === 403) resp = await ticket("view"); // may watch, may not type
     const body = await resp.json();
     if (!resp.ok) { say("cannot connect: " + (body.detail || resp.status), "bad"); return; }
+    viewOnly = body.mode === "view";
     ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + body.url);
     ws.binaryType = "arraybuffer";
-    ws.onopen = () => { say("connected", "ok"); term.focus(); ws.send(encoder.encode("\r")); };
+    ws.onopen = () => {
+      if (viewOnly) { say("watching (read-only: you may not type here)", "ok"); return; }
+      say("connected", "ok"); term.focus(); ws.send(encoder.encode("\r"));
+    };
     ws.onmessage = (msg) => term.write(typeof msg.data === "string" ? msg.data : new Uint8Array(msg.data));
     ws.onclose = (ev) => {
       ws = null;
@@ -41,7 +48,7 @@
     };
   }
 
-  term.onData((data) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(encoder.encode(data)); });
+  term.onData((data) => { if (ws && ws.readyState === WebSocket.OPEN && !viewOnly) ws.send(encoder.encode(data)); });
   document.addEventListener("domus:domain-state", (e) => {
     if (e.detail.state === "running") connect();
     else if (!ws) say("the domain is " + (e.detail.state_label || e.detail.state).toLowerCase());
