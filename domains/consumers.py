@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -11,7 +12,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from agent.client import AgentClient, AgentError
 from console.audit.services import audit_record
-from domains.consoles import TicketRefused, console_ticket_redeem
+from console.realtime.events import ACCESS_CHANGED, ACCESS_GROUP, SESSION_ENDED
+from domains.consoles import TicketRefused, console_still_allowed, console_ticket_redeem
 from domains.models import ConsoleTicket
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     """
 
     agent_ws: aiohttp.ClientWebSocketResponse | None = None
+    ticket: ConsoleTicket | None = None
     view_only = True  # until a ticket says otherwise: nothing typed reaches the guest
     pump: asyncio.Task[None] | None = None
     stack: contextlib.AsyncExitStack | None = None
@@ -64,6 +67,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.close(code=CLOSE_AGENT, reason=f"console unavailable: {detail}"[:120])
             return
         self.view_only = ticket.mode != ConsoleTicket.Mode.INTERACT
+        self.ticket = ticket
         await database_sync_to_async(audit_record)(
             action="console.open",
             actor=ticket.user,
@@ -73,24 +77,57 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             changes={"kind": ticket.kind, "mode": ticket.mode},
         )
         await self.accept()
+        # Access changes and sign-outs reach this socket: it closes when its user may no longer
+        # use this console, or the session (or token) that opened it ends.
+        await self.channel_layer.group_add(ACCESS_GROUP, self.channel_name)
         self.pump = asyncio.create_task(self._agent_to_browser())
+
+    async def domus_event(self, message: dict[str, Any]) -> None:
+        event = message.get("event", {})
+        if self.ticket is None or self.agent_ws is None:
+            return
+        if event.get("type") == SESSION_ENDED:
+            session = self.scope.get("session")
+            if session is not None and session.session_key == event.get("session"):
+                await self._cut("signed out")
+        elif event.get("type") == ACCESS_CHANGED:
+            why = await database_sync_to_async(console_still_allowed)(
+                ticket=self.ticket, token=self.scope.get("auth")
+            )
+            if why:
+                await self._cut(why)
+
+    async def _cut(self, reason: str) -> None:
+        await database_sync_to_async(audit_record)(
+            action="console.close",
+            actor=self.ticket.user if self.ticket else None,
+            ip=self._ip(),
+            obj=self.ticket.domain if self.ticket else None,
+            outcome="denied",
+            detail=reason,
+        )
+        await self.close(code=CLOSE_REFUSED, reason=reason[:120])
+        await self._close_client()
 
     def _ip(self) -> str | None:
         client = self.scope.get("client") or [None]
         return str(client[0]) if client[0] else None
 
     async def _agent_to_browser(self) -> None:
-        assert self.agent_ws is not None
+        agent_ws = self.agent_ws
+        assert agent_ws is not None
         reason = "console closed by the host"
-        async for msg in self.agent_ws:
+        async for msg in agent_ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
                 await self.send(bytes_data=msg.data)
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 await self.send(bytes_data=msg.data.encode())
             else:
                 break
-        if self.agent_ws.close_code not in (None, 1000) and self.agent_ws.exception():
-            reason = f"console lost: {self.agent_ws.exception()}"
+        if self.agent_ws is None:
+            return  # cut by this console (access withdrawn, signed out): already closed, with why
+        if agent_ws.close_code not in (None, 1000) and agent_ws.exception():
+            reason = f"console lost: {agent_ws.exception()}"
         await self.close(code=1000, reason=reason[:120])
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -103,6 +140,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.close(code=CLOSE_AGENT, reason=f"console lost: {exc}"[:120])
 
     async def disconnect(self, code: int) -> None:
+        await self.channel_layer.group_discard(ACCESS_GROUP, self.channel_name)
         if self.pump is not None and self.pump is not asyncio.current_task():
             self.pump.cancel()
         await self._close_client()

@@ -101,9 +101,7 @@ def _viewer(django_user_model: Any, domain: Domain) -> tuple[Any, APIClient]:
     return viewer, client
 
 
-def test_a_viewer_gets_a_view_ticket_but_not_an_interact_one(
-    running: Domain, django_user_model: Any
-) -> None:
+def test_a_viewer_gets_a_view_ticket_but_not_an_interact_one(running: Domain, django_user_model: Any) -> None:
     viewer, client = _viewer(django_user_model, running)
     url = f"/api/v1/domains/{running.pk}/console-tickets/"
     refused = client.post(url, {"kind": "serial", "mode": "interact"}, format="json")

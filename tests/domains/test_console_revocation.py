@@ -1,0 +1,154 @@
+"""An open console closes when its user may no longer use it: a grant withdrawn, a sign-out, a
+revoked token. Through the real ASGI stack and channel layer; the agent's side is a stand-in
+(a console byte pipe), since what is tested is the console process's decision."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from console.access.models import Grant
+from console.access.services import api_token_issue, api_token_revoke
+from console.asgi import application
+from domains import consumers
+from domains.consoles import console_ticket_issue
+from domains.models import Domain
+from hosts.models import Host
+from tests.conftest import grant
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = (b"origin", b"http://127.0.0.1")
+
+
+class FakeAgentConsole:
+    """The agent's console socket, as the consumer uses it."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.close_code: int | None = None
+        self._messages: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue()
+
+    def __aiter__(self) -> FakeAgentConsole:
+        return self
+
+    async def __anext__(self) -> aiohttp.WSMessage:
+        message = await self._messages.get()
+        if message.type == aiohttp.WSMsgType.CLOSED:
+            raise StopAsyncIteration
+        return message
+
+    async def send_bytes(self, data: bytes) -> None:
+        pass
+
+    def exception(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self.closed = True
+        await self._messages.put(aiohttp.WSMessage(aiohttp.WSMsgType.CLOSED, None, None))
+
+
+class FakeAgentClient:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    async def __aenter__(self) -> FakeAgentClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    @asynccontextmanager
+    async def open_serial(self, domain_uuid: Any) -> AsyncIterator[FakeAgentConsole]:
+        console = FakeAgentConsole()
+        try:
+            yield console
+        finally:
+            await console.close()
+
+
+@pytest.fixture(autouse=True)
+def fake_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumers, "AgentClient", FakeAgentClient)
+
+
+def _world(django_user_model: Any) -> tuple[Any, Domain]:
+    host = Host.objects.create(name="h", url="http://127.0.0.1:1", secret="x" * 32, state=Host.State.ONLINE)
+    domain = Domain.objects.create(name="d", host=host, state=Domain.State.RUNNING)
+    user = django_user_model.objects.create_user("watcher", password="w-pass-1234")
+    grant(user, "Operator", domain)
+    return user, domain
+
+
+async def _open(path: str, headers: list[tuple[bytes, bytes]]) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(application, path, headers=[*headers, ORIGIN])
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    await asyncio.sleep(0.3)  # the pub/sub layer subscribes the group in the background
+    return communicator
+
+
+async def _closed_with(communicator: WebsocketCommunicator) -> tuple[int, str]:
+    message = await communicator.receive_output(timeout=10)
+    assert message["type"] == "websocket.close", message
+    return message["code"], message.get("reason", "")
+
+
+def _cookie(user: Any) -> tuple[Client, bytes]:
+    client = Client()
+    client.force_login(user)
+    return client, f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def test_withdrawing_the_grant_closes_the_open_console(django_user_model: Any) -> None:
+    user, domain = await database_sync_to_async(_world)(django_user_model)
+    _client, cookie = await database_sync_to_async(_cookie)(user)
+    _ticket, key = await database_sync_to_async(console_ticket_issue)(user=user, domain=domain, kind="serial")
+    communicator = await _open(f"/ws/console/?ticket={key}", [(b"cookie", cookie)])
+    # An unrelated access change leaves it open.
+    await database_sync_to_async(Grant.objects.create)(user=user, role=(await _role("Viewer")), scope="site")
+    assert await communicator.receive_nothing(timeout=1)
+    await database_sync_to_async(Grant.objects.filter(user=user).delete)()
+    code, reason = await _closed_with(communicator)
+    assert code == 4403 and "withdrawn" in reason
+
+
+async def _role(name: str) -> Any:
+    from tests.conftest import builtin_role
+
+    return await database_sync_to_async(builtin_role)(name)
+
+
+async def test_signing_out_closes_the_consoles_of_that_session(django_user_model: Any) -> None:
+    user, domain = await database_sync_to_async(_world)(django_user_model)
+    client, cookie = await database_sync_to_async(_cookie)(user)
+    _other_client, other_cookie = await database_sync_to_async(_cookie)(user)  # another browser
+    keys = [
+        (await database_sync_to_async(console_ticket_issue)(user=user, domain=domain, kind="serial"))[1]
+        for _ in range(2)
+    ]
+    mine = await _open(f"/ws/console/?ticket={keys[0]}", [(b"cookie", cookie)])
+    elsewhere = await _open(f"/ws/console/?ticket={keys[1]}", [(b"cookie", other_cookie)])
+    await database_sync_to_async(client.post)("/logout/")
+    code, reason = await _closed_with(mine)
+    assert code == 4403 and reason == "signed out"
+    assert await elsewhere.receive_nothing(timeout=1)  # that browser is still signed in
+    await elsewhere.disconnect()
+
+
+async def test_revoking_the_token_closes_its_console(django_user_model: Any) -> None:
+    user, domain = await database_sync_to_async(_world)(django_user_model)
+    token, secret = await database_sync_to_async(lambda: api_token_issue(user=user))()
+    _ticket, key = await database_sync_to_async(console_ticket_issue)(user=user, domain=domain, kind="serial")
+    communicator = await _open(f"/ws/console/?ticket={key}", [(b"authorization", f"Token {secret}".encode())])
+    await database_sync_to_async(api_token_revoke)(token=token, actor=user)
+    code, reason = await _closed_with(communicator)
+    assert code == 4403 and "revoked" in reason
