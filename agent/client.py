@@ -194,23 +194,29 @@ class AgentClient:
                 **kwargs.get("headers", {}),
                 "Idempotency-Key": f"{self.idempotency_key}:{method} {path}",
             }
+        status, raw = await self._raw_request(method, path, **kwargs)
+        try:
+            body = json.loads(raw) if raw else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        return status, body
+
+    async def _raw_request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+        """The answer's status and bytes; an error status raises the matching AgentError."""
         try:
             async with self.session.request(method, self.base_url + path, **kwargs) as resp:
-                text = await resp.text()
+                raw = await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientConnectionError) as err:
             raise self._unreachable(err) from err
-        try:
-            body = json.loads(text) if text else None
-        except json.JSONDecodeError:
-            body = None
         if status >= 400:
+            text = raw.decode(errors="replace")
             try:
-                problem = Problem.model_validate(body)
+                problem = Problem.model_validate_json(raw)
             except ValidationError:
                 problem = Problem(error="http_error", detail=text[:500] or f"HTTP {status}")
             raise _BY_STATUS.get(status, AgentError)(status, problem.error, problem.detail)
-        return status, body
+        return status, raw
 
     async def _model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
         _status, body = await self._request(method, path, **kwargs)
@@ -305,6 +311,11 @@ class AgentClient:
     def events(self) -> AbstractAsyncContextManager[aiohttp.ClientWebSocketResponse]:
         """`async with client.events() as ws:` — JSON text frames (see agent.protocol.AgentEvent)."""
         return self._ws("/v1/events")
+
+    async def serial_log(self, domain_uuid: uuid_mod.UUID) -> bytes:
+        """The last output of the domain's serial console, as the agent recorded it."""
+        _status, raw = await self._raw_request("GET", f"/v1/domains/{domain_uuid}/console/serial/log")
+        return raw
 
     def open_serial(
         self, domain_uuid: uuid_mod.UUID

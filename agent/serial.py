@@ -1,11 +1,13 @@
 """Serial console: one libvirt console stream per domain, fanned out to any number of WebSockets.
 
-The first viewer of a domain opens the stream (with VIR_DOMAIN_CONSOLE_FORCE: there is no Domus
-session yet, so whatever holds the console — a stale `virsh console` — is displaced); later
-viewers join that session and receive everything the guest prints from then on. Input from any
-viewer goes to the stream in arrival order. When the last viewer leaves the stream is aborted;
-when the stream ends (domain stopped, EOF, error) every viewer is closed with the reason and the
-session is forgotten, so the next viewer opens a fresh stream.
+The agent records every running domain's console: a session is opened when a domain starts (and,
+at start-up, for those already running), with VIR_DOMAIN_CONSOLE_FORCE, and keeps the last
+HISTORY_BYTES of output. A viewer joining sees that history first (boot messages printed before
+anyone connected), then everything the guest prints. Input from any viewer goes to the stream in
+arrival order. When the stream ends (domain stopped, EOF, error) every viewer is closed with the
+reason and the session is forgotten, its history kept for a log download until the domain starts
+again; the next viewer opens a fresh stream. Without recording (the test driver has no consoles),
+the first viewer opens the stream and the last one leaving releases it.
 
 The stream is non-blocking and driven by libvirtaio: its readable callback runs on the event
 loop and drains `recv()` until it would block (-2). Each viewer has a bounded output queue; a
@@ -23,6 +25,7 @@ from collections.abc import Awaitable, Callable
 import libvirt
 from aiohttp import WSMsgType, web
 
+from agent.errors import AgentProblem
 from agent.events import EventHub
 from agent.protocol import DomainEvent
 
@@ -32,6 +35,7 @@ _CHUNK = 64 * 1024
 _QUEUE_CHUNKS = 256  # per viewer, output chunks not yet sent
 _INPUT_CHUNKS = 256  # per session, input chunks not yet written to the stream
 _FLUSH_GRACE_S = 5.0  # after the stream ended, how long a viewer may take to send what it has
+HISTORY_BYTES = 256 * 1024  # per domain: what a viewer who joins late sees first
 _WATCH = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP
 _EOF = b""
 
@@ -157,6 +161,8 @@ class SerialSession:
         self._input: asyncio.Queue[bytes] = asyncio.Queue(maxsize=_INPUT_CHUNKS)
         self._writer: asyncio.Task[None] | None = None
         self._callback_added = False
+        self.history = bytearray()  # the last HISTORY_BYTES the guest printed
+        self.recording = False  # kept open without viewers (the agent records this console)
 
     def start(self) -> None:
         self._hub.add_listener(self.on_domain_event)
@@ -171,11 +177,13 @@ class SerialSession:
     # -- membership ----------------------------------------------------------------------------
     def add(self, viewer: SerialViewer) -> None:
         assert not self.closed
+        if self.history:  # what was printed before this viewer came (its queue is empty)
+            viewer.offer(bytes(self.history))
         self.viewers.add(viewer)
 
     def leave(self, viewer: SerialViewer) -> None:
         self.viewers.discard(viewer)
-        if not self.viewers and not self.closed:
+        if not self.viewers and not self.closed and not self.recording:
             self.close("last viewer left", flush=False)
 
     # -- libvirt -> viewers (event loop callbacks) ------------------------------------------------
@@ -199,6 +207,9 @@ class SerialSession:
             if not isinstance(data, bytes) or not data:
                 self.close("console stream ended", eof=True)
                 return
+            self.history += data
+            if len(self.history) > HISTORY_BYTES:
+                del self.history[: len(self.history) - HISTORY_BYTES]
             for viewer in list(self.viewers):
                 if not viewer.offer(data):
                     log.warning("serial console of %s: dropping a viewer that cannot keep up", self.uuid)
@@ -257,16 +268,74 @@ class SerialSession:
 
 
 class SerialConsoles:
-    """The agent's serial console sessions, at most one per domain."""
+    """The agent's serial console sessions, at most one per domain.
 
-    def __init__(self, hub: EventHub) -> None:
+    With `opener_for` (a stream opener per domain), every running domain's console is recorded:
+    opened when the domain starts and kept open without viewers."""
+
+    def __init__(
+        self, hub: EventHub, opener_for: Callable[[uuid_mod.UUID], StreamOpener] | None = None
+    ) -> None:
         self._hub = hub
+        self._opener_for = opener_for
         self._sessions: dict[uuid_mod.UUID, SerialSession] = {}
         # Per-domain opening locks, with the number of joiners using each (to drop it after).
         self._locks: dict[uuid_mod.UUID, tuple[asyncio.Lock, int]] = {}
+        self._last: dict[uuid_mod.UUID, bytes] = {}  # history of a domain whose console ended
+        self._tasks: set[asyncio.Task[None]] = set()
+        if opener_for is not None:
+            hub.add_listener(self._on_domain_event)
 
     def session(self, domain_uuid: uuid_mod.UUID) -> SerialSession | None:
         return self._sessions.get(domain_uuid)
+
+    def history(self, domain_uuid: uuid_mod.UUID) -> bytes | None:
+        """The last HISTORY_BYTES the domain's console printed (its last run's when stopped)."""
+        session = self._sessions.get(domain_uuid)
+        if session is not None and not session.closed:
+            return bytes(session.history)
+        return self._last.get(domain_uuid)
+
+    def _on_domain_event(self, event: DomainEvent) -> None:
+        if event.event == "started":
+            task = asyncio.ensure_future(self.record(event.uuid))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif event.event == "undefined" and event.state is None:
+            self._last.pop(event.uuid, None)
+
+    async def record(self, domain_uuid: uuid_mod.UUID) -> None:
+        """Keep the domain's console open and its history, viewers or not (best effort: a
+        console that cannot be opened now is opened by the next viewer)."""
+        assert self._opener_for is not None
+        lock, users = self._locks.get(domain_uuid, (asyncio.Lock(), 0))
+        self._locks[domain_uuid] = (lock, users + 1)
+        try:
+            async with lock:
+                session = self._sessions.get(domain_uuid)
+                if session is not None and not session.closed:
+                    session.recording = True
+                    return
+                try:
+                    stream = await _open_uncancellable(self._opener_for(domain_uuid))
+                except (libvirt.libvirtError, AgentProblem) as err:
+                    log.info("not recording the serial console of %s: %s", domain_uuid, err)
+                    return
+                self._last.pop(domain_uuid, None)
+                session = SerialSession(stream, domain_uuid, hub=self._hub, on_closed=self._forget)
+                session.recording = True
+                self._sessions[domain_uuid] = session
+                session.start()
+                log.info("recording the serial console of %s", domain_uuid)
+        finally:
+            self._release_lock(domain_uuid)
+
+    def _release_lock(self, domain_uuid: uuid_mod.UUID) -> None:
+        lock, users = self._locks[domain_uuid]
+        if users <= 1:
+            del self._locks[domain_uuid]
+        else:
+            self._locks[domain_uuid] = (lock, users - 1)
 
     async def join(
         self, domain_uuid: uuid_mod.UUID, viewer: SerialViewer, opener: StreamOpener
@@ -283,22 +352,25 @@ class SerialConsoles:
                 if session is None or session.closed:
                     stream = await _open_uncancellable(opener)
                     session = SerialSession(stream, domain_uuid, hub=self._hub, on_closed=self._forget)
+                    session.recording = self._opener_for is not None
                     self._sessions[domain_uuid] = session
                     session.start()
                 session.add(viewer)
                 return session
         finally:
-            lock, users = self._locks[domain_uuid]
-            if users <= 1:
-                del self._locks[domain_uuid]
-            else:
-                self._locks[domain_uuid] = (lock, users - 1)
+            self._release_lock(domain_uuid)
 
     def _forget(self, session: SerialSession) -> None:
         if self._sessions.get(session.uuid) is session:
             del self._sessions[session.uuid]
+            if session.history:
+                self._last[session.uuid] = bytes(session.history)
 
     def close_all(self, reason: str) -> None:
+        if self._opener_for is not None:
+            self._hub.remove_listener(self._on_domain_event)
+        for task in list(self._tasks):
+            task.cancel()
         for session in list(self._sessions.values()):
             session.close(reason)
 

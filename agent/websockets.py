@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid as uuid_mod
+from collections.abc import Callable
 
 import libvirt
 from aiohttp import WSCloseCode, web
 
 from agent.api import RUNTIME, _uuid
 from agent.errors import AgentProblem, Conflict
-from agent.serial import SerialConsoles, SerialViewer, open_console_stream
+from agent.runtime import AgentRuntime
+from agent.serial import SerialConsoles, SerialViewer, StreamOpener, open_console_stream
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,39 @@ async def serial_console(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def serial_log(request: web.Request) -> web.Response:
+    """The last output of the domain's serial console (of its last run, once stopped)."""
+    domain_uuid = _uuid(request)
+    await request.app[RUNTIME].domains.state(domain_uuid)  # 404 for an unknown domain
+    history = request.app[SERIAL_CONSOLES].history(domain_uuid)
+    return web.Response(body=history or b"", content_type="application/octet-stream")
+
+
+def _opener_for(runtime: AgentRuntime) -> Callable[[uuid_mod.UUID], StreamOpener]:
+    def opener_for(domain_uuid: uuid_mod.UUID) -> StreamOpener:
+        async def open_stream() -> libvirt.virStream:
+            dom, state = await runtime.domains.state(domain_uuid)
+            if state not in _RUNNING:
+                raise Conflict(f"domain {domain_uuid} is {state}")
+            return await runtime.conn.call(
+                lambda c: open_console_stream(c, dom), what="opening serial console"
+            )
+
+        return open_stream
+
+    return opener_for
+
+
+async def _record_running(app: web.Application) -> None:
+    """At start-up: record the consoles of the domains already running."""
+    consoles, runtime = app[SERIAL_CONSOLES], app[RUNTIME]
+    if not runtime.domains.local_files:
+        return  # the test driver has no consoles
+    for info in await runtime.domains.list():
+        if info.state in _RUNNING:
+            await consoles.record(info.uuid)
+
+
 async def _close_serial_consoles(app: web.Application) -> None:
     app[SERIAL_CONSOLES].close_all("agent stopping")
 
@@ -97,5 +133,10 @@ async def _close_serial_consoles(app: web.Application) -> None:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/events", events)
     app.router.add_get("/v1/domains/{uuid}/console/serial", serial_console)
-    app[SERIAL_CONSOLES] = SerialConsoles(app[RUNTIME].hub)  # make_app sets RUNTIME first
+    app.router.add_get("/v1/domains/{uuid}/console/serial/log", serial_log)
+    runtime = app[RUNTIME]  # make_app sets it first
+    # Record every running domain's console, except on the test driver (it has none).
+    recording = runtime.domains.local_files
+    app[SERIAL_CONSOLES] = SerialConsoles(runtime.hub, _opener_for(runtime) if recording else None)
+    app.on_startup.append(_record_running)
     app.on_shutdown.append(_close_serial_consoles)

@@ -46,5 +46,6 @@ urlpatterns = [
     path("domains/new/", domain_wizard.domain_new, name="domain-new"),
     path("domains/new/check/", domain_wizard.domain_new_check, name="domain-new-check"),
     path("domains/<int:domain_id>/", domain_views.domain_detail, name="domain-detail"),
+    path("domains/<int:domain_id>/serial.log", domain_views.domain_serial_log, name="domain-serial-log"),
     path("domains/<int:domain_id>/<str:action>/", domain_views.domain_action, name="domain-action"),
 ]

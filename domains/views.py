@@ -6,10 +6,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from agent.client import AgentClient, AgentError
+from console.access.policy import explain, has_perm
 from console.audit.services import origin_of
-from console.errors import DomusError, InvalidInput
+from console.errors import DomusError, InvalidInput, PermissionDenied
 from console.jobs.selectors import job_list
 from domains.models import Domain
 from domains.selectors import DomainFilter, domain_filter_parse, domain_get, domain_jobs, domain_page
@@ -20,9 +23,11 @@ from domains.services import (
     domain_set_autostart,
     domain_set_resources,
 )
+from hosts.agent import run_agent
 from hosts.selectors import host_list
 
 HOME_PAGE_SIZE = 50
+SERIAL_LOG_TIMEOUT_SECONDS = 10.0
 # The overview's columns, each sortable: (heading, ?ordering= key).
 HOME_COLUMNS = (
     ("Name", "name"),
@@ -94,6 +99,28 @@ def domain_detail(request: HttpRequest, domain_id: int) -> HttpResponse:
         "domains/detail.html",
         {"domain": domain, "jobs": domain_jobs(user=request.user, domain=domain)},
     )
+
+
+@login_required
+def domain_serial_log(request: HttpRequest, domain_id: int) -> HttpResponse:
+    """Download what the domain's serial console printed last (up to 256 KiB, as its host's
+    agent recorded it): for whoever may watch that console."""
+    domain = domain_get(user=request.user, domain_id=domain_id)
+    if not has_perm(request.user, "domain.console.view", domain):
+        raise PermissionDenied(explain(request.user, "domain.console.view", domain))
+
+    async def read(client: AgentClient) -> bytes:
+        return await client.serial_log(domain.uuid)
+
+    try:
+        data = run_agent(domain.host, read, timeout=SERIAL_LOG_TIMEOUT_SECONDS)
+    except AgentError as exc:
+        messages.error(request, f"The serial log of {domain.name} cannot be read: {exc.detail}")
+        return redirect("domain-detail", domain_id=domain.pk)
+    response = HttpResponse(data, content_type="text/plain; charset=utf-8")
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    response["Content-Disposition"] = f'attachment; filename="{domain.name}-serial-{stamp}.log"'
+    return response
 
 
 def _number_or_text(raw: str) -> int | str | None:

@@ -33,6 +33,8 @@ DOMAIN = uuid.UUID("6f1c1ad3-5b1e-4e40-9a65-2f7d1c0b9d11")
 class FakeDomains:
     """The libvirt side: counts each action it is asked to do."""
 
+    local_files = False  # as on the test driver: no consoles to record
+
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.gate: asyncio.Event | None = None  # when set, start() waits for it

@@ -213,3 +213,21 @@ def test_a_shutdown_the_guest_ignored_offers_force_off(browser: Any, host: Host)
     page = browser.get(f"/domains/{domain.pk}/").content.decode()
     assert f'data-force-off="{domain.pk}"' in page and page.count("data-force-off=") == 1
     assert job_event(ignored)["job"]["offer"] == "force-off" and job_event(started)["job"]["offer"] == ""
+
+
+def test_serial_log_download_needs_the_console_and_says_when_the_host_is_away(
+    browser: Any, host: Host, django_user_model: Any, client: Any
+) -> None:
+    from console.access.models import Grant, Role
+
+    domain = Domain.objects.create(name="web8", host=host, state=Domain.State.RUNNING)
+    # The host (127.0.0.1:1) does not answer: the page says so instead of failing.
+    response = browser.get(f"/domains/{domain.pk}/serial.log", follow=True)
+    assert response.redirect_chain[-1][0] == f"/domains/{domain.pk}/"
+    assert "cannot be read" in response.content.decode()
+    # Seeing a domain is not watching its console.
+    looker = django_user_model.objects.create_user("looker", password="l-pass-1234")
+    role = Role.objects.create(name="looks only", permissions=["domain.view"])
+    Grant.objects.create(user=looker, role=role, scope=Grant.Scope.DOMAIN, domain=domain)
+    client.force_login(looker)
+    assert client.get(f"/domains/{domain.pk}/serial.log").status_code == 403

@@ -129,6 +129,10 @@ def test_wizard_install_from_iso_and_the_whole_lifecycle(
     page.keyboard.press("Enter")
     _terminal_has(page, "hello-42", 30_000)
     page.screenshot(path=str(ARTIFACTS / "serial-console.png"), full_page=True)
+    # The serial log download: what the guest printed, boot included, recorded by its agent.
+    download = page.request.get(page.url.rstrip("/") + "/serial.log")
+    assert download.ok and "attachment" in download.headers["content-disposition"]
+    assert "DOMUS-TEST-GUEST READY" in download.text() and "hello-42" in download.text()
 
     page.click("button[data-action=pause]")
     _state(page, "Paused")
