@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -318,10 +318,13 @@ class AgentClient:
         return raw
 
     def open_serial(
-        self, domain_uuid: uuid_mod.UUID
+        self, domain_uuid: uuid_mod.UUID, *, user: str = "", mode: str = "interact"
     ) -> AbstractAsyncContextManager[aiohttp.ClientWebSocketResponse]:
-        """`async with client.open_serial(uuid) as ws:` — binary frames both ways."""
-        return self._ws(f"/v1/domains/{domain_uuid}/console/serial")
+        """`async with client.open_serial(uuid) as ws:` — output and keystrokes as binary
+        frames; presence notices (JSON) from the agent and control requests to it as text.
+        `user` names the viewer to the others; a `view` viewer never types."""
+        query = urlencode({"user": user, "mode": mode})
+        return self._ws(f"/v1/domains/{domain_uuid}/console/serial?{query}")
 
 
 _BY_STATUS_CODE = {400: "invalid_spec", 401: "unauthorized", 404: "not_found", 409: "conflict"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid as uuid_mod
 from collections.abc import Awaitable, Callable
@@ -60,17 +61,23 @@ def _abort_stream(stream: libvirt.virStream) -> None:
 
 
 class SerialViewer:
-    """One WebSocket attached to a session: a bounded output queue and an input reader."""
+    """One WebSocket attached to a session: a bounded output queue and an input reader.
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    `name` is who watches (as the console says); only a viewer that `can_interact` may hold
+    control, and only the one holding it types into the guest."""
+
+    def __init__(self, ws: web.WebSocketResponse, *, name: str = "", can_interact: bool = True) -> None:
         self.ws = ws
+        self.name = name or "someone"
+        self.can_interact = can_interact
         self.reason = "console closed"
-        self._out: asyncio.Queue[bytes] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
+        # Output bytes (binary frames) and presence notices (JSON text frames), in order.
+        self._out: asyncio.Queue[bytes | str] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
         self._ended = asyncio.Event()
         self._finishing = False
         self._grace: asyncio.TimerHandle | None = None
 
-    def offer(self, data: bytes) -> bool:
+    def offer(self, data: bytes | str) -> bool:
         """Queue output for this viewer; False when its queue is full (the viewer is too slow)."""
         if self._finishing:
             return True
@@ -103,14 +110,17 @@ class SerialViewer:
             data = await self._out.get()
             if data == _EOF:
                 return
-            await self.ws.send_bytes(data)
+            if isinstance(data, str):
+                await self.ws.send_str(data)
+            else:
+                await self.ws.send_bytes(data)
 
     async def _read_input(self, session: SerialSession) -> None:
         async for msg in self.ws:
             if msg.type == WSMsgType.BINARY:
-                await session.write(msg.data)
-            elif msg.type == WSMsgType.TEXT:
-                await session.write(msg.data.encode())
+                await session.write(msg.data, self)
+            elif msg.type == WSMsgType.TEXT:  # a control message, never keystrokes
+                session.control(self, msg.data)
             elif msg.type == WSMsgType.ERROR:
                 break
 
@@ -163,6 +173,7 @@ class SerialSession:
         self._callback_added = False
         self.history = bytearray()  # the last HISTORY_BYTES the guest printed
         self.recording = False  # kept open without viewers (the agent records this console)
+        self.controller: SerialViewer | None = None  # the one viewer whose keystrokes go in
 
     def start(self) -> None:
         self._hub.add_listener(self.on_domain_event)
@@ -180,11 +191,43 @@ class SerialSession:
         if self.history:  # what was printed before this viewer came (its queue is empty)
             viewer.offer(bytes(self.history))
         self.viewers.add(viewer)
+        if self.controller is None and viewer.can_interact:
+            self.controller = viewer  # nobody else types: no need to ask
+        self._announce(f"{viewer.name} is watching")
 
     def leave(self, viewer: SerialViewer) -> None:
+        if viewer not in self.viewers:
+            return
         self.viewers.discard(viewer)
+        if self.controller is viewer:
+            self.controller = None  # until someone takes it, explicitly
         if not self.viewers and not self.closed and not self.recording:
             self.close("last viewer left", flush=False)
+        elif not self.closed:
+            self._announce(f"{viewer.name} left")
+
+    # -- control: one types at a time, and taking it is explicit ---------------------------------
+    def control(self, viewer: SerialViewer, message: str) -> None:
+        try:
+            request = json.loads(message)
+        except ValueError:
+            return
+        if not isinstance(request, dict) or request.get("type") != "take-control":
+            return
+        if not viewer.can_interact or viewer not in self.viewers or self.controller is viewer:
+            return
+        self.controller = viewer
+        self._announce(f"{viewer.name} took control")
+
+    def presence(self, event: str = "") -> str:
+        names = sorted(v.name for v in self.viewers)
+        controller = self.controller.name if self.controller is not None else None
+        return json.dumps({"type": "presence", "viewers": names, "controller": controller, "event": event})
+
+    def _announce(self, event: str) -> None:
+        notice = self.presence(event)
+        for viewer in list(self.viewers):
+            viewer.offer(notice)
 
     # -- libvirt -> viewers (event loop callbacks) ------------------------------------------------
     def _on_stream(self, stream: libvirt.virStream, events: int, _opaque: object) -> None:
@@ -221,8 +264,9 @@ class SerialSession:
             self.close(f"domain {event.event}")
 
     # -- viewers -> libvirt ----------------------------------------------------------------------
-    async def write(self, data: bytes) -> None:
-        if not self.closed and data:
+    async def write(self, data: bytes, viewer: SerialViewer) -> None:
+        """Keystrokes from `viewer`: they reach the guest only while it holds control."""
+        if not self.closed and data and viewer is self.controller:
             await self._input.put(data)
 
     async def _write_input(self) -> None:

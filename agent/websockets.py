@@ -76,7 +76,9 @@ async def serial_console(request: web.Request) -> web.WebSocketResponse:
         return await runtime.conn.call(lambda c: open_console_stream(c, dom), what="opening serial console")
 
     ws = web.WebSocketResponse(heartbeat=30)
-    viewer = SerialViewer(ws)
+    # Who watches and whether they may type, as the (authenticated) console says.
+    name = request.query.get("user", "")[:64]
+    viewer = SerialViewer(ws, name=name, can_interact=request.query.get("mode", "interact") == "interact")
     session = await request.app[SERIAL_CONSOLES].join(domain_uuid, viewer, open_stream)
     try:
         # From here on the viewer holds the session (and its stream) open: whatever happens,

@@ -19,6 +19,7 @@ from domains.models import ConsoleTicket
 logger = logging.getLogger(__name__)
 
 CLOSE_REFUSED = 4403
+TAKE_CONTROL = '{"type": "take-control"}'  # the one control request a browser may send
 CLOSE_AGENT = 4502
 
 
@@ -59,7 +60,9 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             client = await self.stack.enter_async_context(
                 AgentClient(host.url, host.secret, fingerprint=host.fingerprint)
             )
-            self.agent_ws = await self.stack.enter_async_context(client.open_serial(ticket.domain.uuid))
+            self.agent_ws = await self.stack.enter_async_context(
+                client.open_serial(ticket.domain.uuid, user=ticket.user.get_username(), mode=ticket.mode)
+            )
         except (AgentError, aiohttp.ClientError, OSError) as exc:
             detail = getattr(exc, "detail", str(exc))
             await self._close_client()
@@ -120,8 +123,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         async for msg in agent_ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
                 await self.send(bytes_data=msg.data)
-            elif msg.type == aiohttp.WSMsgType.TEXT:
-                await self.send(bytes_data=msg.data.encode())
+            elif msg.type == aiohttp.WSMsgType.TEXT:  # a presence notice: who watches, who types
+                await self.send(text_data=msg.data)
             else:
                 break
         if self.agent_ws is None:
@@ -131,11 +134,14 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.close(code=1000, reason=reason[:120])
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Binary frames are keystrokes; text frames are control requests ("take-control")."""
         if self.agent_ws is None or self.agent_ws.closed or self.view_only:
-            return  # a watcher's keystrokes are dropped here, before the agent
-        data = bytes_data if bytes_data is not None else (text_data or "").encode()
+            return  # a watcher's keystrokes and requests are dropped here, before the agent
         try:
-            await self.agent_ws.send_bytes(data)
+            if bytes_data is not None:
+                await self.agent_ws.send_bytes(bytes_data)
+            elif text_data == TAKE_CONTROL:
+                await self.agent_ws.send_str(TAKE_CONTROL)
         except (aiohttp.ClientError, ConnectionError) as exc:
             await self.close(code=CLOSE_AGENT, reason=f"console lost: {exc}"[:120])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import subprocess
 import uuid
@@ -88,6 +89,8 @@ async def _read_until(ws: aiohttp.ClientWebSocketResponse, needle: bytes, timeou
     async with asyncio.timeout(timeout):
         while needle not in seen:
             msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                continue  # a presence notice (who watches, who types), not console output
             assert msg.type == aiohttp.WSMsgType.BINARY, (msg, seen[-500:])
             seen += msg.data
     return seen
@@ -160,7 +163,7 @@ async def _closed_with_reason(ws: aiohttp.ClientWebSocketResponse, timeout: floa
     async with asyncio.timeout(timeout):
         while True:
             msg = await ws.receive()
-            if msg.type == aiohttp.WSMsgType.BINARY:
+            if msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
                 continue
             assert msg.type == aiohttp.WSMsgType.CLOSE, msg
             assert msg.data == aiohttp.WSCloseCode.GOING_AWAY, msg
@@ -193,12 +196,16 @@ async def test_real_guest_serial_console_is_shared(real_agent: RunningAgent) -> 
                     await first.send_bytes(b"echo shared-$((6*7))\n")
                     await _read_until(first, b"shared-42", timeout=60)
                     await _read_until(second, b"shared-42", timeout=60)
-                    # Input from the second viewer reaches the same console, seen by both.
+                    # The second viewer takes control (one types at a time); its input then
+                    # reaches the same console, seen by both.
+                    await second.send_str(json.dumps({"type": "take-control"}))
                     await second.send_bytes(b"echo second-$((5*5))\n")
                     await _read_until(second, b"second-25", timeout=60)
                     await _read_until(first, b"second-25", timeout=60)
                     assert not first.closed and not second.closed
-                # The second one leaving does not end the first one's session.
+                # The second one leaving does not end the first one's session; control is taken
+                # back explicitly.
+                await first.send_str(json.dumps({"type": "take-control"}))
                 await first.send_bytes(b"echo still-$((7*7))\n")
                 await _read_until(first, b"still-49", timeout=60)
             # Both left; the agent still records the console, and a third viewer joins it.

@@ -4,6 +4,7 @@ console is exercised in test_real_libvirt.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any, cast
 
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from agent.events import EventHub
 from agent.protocol import DomainEvent
-from agent.serial import _QUEUE_CHUNKS, SerialConsoles, SerialViewer
+from agent.serial import _QUEUE_CHUNKS, HISTORY_BYTES, SerialConsoles, SerialViewer
 
 pytestmark = pytest.mark.asyncio
 
@@ -63,15 +64,25 @@ class Opener:
         return cast(libvirt.virStream, stream)
 
 
-def viewer() -> SerialViewer:
-    return SerialViewer(cast(web.WebSocketResponse, None))
+def viewer(name: str = "", *, can_interact: bool = True) -> SerialViewer:
+    return SerialViewer(cast(web.WebSocketResponse, None), name=name, can_interact=can_interact)
 
 
-def queued(v: SerialViewer) -> list[bytes]:
+def _drain_queue(v: SerialViewer) -> list[bytes | str]:
     out = []
     while not v._out.empty():
         out.append(v._out.get_nowait())
     return out
+
+
+def queued(v: SerialViewer) -> list[bytes]:
+    """The console output queued for `v` (presence notices left out)."""
+    return [item for item in _drain_queue(v) if isinstance(item, bytes)]
+
+
+def notices(v: SerialViewer) -> list[dict[str, Any]]:
+    """The presence notices queued for `v` (output left out)."""
+    return [json.loads(item) for item in _drain_queue(v) if isinstance(item, str)]
 
 
 async def test_viewers_share_one_stream_until_the_last_leaves() -> None:
@@ -83,10 +94,10 @@ async def test_viewers_share_one_stream_until_the_last_leaves() -> None:
     stream = opener.streams[0]
     stream.feed(b"hello")
     assert queued(a) == [b"hello"] and queued(b) == [b"hello"]
-    await session.write(b"from a")
-    await session.write(b"from b")
+    await session.write(b"from a", a)  # the first to come types: nobody else did
+    await session.write(b"from b", b)  # b watches until it takes control
     await asyncio.sleep(0.01)
-    assert stream.sent == [b"from a", b"from b"]
+    assert stream.sent == [b"from a"]
     session.leave(a)
     assert not stream.aborted and consoles.session(dom) is session
     session.leave(b)
@@ -167,3 +178,57 @@ async def test_a_cancelled_open_does_not_leak_the_stream() -> None:
     release.set()
     await asyncio.sleep(0.01)
     assert stream.aborted and consoles.session(dom) is None and not consoles._locks
+
+
+async def test_one_types_at_a_time_and_taking_control_is_explicit_and_announced() -> None:
+    consoles, opener, dom = SerialConsoles(EventHub()), Opener(), uuid.uuid4()
+    ana, bob, vic = viewer("ana"), viewer("bob"), viewer("vic", can_interact=False)
+    session = await consoles.join(dom, ana, opener)
+    await consoles.join(dom, bob, opener)
+    await consoles.join(dom, vic, opener)
+    stream = opener.streams[0]
+    last = notices(vic)[-1]
+    assert last == {
+        "type": "presence",
+        "viewers": ["ana", "bob", "vic"],
+        "controller": "ana",
+        "event": "vic is watching",
+    }
+    session.control(bob, json.dumps({"type": "take-control"}))
+    assert notices(ana)[-1]["event"] == "bob took control" and notices(vic)[-1]["controller"] == "bob"
+    for who, text in ((ana, b"ana types"), (bob, b"bob types"), (vic, b"vic types")):
+        await session.write(text, who)
+    await asyncio.sleep(0.01)
+    assert stream.sent == [b"bob types"]
+    session.control(vic, json.dumps({"type": "take-control"}))  # a watcher may not
+    session.control(ana, "not json")
+    assert session.controller is bob
+    session.leave(bob)  # control is not handed on by itself
+    assert session.controller is None and notices(ana)[-1] == {
+        "type": "presence",
+        "viewers": ["ana", "vic"],
+        "controller": None,
+        "event": "bob left",
+    }
+    await session.write(b"nobody", ana)
+    await asyncio.sleep(0.01)
+    assert stream.sent == [b"bob types"]
+
+
+async def test_a_recorded_console_keeps_its_history_for_late_viewers_and_after_it_ends() -> None:
+    hub, dom = EventHub(), uuid.uuid4()
+    opener = Opener()
+    consoles = SerialConsoles(hub, lambda _uuid: opener)
+    await consoles.record(dom)
+    stream = opener.streams[0]
+    stream.feed(b"x" * (HISTORY_BYTES - 10), b"BOOT-BANNER")  # more than it keeps
+    late = viewer("late")
+    session = await consoles.join(dom, late, opener)
+    assert len(opener.streams) == 1  # it joined the recording
+    (replayed,) = queued(late)
+    assert len(replayed) == HISTORY_BYTES and replayed.endswith(b"BOOT-BANNER")
+    session.leave(late)
+    assert not stream.aborted  # still recording without viewers
+    stream.feed(b"more")
+    session.close("domain stopped")
+    assert consoles.history(dom) == replayed[4:] + b"more"

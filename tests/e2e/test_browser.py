@@ -124,6 +124,7 @@ def test_wizard_install_from_iso_and_the_whole_lifecycle(
     _state(page, "Running")
     page.wait_for_selector('#jobs [data-field="status"]:has-text("succeeded")', timeout=60_000)
     _terminal_has(page, "guest#")
+    page.wait_for_selector('#console-presence:has-text("you have control")')
     page.click("#terminal")
     page.keyboard.type("echo hello-$((6*7))")
     page.keyboard.press("Enter")

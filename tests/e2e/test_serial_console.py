@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -21,6 +22,8 @@ async def read_until(ws: aiohttp.ClientWebSocketResponse, needle: bytes, timeout
     async with asyncio.timeout(timeout):
         while needle not in seen:
             msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                continue  # a presence notice (who watches, who types), not console output
             if msg.type != aiohttp.WSMsgType.BINARY:
                 raise AssertionError(
                     f"console closed ({msg.type}, {msg.data!r}, {msg.extra!r}); got {seen[-500:]!r}"
@@ -65,6 +68,34 @@ async def watch_and_try_to_type(stack: Stack, view_url: str, interact_url: str) 
         seen = await read_until(watcher, b"marker-16")  # the watcher sees the typist's work
         await typist.send_bytes(b"echo marker-$((5*5))\r")  # anything the watcher sent came first
         return seen + await read_until(watcher, b"marker-25")
+
+
+async def take_control_from_another(stack: Stack, first_url: str, second_url: str) -> bytes:
+    """Two who may type: the first has control; the second types nothing until it takes it,
+    which both are told."""
+    ws_url = stack.url.replace("http", "ws")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(ws_url + first_url, headers=stack.auth) as first,
+        session.ws_connect(ws_url + second_url, headers=stack.auth) as second,
+    ):
+        await second.send_bytes(b"echo early-$((2*2))\r")  # not in control: dropped
+        await first.send_bytes(b"echo first-$((3*3))\r")
+        seen = await read_until(second, b"first-9")
+        await second.send_str('{"type": "take-control"}')
+        notice = await next_presence(first, lambda p: "took control" in p["event"])
+        assert notice["controller"] == "admin" and len(notice["viewers"]) == 2
+        await second.send_bytes(b"echo second-$((4*4))\r")
+        return seen + await read_until(first, b"second-16")
+
+
+async def next_presence(ws: aiohttp.ClientWebSocketResponse, wanted: Any, timeout: float = 30) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.TEXT and wanted(notice := json.loads(msg.data)):
+                return notice
+            assert msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), msg
 
 
 async def refused_reason(stack: Stack, ticket_url: str, *, signed_in: bool = True) -> tuple[int | None, str]:
@@ -123,6 +154,16 @@ def test_guest_lifecycle_and_serial_console(
     watched = asyncio.run(watch_and_try_to_type(stack, tickets[0].json()["url"], tickets[1].json()["url"]))
     assert b"marker-16" in watched and b"marker-25" in watched
     assert b"viewonly-9" not in watched
+
+    # Two who may type: one at a time, and taking control is explicit.
+    urls = [
+        stack.api("POST", f"/api/v1/domains/{domain['id']}/console-tickets/", json={"kind": "serial"}).json()[
+            "url"
+        ]
+        for _ in range(2)
+    ]
+    typed = asyncio.run(take_control_from_another(stack, urls[0], urls[1]))
+    assert b"second-16" in typed and b"early-4" not in typed
 
     # The ticket was spent: a second socket with it is refused, with the reason.
     code, reason = asyncio.run(refused_reason(stack, ticket.json()["url"]))

@@ -40,7 +40,10 @@
       if (viewOnly) { say("watching (read-only: you may not type here)", "ok"); return; }
       say("connected", "ok"); term.focus(); ws.send(encoder.encode("\r"));
     };
-    ws.onmessage = (msg) => term.write(typeof msg.data === "string" ? msg.data : new Uint8Array(msg.data));
+    ws.onmessage = (msg) => {
+      if (typeof msg.data === "string") showPresence(JSON.parse(msg.data));
+      else term.write(new Uint8Array(msg.data));
+    };
     ws.onclose = (ev) => {
       ws = null;
       say("disconnected" + (ev.reason ? ": " + ev.reason : ""), ev.code === 1000 ? "" : "bad");
@@ -48,7 +51,24 @@
     };
   }
 
-  term.onData((data) => { if (ws && ws.readyState === WebSocket.OPEN && !viewOnly) ws.send(encoder.encode(data)); });
+  // Who watches, who types: one viewer types at a time; the others take control explicitly.
+  const presence = document.getElementById("console-presence");
+  const take = document.getElementById("take-control");
+  let inControl = false;
+  function showPresence(p) {
+    if (p.type !== "presence" || !presence) return;
+    inControl = p.controller === el.dataset.user && !viewOnly;
+    const typist = p.controller ? (p.controller === el.dataset.user ? "you have control" : p.controller + " has control")
+      : "nobody has control";
+    presence.querySelector('[data-field="who"]').textContent =
+      "Watching: " + p.viewers.join(", ") + " · " + typist + (p.event ? " — " + p.event : "");
+    presence.hidden = false;
+    take.hidden = viewOnly || inControl;
+  }
+  if (take) take.addEventListener("click", () => {
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send('{"type": "take-control"}');
+  });
+  term.onData((data) => { if (ws && ws.readyState === WebSocket.OPEN && inControl) ws.send(encoder.encode(data)); });
   document.addEventListener("domus:domain-state", (e) => {
     if (e.detail.state === "running") connect();
     else if (!ws) say("the domain is " + (e.detail.state_label || e.detail.state).toLowerCase());
