@@ -37,6 +37,7 @@
     ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + body.url);
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
+      term.reset(); // the agent replays the console's recent history: start from a clean screen
       if (viewOnly) { say("watching (read-only: you may not type here)", "ok"); return; }
       say("connected", "ok"); term.focus(); ws.send(encoder.encode("\r"));
     };
@@ -46,8 +47,10 @@
     };
     ws.onclose = (ev) => {
       ws = null;
-      say("disconnected" + (ev.reason ? ": " + ev.reason : ""), ev.code === 1000 ? "" : "bad");
-      if (el.dataset.state === "running" && ev.code !== 4403) setTimeout(connect, 2000);
+      const retry = el.dataset.state === "running" && ev.code !== 4403;
+      say("disconnected" + (ev.reason ? ": " + ev.reason : "") + (retry ? " — reconnecting…" : ""),
+        ev.code === 1000 && !retry ? "" : "bad");
+      if (retry) setTimeout(connect, 2000);
     };
   }
 
@@ -65,6 +68,8 @@
     presence.hidden = false;
     take.hidden = viewOnly || inControl;
   }
+  const clear = document.getElementById("console-clear");
+  if (clear) clear.addEventListener("click", () => { term.clear(); term.focus(); });
   if (take) take.addEventListener("click", () => {
     if (ws && ws.readyState === WebSocket.OPEN) ws.send('{"type": "take-control"}');
   });
