@@ -13,7 +13,7 @@ import uuid as uuid_mod
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.cloudinit import CloudInitSpec
 
@@ -22,6 +22,16 @@ API_VERSION = "v1"
 # Names end up in libvirt names and volume file names: keep them boring.
 DOMAIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 NAME_RULE = "must be 1-63 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def _domain_name(value: str) -> str:
+    if not DOMAIN_NAME_RE.match(value):
+        raise ValueError(NAME_RULE)
+    return value
+
+
+# A domain name, as every model naming one takes it.
+DomainName = Annotated[str, AfterValidator(_domain_name)]
 
 DomainState = Literal[
     "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended"
@@ -202,7 +212,7 @@ class DomainSpec(_Strict):
     `define` idempotent: defining the same uuid again returns the existing domain."""
 
     uuid: uuid_mod.UUID
-    name: str
+    name: DomainName
     mode: VirtMode = "hvm"
     os: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.+-]{0,63}$")] = "generic"
     vcpus: Annotated[int, Field(ge=1, le=4096)] = 1
@@ -214,13 +224,6 @@ class DomainSpec(_Strict):
     serial: bool = True
     clock: Literal["utc", "localtime"] = "utc"
     autostart: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_safe(cls, value: str) -> str:
-        if not DOMAIN_NAME_RE.match(value):
-            raise ValueError(NAME_RULE)
-        return value
 
     @field_validator("boot", mode="before")
     @classmethod
@@ -377,14 +380,7 @@ class ResourcesResult(BaseModel):
 
 
 class RenameRequest(_Strict):
-    name: str
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_safe(cls, value: str) -> str:
-        if not DOMAIN_NAME_RE.match(value):
-            raise ValueError(NAME_RULE)
-        return value
+    name: DomainName
 
 
 class DeleteResult(BaseModel):

@@ -112,7 +112,7 @@ def domain_list(*, user: Any) -> QuerySet[Domain]:
 def domain_search(*, user: Any, filters: DomainFilter) -> QuerySet[Domain]:
     """The domains `user` may see that match `filters`, in their order, with the columns a list
     shows: the database filters, sorts and (sliced) pages; the host's name comes in the same query."""
-    domains = restrict(Domain.objects.select_related("host").only(*LIST_FIELDS), user, "domain.view")
+    domains = domain_list(user=user).only(*LIST_FIELDS)
     if filters.host is not None:
         domains = domains.filter(host_id=filters.host)
     if filters.team is not None:

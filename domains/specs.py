@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.protocol import DomainSpec, HostFacts
+from agent.protocol import DomainSpec, HostFacts, HostResources
 from console.errors import InvalidInput
 from domains.oscatalog import OsVariant, os_variant
 from hosts.models import Host
@@ -125,6 +125,14 @@ def host_facts(host: Host) -> HostFacts | None:
         return None
 
 
+def host_resources(host: Host) -> HostResources | None:
+    """The host's pools, networks and bridges as last reported (None before it reported any)."""
+    try:
+        return HostResources.model_validate(host.resources) if host.resources else None
+    except ValidationError:
+        return None
+
+
 def _confined_path(value: str, pool_paths: list[str]) -> str | None:
     """The problem with a path the user gave, or None when it lies inside one of the host's
     pools (a relative path is taken in the default pool, as the agent does)."""
@@ -164,7 +172,8 @@ def _check_host(spec: DomainSpec, host: Host, facts: HostFacts | None, variant: 
     errors = _Errors()
     if spec.mode != "hvm" and not variant.pv_capable:
         errors.add("mode", f"{variant.label} cannot run paravirtualised: choose full virtualisation (HVM)")
-    _check_paths(spec, host, facts, errors)
+    resources = host_resources(host)
+    _check_paths(spec, host, resources, errors)
     if facts is None:
         errors.raise_if_any("The spec does not fit this host.")
         return  # a host that never reported: the agent checks the rest
@@ -181,7 +190,6 @@ def _check_host(spec: DomainSpec, host: Host, facts: HostFacts | None, variant: 
         errors.add("memory_mib", f"at most {facts.memory_mib} MiB: the memory of {host.name}")
     if spec.graphics and caps is not None and caps.graphics and "vnc" not in caps.graphics:
         errors.add("graphics", f"{host.name} offers no VNC graphics")
-    resources = facts.resources
     if resources is not None:
         _check_storage(spec, host, resources, errors)
         _check_network(spec, host, resources, errors)
@@ -190,7 +198,7 @@ def _check_host(spec: DomainSpec, host: Host, facts: HostFacts | None, variant: 
     errors.raise_if_any("The spec does not fit this host.")
 
 
-def _check_storage(spec: DomainSpec, host: Host, resources: Any, errors: _Errors) -> None:
+def _check_storage(spec: DomainSpec, host: Host, resources: HostResources, errors: _Errors) -> None:
     pools = {p.name: p for p in resources.pools}
     wanted: dict[str, float] = defaultdict(float)
     for index, disk in enumerate(spec.disks):
@@ -217,9 +225,9 @@ def _check_storage(spec: DomainSpec, host: Host, resources: Any, errors: _Errors
             )
 
 
-def _check_paths(spec: DomainSpec, host: Host, facts: HostFacts | None, errors: _Errors) -> None:
+def _check_paths(spec: DomainSpec, host: Host, resources: HostResources | None, errors: _Errors) -> None:
     """Every path the user names must lie in one of the host's pools."""
-    pools = facts.resources.pools if facts is not None and facts.resources is not None else []
+    pools = resources.pools if resources is not None else []
     pool_paths = [p.path for p in pools if p.path] or [host.default_pool_path]
     for index, disk in enumerate(spec.disks):
         for key in ("existing", "backing"):
@@ -233,7 +241,7 @@ def _check_paths(spec: DomainSpec, host: Host, facts: HostFacts | None, errors: 
                 errors.add(f"{section}.{key}", problem)
 
 
-def _check_network(spec: DomainSpec, host: Host, resources: Any, errors: _Errors) -> None:
+def _check_network(spec: DomainSpec, host: Host, resources: HostResources, errors: _Errors) -> None:
     networks = {n.name: n for n in resources.networks}
     bridges = set(resources.bridges) | {n.bridge for n in resources.networks if n.bridge}
     macs: set[str] = set()

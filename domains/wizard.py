@@ -55,9 +55,7 @@ def _step_of(field: str) -> int:
 def _host_option(host: Host) -> dict[str, Any]:
     """What the wizard needs to know about a host to offer only what it can do."""
     facts = host_facts(host)
-    resources = host.stats.get("resources") or (
-        facts.resources.model_dump() if facts and facts.resources else {}
-    )
+    resources = host.resources
     caps = facts.capabilities if facts else None
     return {
         "id": host.pk,
@@ -164,7 +162,7 @@ def _int(value: Any, field: str) -> int:
 def preview_xml(spec: DomainSpec, host: Host) -> str:
     """The domain XML the agent will define, with the volume paths it will choose."""
     facts = host_facts(host)
-    pools = {p["name"]: p for p in _host_option(host)["pools"]}
+    pools = {p["name"]: p for p in host.resources.get("pools", [])}
     disks = []
     for index, disk in enumerate(spec.disks):
         if disk.existing is not None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
 
 
@@ -43,6 +45,12 @@ class Host(models.Model):
     @property
     def uses_tls(self) -> bool:
         return self.url.startswith("https://")
+
+    @property
+    def resources(self) -> dict[str, Any]:
+        """Pools, networks and bridges as last reported: the periodic stats (fresher), else the
+        facts read when the agent connected."""
+        return dict(self.stats.get("resources") or self.facts.get("resources") or {})
 
     @property
     def default_pool_path(self) -> str:

@@ -73,7 +73,7 @@ def host_detail_page(request: HttpRequest, host_id: int) -> HttpResponse:
             "host": host,
             "fingerprint": format_fingerprint(host.fingerprint) if host.fingerprint else "",
             "caps": host.facts.get("capabilities") or {},
-            "resources": (host.stats.get("resources") or host.facts.get("resources") or {}),
+            "resources": host.resources,
             "may_manage": has_site_perm(request.user, "host.manage"),
             "domains": host.domains.count(),
             "jobs": job_list(user=request.user).filter(host=host)[:10],

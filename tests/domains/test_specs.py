@@ -249,3 +249,13 @@ def test_old_stored_specs_still_load() -> None:
         }
     )
     assert spec.boot.kind == "iso" and spec.nics == [] and spec.mode == "hvm"
+
+
+def test_free_space_is_checked_against_the_latest_stats(kvm: Host) -> None:
+    """The agent's periodic stats are fresher than the facts read when it connected."""
+    resources = _facts()["resources"]
+    resources["pools"][0]["available_bytes"] = 5 * GIB  # filled up since it connected
+    kvm.stats = {"resources": resources}
+    kvm.save()
+    errors = errors_of(base(disks=[{"size_gib": 10}]), kvm)
+    assert "5.0 GiB free" in errors["disks.0.size_gib"][0]
