@@ -102,21 +102,27 @@ needs_guest = pytest.mark.skipif(
 )
 
 
-@needs_guest
-async def test_real_guest_serial_console(real_agent: RunningAgent) -> None:
-    tag = uuid.uuid4().hex[:8]
-    name = f"{PREFIX}{tag}"
+def kernel_guest(label: str, *, disks: list[DiskSpec] | None = None) -> tuple[DomainSpec, Path, Path]:
+    """A spec booting the test guest's kernel and initrd, copied into the pool for it."""
+    name = f"{PREFIX}{label}"
     kernel, initrd = POOL_PATH / f"{name}-vmlinuz", POOL_PATH / f"{name}-initrd.img"
+    shutil.copyfile(GUEST / "vmlinuz", kernel)
+    shutil.copyfile(GUEST / "initrd.img", initrd)
     spec = DomainSpec(
         uuid=uuid.uuid4(),
         name=name,
         memory_mib=256,
-        disks=[DiskSpec(size_gib=0.0625)],
+        disks=disks or [],
         boot=KernelBoot(kernel=kernel.name, initrd=initrd.name, cmdline="console=ttyS0 quiet"),
     )
+    return spec, kernel, initrd
+
+
+@needs_guest
+async def test_real_guest_serial_console(real_agent: RunningAgent) -> None:
+    spec, kernel, initrd = kernel_guest(uuid.uuid4().hex[:8], disks=[DiskSpec(size_gib=0.0625)])
+    name = spec.name
     volume = POOL_PATH / f"{name}-{spec.uuid.hex[:8]}-disk0.qcow2"
-    shutil.copyfile(GUEST / "vmlinuz", kernel)
-    shutil.copyfile(GUEST / "initrd.img", initrd)
     try:
         async with AgentClient(real_agent.url, real_agent.secret, timeout=SLOW) as client:
             info = await client.define(spec)
@@ -174,17 +180,7 @@ async def _closed_with_reason(ws: aiohttp.ClientWebSocketResponse, timeout: floa
 async def test_real_guest_serial_console_is_shared(real_agent: RunningAgent) -> None:
     """Two viewers share one console stream (neither kicks the other off); after both leave a
     third opens a fresh one; destroying the domain closes every viewer with a reason."""
-    tag = uuid.uuid4().hex[:8]
-    name = f"{PREFIX}shared-{tag}"
-    kernel, initrd = POOL_PATH / f"{name}-vmlinuz", POOL_PATH / f"{name}-initrd.img"
-    spec = DomainSpec(
-        uuid=uuid.uuid4(),
-        name=name,
-        memory_mib=256,
-        boot=KernelBoot(kernel=kernel.name, initrd=initrd.name, cmdline="console=ttyS0 quiet"),
-    )
-    shutil.copyfile(GUEST / "vmlinuz", kernel)
-    shutil.copyfile(GUEST / "initrd.img", initrd)
+    spec, kernel, initrd = kernel_guest(f"shared-{uuid.uuid4().hex[:8]}")
     try:
         async with AgentClient(real_agent.url, real_agent.secret, timeout=SLOW) as client:
             await client.define(spec)
@@ -234,16 +230,7 @@ async def test_real_guest_serial_console_is_shared(real_agent: RunningAgent) -> 
 async def test_a_late_viewer_sees_what_the_guest_printed_before(real_agent: RunningAgent) -> None:
     """The agent records each running domain's console from its start: a viewer who comes after
     the boot sees the boot messages first; the log of the last run stays readable once stopped."""
-    name = f"{PREFIX}history-{uuid.uuid4().hex[:6]}"
-    kernel, initrd = POOL_PATH / f"{name}-vmlinuz", POOL_PATH / f"{name}-initrd.img"
-    spec = DomainSpec(
-        uuid=uuid.uuid4(),
-        name=name,
-        memory_mib=256,
-        boot=KernelBoot(kernel=kernel.name, initrd=initrd.name, cmdline="console=ttyS0 quiet"),
-    )
-    shutil.copyfile(GUEST / "vmlinuz", kernel)
-    shutil.copyfile(GUEST / "initrd.img", initrd)
+    spec, kernel, initrd = kernel_guest(f"history-{uuid.uuid4().hex[:6]}")
     log_url = f"{real_agent.url}/v1/domains/{spec.uuid}/console/serial/log"
     headers = {"Authorization": f"Bearer {real_agent.secret}"}
 

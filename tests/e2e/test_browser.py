@@ -48,37 +48,28 @@ def _sign_in(page: Any, stack: Stack) -> None:
     page.wait_for_selector('[data-host-state]:has-text("Online")')
 
 
-def _terminal_has(page: Any, text: str, timeout: float = 60_000) -> None:
-    page.wait_for_function(
-        "(text) => { const b = window.domusTerminal && window.domusTerminal.buffer.active; if (!b) return false;"
-        " for (let i = 0; i < b.length; i++) if (b.getLine(i).translateToString(true).includes(text)) return true;"
-        " return false; }",
-        arg=text,
-        timeout=timeout,
-    )
+# How many lines of the page's terminal contain a text (0 before the terminal exists).
+_COUNT_LINES = (
+    "(text) => { const b = window.domusTerminal && window.domusTerminal.buffer.active; if (!b) return 0;"
+    " let n = 0; for (let i = 0; i < b.length; i++) if (b.getLine(i).translateToString(true).includes(text)) n++;"
+    " return n; }"
+)
 
 
 def _terminal_count(page: Any, text: str) -> int:
-    return int(
-        page.evaluate(
-            "(text) => { const b = window.domusTerminal.buffer.active; let n = 0;"
-            " for (let i = 0; i < b.length; i++) if (b.getLine(i).translateToString(true).includes(text)) n++;"
-            " return n; }",
-            text,
-        )
-    )
+    return int(page.evaluate(_COUNT_LINES, text))
 
 
 def _terminal_gets_more(page: Any, text: str, before: int, timeout: float = 120_000) -> None:
     """Wait for more lines with `text` than `before` (the boot already printed it once, and the
     console's history replays it: its first appearance proves nothing)."""
     page.wait_for_function(
-        "([text, before]) => { const b = window.domusTerminal.buffer.active; let n = 0;"
-        " for (let i = 0; i < b.length; i++) if (b.getLine(i).translateToString(true).includes(text)) n++;"
-        " return n > before; }",
-        arg=[text, before],
-        timeout=timeout,
+        f"([text, before]) => ({_COUNT_LINES})(text) > before", arg=[text, before], timeout=timeout
     )
+
+
+def _terminal_has(page: Any, text: str, timeout: float = 60_000) -> None:
+    _terminal_gets_more(page, text, 0, timeout)
 
 
 def _state(page: Any, label: str, timeout: float = 60_000) -> None:
