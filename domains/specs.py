@@ -125,6 +125,15 @@ def host_facts(host: Host) -> HostFacts | None:
         return None
 
 
+def vcpu_limit(facts: HostFacts | None) -> int | None:
+    """The most vCPUs one domain may have on this host: its CPUs, and libvirt's own maximum."""
+    if facts is None:
+        return None
+    caps = facts.capabilities
+    limits = [v for v in (facts.cpus, caps.max_vcpus if caps else None) if v]
+    return min(limits) if limits else None
+
+
 def host_resources(host: Host) -> HostResources | None:
     """The host's pools, networks and bridges as last reported (None before it reported any)."""
     try:
@@ -183,9 +192,9 @@ def _check_host(spec: DomainSpec, host: Host, facts: HostFacts | None, variant: 
         if mode is None or not mode.available:
             why = mode.note if mode is not None and mode.note else "not offered by this hypervisor"
             errors.add("mode", f"{spec.mode.upper()} is not available on {host.name}: {why}")
-    limits = [v for v in (facts.cpus, caps.max_vcpus if caps else None) if v]
-    if limits and spec.vcpus > min(limits):
-        errors.add("vcpus", f"at most {min(limits)}: {host.name} has {facts.cpus} CPUs")
+    limit = vcpu_limit(facts)
+    if limit is not None and spec.vcpus > limit:
+        errors.add("vcpus", f"at most {limit}: {host.name} has {facts.cpus} CPUs")
     if facts.memory_mib and spec.memory_mib > facts.memory_mib:
         errors.add("memory_mib", f"at most {facts.memory_mib} MiB: the memory of {host.name}")
     if spec.graphics and caps is not None and caps.graphics and "vnc" not in caps.graphics:

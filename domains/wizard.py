@@ -26,7 +26,7 @@ from console.errors import DomusError, InvalidInput
 from domains.oscatalog import os_families, os_variants
 from domains.placement import free_memory_mib, host_place
 from domains.services import domain_create
-from domains.specs import build_spec, host_facts, parse_size_mib
+from domains.specs import build_spec, host_facts, parse_size_mib, vcpu_limit
 from hosts.models import Host
 from hosts.selectors import host_list
 
@@ -65,7 +65,7 @@ def _host_option(host: Host) -> dict[str, Any]:
         "maintenance_reason": host.maintenance_reason,
         "hypervisor": facts.hypervisor if facts else None,
         "cpus": facts.cpus if facts else None,
-        "max_vcpus": min(v for v in (facts.cpus, caps.max_vcpus if caps else None) if v) if facts else None,
+        "max_vcpus": vcpu_limit(facts),
         "memory_mib": facts.memory_mib if facts else None,
         "free_memory_mib": free_memory_mib(host),
         "modes": [m.model_dump() for m in caps.modes] if caps else [],
@@ -107,6 +107,8 @@ def domain_new(request: HttpRequest) -> HttpResponse:
             "hosts": [_host_option(h) for h in hosts],
             "os": catalog,
             "families": os_families(),
+            # Which step owns each field, for the errors the server returns (STEP_FIELDS).
+            "steps": {field: step for step, fields in STEP_FIELDS.items() for field in fields},
         },
     }
     return render(request, "domains/wizard.html", context)

@@ -294,8 +294,7 @@
   }
   function stepOf(field) {
     const head = field.split(".")[0];
-    const map = { name: 1, host: 1, team: 1, mode: 2, boot: 3, os: 4, disks: 5, nics: 6, memory_mib: 7, vcpus: 7, graphics: 7, serial: 7, autostart: 7, clock: 7 };
-    return map[head] || LAST;
+    return data.steps[head] || LAST;
   }
   function csrf() { return form.querySelector("input[name=csrfmiddlewaretoken]").value; }
   async function post(url, body) {
