@@ -9,6 +9,7 @@ import time
 import uuid as uuid_mod
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -18,6 +19,7 @@ from agent import __version__
 from agent.errors import AgentProblem, Conflict, InvalidSpec, NotFound, Unauthorized
 from agent.identity import AgentIdentity, ConsoleKeys
 from agent.protocol import (
+    PROBLEM_HEADER,
     DomainInfo,
     DomainSpec,
     PairRequest,
@@ -41,7 +43,8 @@ CONSOLE_ID = web.RequestKey("console_id", str)  # which paired console is callin
 
 def problem_response(status: int, code: str, detail: str) -> web.Response:
     body = Problem(error=code, detail=detail).model_dump_json()
-    return web.Response(status=status, text=body, content_type="application/json")
+    headers = {PROBLEM_HEADER: quote(detail[:500])}
+    return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
 def model_response(model: BaseModel, status: int = 200) -> web.Response:

@@ -17,12 +17,13 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import aiohttp
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agent.protocol import (
+    PROBLEM_HEADER,
     DeleteResult,
     DomainInfo,
     DomainSpec,
@@ -300,7 +301,8 @@ class AgentClient:
         except aiohttp.WSServerHandshakeError as err:
             # The agent answers before the upgrade with a Problem; its status is what counts.
             cls = _BY_STATUS.get(err.status, AgentError)
-            raise cls(err.status, _BY_STATUS_CODE.get(err.status, "http_error"), err.message) from err
+            detail = unquote(err.headers.get(PROBLEM_HEADER, "") if err.headers else "") or err.message
+            raise cls(err.status, _BY_STATUS_CODE.get(err.status, "http_error"), detail) from err
         except (TimeoutError, aiohttp.ClientConnectionError) as err:
             raise self._unreachable(err) from err
         try:
@@ -323,8 +325,17 @@ class AgentClient:
         """`async with client.open_serial(uuid) as ws:` — output and keystrokes as binary
         frames; presence notices (JSON) from the agent and control requests to it as text.
         `user` names the viewer to the others; a `view` viewer never types."""
+        return self.open_console(domain_uuid, kind="serial", user=user, mode=mode)
+
+    def open_console(
+        self, domain_uuid: uuid_mod.UUID, *, kind: str, user: str = "", mode: str = "interact"
+    ) -> AbstractAsyncContextManager[aiohttp.ClientWebSocketResponse]:
+        """A console byte pipe of `kind`: `serial` (see open_serial) or `vnc`, the RFB protocol
+        in binary frames (the agent has done the server's handshake and offers the viewer no
+        authentication), with the same presence notices and control requests as text frames;
+        a `view` viewer's input events never reach the guest."""
         query = urlencode({"user": user, "mode": mode})
-        return self._ws(f"/v1/domains/{domain_uuid}/console/serial?{query}")
+        return self._ws(f"/v1/domains/{domain_uuid}/console/{kind}?{query}")
 
 
 _BY_STATUS_CODE = {400: "invalid_spec", 401: "unauthorized", 404: "not_found", 409: "conflict"}

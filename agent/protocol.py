@@ -389,6 +389,11 @@ class DeleteResult(BaseModel):
     kept_volumes: list[str] = []
 
 
+# Every non-2xx answer also carries its detail, percent-encoded, in this header: a WebSocket
+# client refused before the upgrade sees the headers but never the body.
+PROBLEM_HEADER = "Domus-Problem"
+
+
 class Problem(BaseModel):
     """Error body of every non-2xx agent answer."""
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid as uuid_mod
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from aiohttp import WSMsgType, web
 from agent.errors import AgentProblem
 from agent.events import EventHub
 from agent.protocol import DomainEvent
+from agent.sharing import SharedConsole, SocketViewer
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +60,14 @@ def _abort_stream(stream: libvirt.virStream) -> None:
         stream.abort()
 
 
-class SerialViewer:
+class SerialViewer(SocketViewer):
     """One WebSocket attached to a session: a bounded output queue and an input reader.
 
     `name` is who watches (as the console says); only a viewer that `can_interact` may hold
-    control, and only the one holding it types into the guest."""
+    control, and only the one holding it types into the guest (see agent.sharing)."""
 
     def __init__(self, ws: web.WebSocketResponse, *, name: str = "", can_interact: bool = True) -> None:
-        self.ws = ws
-        self.name = name or "someone"
-        self.can_interact = can_interact
-        self.reason = "console closed"
+        super().__init__(ws, name=name, can_interact=can_interact)
         # Output bytes (binary frames) and presence notices (JSON text frames), in order.
         self._out: asyncio.Queue[bytes | str] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
         self._ended = asyncio.Event()
@@ -120,7 +117,7 @@ class SerialViewer:
             if msg.type == WSMsgType.BINARY:
                 await session.write(msg.data, self)
             elif msg.type == WSMsgType.TEXT:  # a control message, never keystrokes
-                session.control(self, msg.data)
+                session.sharing.request(self, msg.data)
             elif msg.type == WSMsgType.ERROR:
                 break
 
@@ -163,6 +160,7 @@ class SerialSession:
     ) -> None:
         self.uuid = domain_uuid
         self.viewers: set[SerialViewer] = set()
+        self.sharing = SharedConsole()  # who watches, and the one who types
         self.closed = False
         self.reason = ""
         self._stream = stream
@@ -173,7 +171,6 @@ class SerialSession:
         self._callback_added = False
         self.history = bytearray()  # the last HISTORY_BYTES the guest printed
         self.recording = False  # kept open without viewers (the agent records this console)
-        self.controller: SerialViewer | None = None  # the one viewer whose keystrokes go in
 
     def start(self) -> None:
         self._hub.add_listener(self.on_domain_event)
@@ -191,43 +188,16 @@ class SerialSession:
         if self.history:  # what was printed before this viewer came (its queue is empty)
             viewer.offer(bytes(self.history))
         self.viewers.add(viewer)
-        if self.controller is None and viewer.can_interact:
-            self.controller = viewer  # nobody else types: no need to ask
-        self._announce(f"{viewer.name} is watching")
+        self.sharing.join(viewer)
 
     def leave(self, viewer: SerialViewer) -> None:
         if viewer not in self.viewers:
             return
         self.viewers.discard(viewer)
-        if self.controller is viewer:
-            self.controller = None  # until someone takes it, explicitly
-        if not self.viewers and not self.closed and not self.recording:
+        last = not self.viewers and not self.recording
+        self.sharing.leave(viewer, announce=not self.closed and not last)
+        if last and not self.closed:
             self.close("last viewer left", flush=False)
-        elif not self.closed:
-            self._announce(f"{viewer.name} left")
-
-    # -- control: one types at a time, and taking it is explicit ---------------------------------
-    def control(self, viewer: SerialViewer, message: str) -> None:
-        try:
-            request = json.loads(message)
-        except ValueError:
-            return
-        if not isinstance(request, dict) or request.get("type") != "take-control":
-            return
-        if not viewer.can_interact or viewer not in self.viewers or self.controller is viewer:
-            return
-        self.controller = viewer
-        self._announce(f"{viewer.name} took control")
-
-    def presence(self, event: str = "") -> str:
-        names = sorted(v.name for v in self.viewers)
-        controller = self.controller.name if self.controller is not None else None
-        return json.dumps({"type": "presence", "viewers": names, "controller": controller, "event": event})
-
-    def _announce(self, event: str) -> None:
-        notice = self.presence(event)
-        for viewer in list(self.viewers):
-            viewer.offer(notice)
 
     # -- libvirt -> viewers (event loop callbacks) ------------------------------------------------
     def _on_stream(self, stream: libvirt.virStream, events: int, _opaque: object) -> None:
@@ -266,7 +236,7 @@ class SerialSession:
     # -- viewers -> libvirt ----------------------------------------------------------------------
     async def write(self, data: bytes, viewer: SerialViewer) -> None:
         """Keystrokes from `viewer`: they reach the guest only while it holds control."""
-        if not self.closed and data and viewer is self.controller:
+        if not self.closed and data and self.sharing.may_type(viewer):
             await self._input.put(data)
 
     async def _write_input(self) -> None:
@@ -306,6 +276,7 @@ class SerialSession:
         else:
             _abort_stream(self._stream)
         viewers, self.viewers = self.viewers, set()
+        self.sharing = SharedConsole()
         for viewer in viewers:
             viewer.end(reason, flush=flush)
         self._on_closed(self)

@@ -1,10 +1,11 @@
-"""WebSocket routes: the events feed and the serial console byte pipe."""
+"""WebSocket routes: the events feed and the console byte pipes (serial and VNC)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import socket
 import uuid as uuid_mod
 from collections.abc import Callable
 
@@ -13,12 +14,18 @@ from aiohttp import WSCloseCode, web
 
 from agent.api import RUNTIME, _uuid
 from agent.errors import AgentProblem, Conflict
+from agent.rfb import RfbError
 from agent.runtime import AgentRuntime
 from agent.serial import SerialConsoles, SerialViewer, StreamOpener, open_console_stream
+from agent.vnc import GraphicsOpener, VncConsoles, VncViewer, connect_server, open_graphics_socket
 
 log = logging.getLogger(__name__)
 
 SERIAL_CONSOLES = web.AppKey("serial_consoles", SerialConsoles)
+VNC_CONSOLES = web.AppKey("vnc_consoles", VncConsoles)
+# How the VNC route reaches a domain's VNC server: libvirt's, unless a benchmark puts its own.
+GraphicsOpenerFor = Callable[[AgentRuntime, libvirt.virDomain], GraphicsOpener]
+VNC_OPENER: web.AppKey[GraphicsOpenerFor] = web.AppKey("vnc_opener")
 
 _RUNNING = ("running", "blocked", "paused")
 
@@ -64,21 +71,31 @@ async def events(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def _running_domain(request: web.Request, console: str) -> tuple[uuid_mod.UUID, libvirt.virDomain]:
+    """The domain a console route is for; 404 or 409 (before the upgrade) unless it runs."""
+    domain_uuid = _uuid(request)
+    dom, state = await request.app[RUNTIME].domains.state(domain_uuid)
+    if state not in _RUNNING:
+        raise Conflict(f"domain {domain_uuid} is {state}; its {console} console needs it running")
+    return domain_uuid, dom
+
+
+def _viewer_of(request: web.Request) -> tuple[str, bool]:
+    """Who watches and whether they may type, as the (authenticated) console says."""
+    return request.query.get("user", "")[:64], request.query.get("mode", "interact") == "interact"
+
+
 async def serial_console(request: web.Request) -> web.WebSocketResponse:
     """A viewer of the domain's one shared serial console session (see agent.serial)."""
     runtime = request.app[RUNTIME]
-    domain_uuid = _uuid(request)
-    dom, state = await runtime.domains.state(domain_uuid)  # 404 before the upgrade
-    if state not in _RUNNING:
-        raise Conflict(f"domain {domain_uuid} is {state}; its serial console needs it running")
+    domain_uuid, dom = await _running_domain(request, "serial")
 
     async def open_stream() -> libvirt.virStream:
         return await runtime.conn.call(lambda c: open_console_stream(c, dom), what="opening serial console")
 
     ws = web.WebSocketResponse(heartbeat=30)
-    # Who watches and whether they may type, as the (authenticated) console says.
-    name = request.query.get("user", "")[:64]
-    viewer = SerialViewer(ws, name=name, can_interact=request.query.get("mode", "interact") == "interact")
+    name, can_interact = _viewer_of(request)
+    viewer = SerialViewer(ws, name=name, can_interact=can_interact)
     session = await request.app[SERIAL_CONSOLES].join(domain_uuid, viewer, open_stream)
     try:
         # From here on the viewer holds the session (and its stream) open: whatever happens,
@@ -92,6 +109,41 @@ async def serial_console(request: web.Request) -> web.WebSocketResponse:
         # A close frame carries at most 123 bytes of reason: cut it on a character boundary.
         message = viewer.reason.encode()[:120].decode(errors="ignore").encode()
         await ws.close(code=WSCloseCode.GOING_AWAY, message=message)
+    return ws
+
+
+def _libvirt_graphics(runtime: AgentRuntime, dom: libvirt.virDomain) -> GraphicsOpener:
+    async def open_socket() -> socket.socket:
+        return await runtime.conn.call(lambda _c: open_graphics_socket(dom), what="opening the VNC console")
+
+    return open_socket
+
+
+async def vnc_console(request: web.Request) -> web.WebSocketResponse:
+    """A viewer of the domain's graphical console: its own shared VNC connection (agent.vnc)."""
+    runtime = request.app[RUNTIME]
+    domain_uuid, dom = await _running_domain(request, "graphical")
+    try:  # the VNC server answers before the upgrade, so a failure is an HTTP problem
+        reader, writer, server_init = await connect_server(request.app[VNC_OPENER](runtime, dom))
+    except (RfbError, OSError, TimeoutError) as err:
+        raise Conflict(
+            f"the VNC console of domain {domain_uuid} cannot be opened: {err or 'timed out'}"
+        ) from err
+    consoles = request.app[VNC_CONSOLES]
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4 * 1024 * 1024)
+    name, can_interact = _viewer_of(request)
+    viewer = VncViewer(ws, name=name, can_interact=can_interact)
+    try:
+        await ws.prepare(request)
+        reason = await viewer.run(consoles.sharing(domain_uuid), reader, writer, server_init)
+        log.info("VNC viewer of %s closed: %s", domain_uuid, reason)
+    finally:
+        writer.close()
+        consoles.release(domain_uuid)
+    if not ws.closed:
+        await ws.close(
+            code=WSCloseCode.GOING_AWAY, message=reason.encode()[:120].decode(errors="ignore").encode()
+        )
     return ws
 
 
@@ -136,6 +188,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/events", events)
     app.router.add_get("/v1/domains/{uuid}/console/serial", serial_console)
     app.router.add_get("/v1/domains/{uuid}/console/serial/log", serial_log)
+    app.router.add_get("/v1/domains/{uuid}/console/vnc", vnc_console)
+    app[VNC_CONSOLES] = VncConsoles()
+    app[VNC_OPENER] = _libvirt_graphics
     runtime = app[RUNTIME]  # make_app sets it first
     # Record every running domain's console, except on the test driver (it has none).
     recording = runtime.domains.local_files

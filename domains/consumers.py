@@ -27,11 +27,14 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     """/ws/console/?ticket=...: pipes bytes between the browser and the agent's console socket.
 
     Bytes never go through the channel layer: this consumer holds its own WebSocket to the agent.
+    A serial watcher's keystrokes are dropped here; a VNC watcher's bytes go on (the RFB
+    protocol needs its requests for screen updates) and the agent drops its input events.
     """
 
     agent_ws: aiohttp.ClientWebSocketResponse | None = None
     ticket: ConsoleTicket | None = None
     view_only = True  # until a ticket says otherwise: nothing typed reaches the guest
+    kind = ConsoleTicket.Kind.SERIAL
     pump: asyncio.Task[None] | None = None
     stack: contextlib.AsyncExitStack | None = None
 
@@ -61,7 +64,9 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 AgentClient(host.url, host.secret, fingerprint=host.fingerprint)
             )
             self.agent_ws = await self.stack.enter_async_context(
-                client.open_serial(ticket.domain.uuid, user=ticket.user.get_username(), mode=ticket.mode)
+                client.open_console(
+                    ticket.domain.uuid, kind=ticket.kind, user=ticket.user.get_username(), mode=ticket.mode
+                )
             )
         except (AgentError, aiohttp.ClientError, OSError) as exc:
             detail = getattr(exc, "detail", str(exc))
@@ -70,6 +75,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.close(code=CLOSE_AGENT, reason=f"console unavailable: {detail}"[:120])
             return
         self.view_only = ticket.mode != ConsoleTicket.Mode.INTERACT
+        self.kind = ticket.kind
         self.ticket = ticket
         await database_sync_to_async(audit_record)(
             action="console.open",
@@ -134,13 +140,16 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.close(code=1000, reason=reason[:120])
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        """Binary frames are keystrokes; text frames are control requests ("take-control")."""
-        if self.agent_ws is None or self.agent_ws.closed or self.view_only:
-            return  # a watcher's keystrokes and requests are dropped here, before the agent
+        """Binary frames are keystrokes (serial) or the RFB protocol (vnc); text frames are
+        control requests ("take-control")."""
+        if self.agent_ws is None or self.agent_ws.closed:
+            return
         try:
             if bytes_data is not None:
+                if self.view_only and self.kind == ConsoleTicket.Kind.SERIAL:
+                    return  # a watcher's keystrokes are dropped here, before the agent
                 await self.agent_ws.send_bytes(bytes_data)
-            elif text_data == TAKE_CONTROL:
+            elif text_data == TAKE_CONTROL and not self.view_only:
                 await self.agent_ws.send_str(TAKE_CONTROL)
         except (aiohttp.ClientError, ConnectionError) as exc:
             await self.close(code=CLOSE_AGENT, reason=f"console lost: {exc}"[:120])

@@ -63,6 +63,7 @@ class ConsoleTicket(models.Model):
 
     class Kind(models.TextChoices):
         SERIAL = "serial", "Serial"
+        VNC = "vnc", "Graphical (VNC)"
 
     key_hash = models.CharField(max_length=64, unique=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import struct
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import pytest
 from agent.client import AgentClient, AgentConflict
 from agent.protocol import DiskSpec, DomainEvent, DomainSpec, KernelBoot
 from tests.agent.conftest import REPO, RunningAgent, launch_agent, stop_agent
+from tests.agent.fake_vnc import VncOverWebSocket, update_request
 from tests.agent.test_events import next_event, wait_for_domain_event
 
 URI = "qemu:///system"
@@ -256,6 +258,48 @@ async def test_a_late_viewer_sees_what_the_guest_printed_before(real_agent: Runn
             async with asyncio.timeout(30):  # the last run's log outlives it
                 while b"DOMUS-TEST-GUEST READY" not in await history(http):
                     await asyncio.sleep(0.2)
+            await client.delete(spec.uuid, delete_disks=True)
+    finally:
+        _force_cleanup(spec.uuid, [kernel, initrd])
+
+
+async def _screen(viewer: VncOverWebSocket, width: int, height: int) -> bytes:
+    """One whole frame, asked for in raw encoding (32 bits per pixel, as QEMU's ServerInit says)."""
+    await viewer.ws.send_bytes(update_request(width, height))
+    kind = (await viewer.read(1))[0]
+    assert kind == 0, f"server message {kind}"  # FramebufferUpdate
+    (rects,) = struct.unpack(">xH", await viewer.read(3))
+    pixels = b""
+    for _ in range(rects):
+        _x, _y, w, h, encoding = struct.unpack(">HHHHi", await viewer.read(12))
+        assert encoding == 0, encoding
+        pixels += await viewer.read(w * h * 4)
+    return pixels
+
+
+@needs_guest
+async def test_a_real_guest_s_screen_through_the_agent(real_agent: RunningAgent) -> None:
+    """QEMU's VNC server reached through libvirt (no port), shared, and what it shows is drawn."""
+    spec, kernel, initrd = kernel_guest(f"vnc-{uuid.uuid4().hex[:6]}")
+    spec = spec.model_copy(update={"graphics": True})
+    try:
+        async with AgentClient(real_agent.url, real_agent.secret, timeout=SLOW) as client:
+            await client.define(spec)
+            with pytest.raises(AgentConflict, match="needs it running"):
+                async with client.open_console(spec.uuid, kind="vnc"):
+                    pass
+            await client.start(spec.uuid)
+            async with client.open_console(spec.uuid, kind="vnc", user="ana") as ws:
+                viewer = VncOverWebSocket(ws)
+                server_init = await viewer.handshake()
+                width, height = struct.unpack(">HH", server_init[:4])
+                assert server_init[4] == 32 and server_init.endswith(spec.name.encode() + b")")
+                await ws.send_bytes(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings: raw only
+                async with asyncio.timeout(60):  # the BIOS, then the kernel, write on the screen
+                    while not any(await _screen(viewer, width, height)):
+                        await asyncio.sleep(0.5)
+                await client.destroy(spec.uuid)
+                assert "the VNC server closed the console" in await viewer.closed(timeout=30)
             await client.delete(spec.uuid, delete_disks=True)
     finally:
         _force_cleanup(spec.uuid, [kernel, initrd])

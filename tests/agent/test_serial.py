@@ -192,27 +192,45 @@ async def test_one_types_at_a_time_and_taking_control_is_explicit_and_announced(
         "type": "presence",
         "viewers": ["ana", "bob", "vic"],
         "controller": "ana",
+        "you": vic.ident,
+        "controller_id": ana.ident,
         "event": "vic is watching",
     }
-    session.control(bob, json.dumps({"type": "take-control"}))
+    session.sharing.request(bob, json.dumps({"type": "take-control"}))
     assert notices(ana)[-1]["event"] == "bob took control" and notices(vic)[-1]["controller"] == "bob"
     for who, text in ((ana, b"ana types"), (bob, b"bob types"), (vic, b"vic types")):
         await session.write(text, who)
     await asyncio.sleep(0.01)
     assert stream.sent == [b"bob types"]
-    session.control(vic, json.dumps({"type": "take-control"}))  # a watcher may not
-    session.control(ana, "not json")
-    assert session.controller is bob
+    session.sharing.request(vic, json.dumps({"type": "take-control"}))  # a watcher may not
+    session.sharing.request(ana, "not json")
+    assert session.sharing.controller is bob
     session.leave(bob)  # control is not handed on by itself
-    assert session.controller is None and notices(ana)[-1] == {
+    assert session.sharing.controller is None and notices(ana)[-1] == {
         "type": "presence",
         "viewers": ["ana", "vic"],
         "controller": None,
+        "you": ana.ident,
+        "controller_id": None,
         "event": "bob left",
     }
     await session.write(b"nobody", ana)
     await asyncio.sleep(0.01)
     assert stream.sent == [b"bob types"]
+
+
+async def test_two_tabs_of_one_user_are_two_viewers_and_only_one_is_told_it_has_control() -> None:
+    consoles, opener, dom = SerialConsoles(EventHub()), Opener(), uuid.uuid4()
+    first, second = viewer("ana"), viewer("ana")
+    session = await consoles.join(dom, first, opener)
+    await consoles.join(dom, second, opener)
+    to_first, to_second = notices(first)[-1], notices(second)[-1]
+    assert to_first["viewers"] == ["ana", "ana"] and to_first["controller"] == "ana"
+    assert to_first["controller_id"] == to_first["you"] == first.ident
+    assert to_second["controller_id"] == first.ident != to_second["you"]
+    await session.write(b"second tab", second)
+    await asyncio.sleep(0.01)
+    assert opener.streams[0].sent == []
 
 
 async def test_a_recorded_console_keeps_its_history_for_late_viewers_and_after_it_ends() -> None:

@@ -67,7 +67,7 @@ class FakeAgentClient:
         pass
 
     @asynccontextmanager
-    async def open_serial(self, domain_uuid: Any, **_who: str) -> AsyncIterator[FakeAgentConsole]:
+    async def open_console(self, domain_uuid: Any, **_who: str) -> AsyncIterator[FakeAgentConsole]:
         console = FakeAgentConsole()
         try:
             yield console

@@ -129,3 +129,18 @@ def test_a_view_ticket_is_refused_once_watching_is_withdrawn(running: Domain, dj
     Grant.objects.filter(user=viewer).delete()
     with pytest.raises(TicketRefused, match="withdrawn"):
         console_ticket_redeem(key=key, user=viewer)
+
+
+def test_a_vnc_ticket_is_bound_to_its_kind(api: APIClient, running: Domain, user: Any) -> None:
+    response = api.post(f"/api/v1/domains/{running.pk}/console-tickets/", {"kind": "vnc"}, format="json")
+    assert response.status_code == 201, response.content
+    assert console_ticket_redeem(key=response.json()["ticket"], user=user).kind == ConsoleTicket.Kind.VNC
+
+
+def test_no_vnc_ticket_for_a_domain_created_without_a_display(api: APIClient, host: Host) -> None:
+    domain = Domain.objects.create(
+        name="headless", host=host, state=Domain.State.RUNNING, spec={"name": "headless", "graphics": False}
+    )
+    response = api.post(f"/api/v1/domains/{domain.pk}/console-tickets/", {"kind": "vnc"}, format="json")
+    assert response.status_code == 409 and "no graphical console" in response.json()["detail"]
+    assert not ConsoleTicket.objects.exists()
