@@ -172,6 +172,7 @@ STATICFILES_DIRS = [
     BASE_DIR / "console" / "static",
     ("vendor/xterm", BASE_DIR / "node_modules" / "@xterm" / "xterm"),
     ("vendor/xterm-addon-fit", BASE_DIR / "node_modules" / "@xterm" / "addon-fit"),
+    ("vendor/novnc", BASE_DIR / "node_modules" / "@novnc" / "novnc"),
 ]
 WHITENOISE_USE_FINDERS = True  # serve straight from the finders: no collectstatic step needed
 WHITENOISE_AUTOREFRESH = DEBUG

@@ -44,8 +44,7 @@ def console_ticket_issue(
         raise PermissionDenied(explain(user, _permission(mode), domain))
     if domain.state != Domain.State.RUNNING:
         raise Conflict(f"{domain.name} is {domain.get_state_display().lower()}: start it first.")
-    if kind == ConsoleTicket.Kind.VNC and domain.spec and not domain.spec.get("graphics"):
-        # Created without a display; a domain found on its host (no spec) is asked at its agent.
+    if kind == ConsoleTicket.Kind.VNC and not domain.may_have_display:
         raise Conflict(f"{domain.name} has no graphical console: it was created without one.")
     key = secrets.token_urlsafe(32)
     ticket = ConsoleTicket.objects.create(

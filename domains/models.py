@@ -57,6 +57,12 @@ class Domain(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def may_have_display(self) -> bool:
+        """False only when Domus created it without a display; a domain found on its host (no
+        spec) may have one, which its agent knows."""
+        return not self.spec or bool(self.spec.get("graphics"))
+
 
 class ConsoleTicket(models.Model):
     """A single-use, short-lived permission to open one console WebSocket. Stored hashed."""

@@ -31,9 +31,12 @@ ORIGIN = (b"origin", b"http://127.0.0.1")
 class FakeAgentConsole:
     """The agent's console socket, as the consumer uses it."""
 
+    opened: list[dict[str, Any]] = []  # each console opened: kind, user, mode
+
     def __init__(self) -> None:
         self.closed = False
         self.close_code: int | None = None
+        self.sent: list[bytes | str] = []  # what the consumer passed on to the agent
         self._messages: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue()
 
     def __aiter__(self) -> FakeAgentConsole:
@@ -46,7 +49,10 @@ class FakeAgentConsole:
         return message
 
     async def send_bytes(self, data: bytes) -> None:
-        pass
+        self.sent.append(data)
+
+    async def send_str(self, data: str) -> None:
+        self.sent.append(data)
 
     def exception(self) -> None:
         return None
@@ -67,8 +73,9 @@ class FakeAgentClient:
         pass
 
     @asynccontextmanager
-    async def open_console(self, domain_uuid: Any, **_who: str) -> AsyncIterator[FakeAgentConsole]:
+    async def open_console(self, domain_uuid: Any, **how: str) -> AsyncIterator[FakeAgentConsole]:
         console = FakeAgentConsole()
+        FakeAgentConsole.opened.append({**how, "console": console})
         try:
             yield console
         finally:
@@ -108,10 +115,11 @@ def _cookie(user: Any) -> tuple[Client, bytes]:
     return client, f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
-async def test_withdrawing_the_grant_closes_the_open_console(django_user_model: Any) -> None:
+@pytest.mark.parametrize("kind", ["serial", "vnc"])
+async def test_withdrawing_the_grant_closes_the_open_console(django_user_model: Any, kind: str) -> None:
     user, domain = await database_sync_to_async(_world)(django_user_model)
     _client, cookie = await database_sync_to_async(_cookie)(user)
-    _ticket, key = await database_sync_to_async(console_ticket_issue)(user=user, domain=domain, kind="serial")
+    _ticket, key = await database_sync_to_async(console_ticket_issue)(user=user, domain=domain, kind=kind)
     communicator = await _open(f"/ws/console/?ticket={key}", [(b"cookie", cookie)])
     # An unrelated access change leaves it open.
     await database_sync_to_async(Grant.objects.create)(user=user, role=(await _role("Viewer")), scope="site")
@@ -152,3 +160,25 @@ async def test_revoking_the_token_closes_its_console(django_user_model: Any) -> 
     await database_sync_to_async(api_token_revoke)(token=token, actor=user)
     code, reason = await _closed_with(communicator)
     assert code == 4403 and "revoked" in reason
+
+
+@pytest.mark.parametrize(("kind", "passed_on"), [("serial", []), ("vnc", [b"\x03\x00"])])
+async def test_a_watcher_s_input_stops_at_the_console_or_at_the_agent(
+    django_user_model: Any, kind: str, passed_on: list[bytes]
+) -> None:
+    """A serial watcher's keystrokes stop here. A VNC watcher's bytes go on (they carry its
+    requests for screen updates), with the agent told to drop its input: mode `view`."""
+    user, domain = await database_sync_to_async(_world)(django_user_model)
+    _client, cookie = await database_sync_to_async(_cookie)(user)
+    _ticket, key = await database_sync_to_async(console_ticket_issue)(
+        user=user, domain=domain, kind=kind, mode="view"
+    )
+    FakeAgentConsole.opened.clear()
+    communicator = await _open(f"/ws/console/?ticket={key}", [(b"cookie", cookie)])
+    await communicator.send_to(bytes_data=b"\x03\x00")
+    await communicator.send_to(text_data='{"type": "take-control"}')  # a watcher may not
+    await asyncio.sleep(0.2)
+    (opened,) = FakeAgentConsole.opened
+    assert (opened["kind"], opened["mode"], opened["user"]) == (kind, "view", "watcher")
+    assert opened["console"].sent == passed_on
+    await communicator.disconnect()

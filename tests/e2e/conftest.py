@@ -190,3 +190,37 @@ def virsh_volumes(pool: str = "default") -> set[str]:
         check=True,
     ).stdout
     return {line.split()[0] for line in out.splitlines()[2:] if line.strip()}
+
+
+# -- a real browser (Debian's chromium, driven by Playwright) ----------------------------------
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (scripts/bootstrap.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+def sign_in(page: Any, stack: Stack) -> None:
+    page.goto(stack.url + "/")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", ADMIN_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("text=Hosts")
+    page.wait_for_selector('[data-host-state]:has-text("Online")')

@@ -3,50 +3,15 @@ xterm.js, type, and drive its whole lifecycle from the page."""
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ADMIN_PASSWORD, ROOT, Stack, virsh_names, virsh_volumes
+from tests.e2e.conftest import ARTIFACTS, Stack, sign_in, virsh_names, virsh_volumes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.libvirt]
-
-ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (scripts/bootstrap.sh installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-            ],
-        )
-        yield browser
-        browser.close()
-
-
-def _sign_in(page: Any, stack: Stack) -> None:
-    page.goto(stack.url + "/")
-    page.fill("input[name=username]", "admin")
-    page.fill("input[name=password]", ADMIN_PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("text=Hosts")
-    page.wait_for_selector('[data-host-state]:has-text("Online")')
-
 
 # How many lines of the page's terminal contain a text (0 before the terminal exists).
 _COUNT_LINES = (
@@ -86,7 +51,7 @@ def test_wizard_install_from_iso_and_the_whole_lifecycle(
 ) -> None:
     """The wizard installs from the ISO the tests build; then every lifecycle action from the page."""
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    _sign_in(page, stack)
+    sign_in(page, stack)
     page.click("text=New domain >> nth=0")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     # The host reports its pools' ISOs every 10 s: the one just copied in appears within that.

@@ -2,7 +2,8 @@
 # Build (once) a tiny bootable test guest for end-to-end tests:
 #   $DOMUS_GUEST_DIR/vmlinuz      Debian cloud kernel
 #   $DOMUS_GUEST_DIR/initrd.img   busybox initramfs: prints "DOMUS-TEST-GUEST READY",
-#                                 gives a "guest# " shell on ttyS0, powers off on ACPI button
+#                                 gives a "guest# " shell on ttyS0 and another on the VGA
+#                                 console (tty1, for the graphical console), powers off on ACPI button
 #   $DOMUS_GUEST_DIR/VERSION      recipe + kernel version stamp
 #   $DOMUS_GUEST_DIR/guest.iso    BIOS-bootable ISO (isolinux) wrapping the same kernel + initrd;
 #                                 boots "console=ttyS0 quiet" at once (no menu, no timeout)
@@ -12,7 +13,7 @@
 # Idempotent: each step is skipped when its outputs exist and its stamp is current.
 set -euo pipefail
 
-RECIPE=1       # bump when the initramfs recipe changes, to force a rebuild
+RECIPE=2       # bump when the initramfs recipe changes, to force a rebuild
 ISO_RECIPE=1   # bump when the ISO recipe (isolinux.cfg, xorriso options) changes
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${DOMUS_GUEST_DIR:-$REPO/.cache/guest}"
@@ -114,6 +115,8 @@ acpid -c /etc/acpi -a /etc/acpid.conf -l /tmp/acpid.log
 hostname domus-guest
 echo "DOMUS-TEST-GUEST READY"
 export PS1='guest# '
+# A second shell on the VGA console, so that the graphical console has something to type into.
+[ -c /dev/tty1 ] && (while true; do setsid sh -c 'exec sh -l </dev/tty1 >/dev/tty1 2>&1'; done) &
 # PID 1 must never exit; cttyhack gives the shell ttyS0 as controlling tty (job control, ^C).
 while true; do setsid cttyhack sh -l; done
 EOF

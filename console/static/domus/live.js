@@ -193,6 +193,21 @@
   }
   window.domusCsrf = csrf;
 
+  // A ticket for one of a domain's consoles (kind "serial" or "vnc"): to type if this user may,
+  // else to watch. Resolves to [response, body]; body.socket is the WebSocket address to open.
+  window.domusConsoleTicket = async function (domainId, kind) {
+    const ask = (mode) => fetch("/api/v1/domains/" + domainId + "/console-tickets/", {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf() },
+      body: JSON.stringify({ kind, mode }),
+    });
+    let resp = await ask("interact");
+    if (resp.status === 403) resp = await ask("view"); // may watch, may not type
+    const body = await resp.json();
+    if (resp.ok) body.socket = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + body.url;
+    return [resp, body];
+  };
+
   function flash(text, kind) {
     const div = document.createElement("div");
     div.className = "flash " + kind;

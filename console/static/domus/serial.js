@@ -24,17 +24,10 @@
       return;
     }
     say("connecting…");
-    const ticket = (mode) => fetch("/api/v1/domains/" + el.dataset.domain + "/console-tickets/", {
-      method: "POST", credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": window.domusCsrf() },
-      body: JSON.stringify({ kind: "serial", mode }),
-    });
-    let resp = await ticket("interact");
-    if (resp.status === 403) resp = await ticket("view"); // may watch, may not type
-    const body = await resp.json();
+    const [resp, body] = await window.domusConsoleTicket(el.dataset.domain, "serial");
     if (!resp.ok) { say("cannot connect: " + (body.detail || resp.status), "bad"); return; }
     viewOnly = body.mode === "view";
-    ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + body.url);
+    ws = new WebSocket(body.socket);
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
       term.reset(); // the agent replays the console's recent history: start from a clean screen
@@ -60,9 +53,9 @@
   let inControl = false;
   function showPresence(p) {
     if (p.type !== "presence" || !presence) return;
-    inControl = p.controller === el.dataset.user && !viewOnly;
-    const typist = p.controller ? (p.controller === el.dataset.user ? "you have control" : p.controller + " has control")
-      : "nobody has control";
+    inControl = !viewOnly && p.controller_id === p.you; // by socket: two tabs of one user differ
+    const typist = p.controller_id === null ? "nobody has control"
+      : inControl ? "you have control" : p.controller + " has control";
     presence.querySelector('[data-field="who"]').textContent =
       "Watching: " + p.viewers.join(", ") + " · " + typist + (p.event ? " — " + p.event : "");
     presence.hidden = false;
