@@ -58,9 +58,10 @@ def console_ticket_issue(
     return ticket, key
 
 
-def console_ticket_redeem(*, key: str, user: Any) -> ConsoleTicket:
+def console_ticket_redeem(*, key: str, user: Any, domain_id: str = "") -> ConsoleTicket:
     """Spend a ticket for `user`, the WebSocket's authenticated caller (session cookie or API
-    token): a ticket opens a console only for the user it was issued to, never for a bearer.
+    token): a ticket opens a console only for the user it was issued to, never for a bearer,
+    and only the console of the domain the socket names (`domain_id`, from its address).
 
     The ticket is spent by the first attempt, whatever its outcome, so that a refused attempt
     cannot be retried with the same ticket."""
@@ -78,6 +79,8 @@ def console_ticket_redeem(*, key: str, user: Any) -> ConsoleTicket:
         raise TicketRefused("sign in (session or API token) to open a console")
     if user.pk != ticket.user_id:
         raise TicketRefused("ticket belongs to another user")
+    if domain_id != str(ticket.domain_id):
+        raise TicketRefused("ticket is for another domain")
     if not has_perm(ticket.user, _permission(ticket.mode), ticket.domain):
         raise TicketRefused("permission to this console was withdrawn")
     return ticket

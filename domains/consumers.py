@@ -40,9 +40,11 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def connect(self) -> None:
         query = parse_qs(self.scope.get("query_string", b"").decode())
-        key = (query.get("ticket") or [""])[0]
+        key, domain_id = (query.get("ticket") or [""])[0], (query.get("domain") or [""])[0]
         try:
-            ticket = await database_sync_to_async(console_ticket_redeem)(key=key, user=self.scope.get("user"))
+            ticket = await database_sync_to_async(console_ticket_redeem)(
+                key=key, user=self.scope.get("user"), domain_id=domain_id
+            )
         except TicketRefused as exc:
             await database_sync_to_async(audit_record)(
                 action="console.open",

@@ -250,7 +250,7 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
         ticket, key = console_ticket_issue(user=request.user, domain=domain, kind=kind, mode=mode)
         body = {
             "ticket": key,
-            "url": f"/ws/console/?ticket={key}",
+            "url": f"/ws/console/?ticket={key}&domain={domain.pk}",
             "expires_at": ticket.expires_at,
             "mode": ticket.mode,
         }

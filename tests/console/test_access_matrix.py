@@ -259,4 +259,4 @@ def test_console_ticket_stops_working_when_the_role_goes(role: str, scope: str, 
     Grant.objects.filter(user=user).delete()
     Membership.objects.filter(user=user).delete()
     with pytest.raises(TicketRefused, match="withdrawn"):
-        console_ticket_redeem(key=key, user=user)
+        console_ticket_redeem(key=key, user=user, domain_id=str(domain.pk))

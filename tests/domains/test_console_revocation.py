@@ -120,7 +120,7 @@ async def test_withdrawing_the_grant_closes_the_open_console(django_user_model: 
     user, domain = await database_sync_to_async(_world)(django_user_model)
     _client, cookie = await database_sync_to_async(_cookie)(user)
     _ticket, key = await database_sync_to_async(console_ticket_issue)(user=user, domain=domain, kind=kind)
-    communicator = await _open(f"/ws/console/?ticket={key}", [(b"cookie", cookie)])
+    communicator = await _open(f"/ws/console/?ticket={key}&domain={domain.pk}", [(b"cookie", cookie)])
     # An unrelated access change leaves it open.
     await database_sync_to_async(Grant.objects.create)(user=user, role=(await _role("Viewer")), scope="site")
     assert await communicator.receive_nothing(timeout=1)
@@ -143,8 +143,8 @@ async def test_signing_out_closes_the_consoles_of_that_session(django_user_model
         (await database_sync_to_async(console_ticket_issue)(user=user, domain=domain, kind="serial"))[1]
         for _ in range(2)
     ]
-    mine = await _open(f"/ws/console/?ticket={keys[0]}", [(b"cookie", cookie)])
-    elsewhere = await _open(f"/ws/console/?ticket={keys[1]}", [(b"cookie", other_cookie)])
+    mine = await _open(f"/ws/console/?ticket={keys[0]}&domain={domain.pk}", [(b"cookie", cookie)])
+    elsewhere = await _open(f"/ws/console/?ticket={keys[1]}&domain={domain.pk}", [(b"cookie", other_cookie)])
     await database_sync_to_async(client.post)("/logout/")
     code, reason = await _closed_with(mine)
     assert code == 4403 and reason == "signed out"
@@ -156,7 +156,9 @@ async def test_revoking_the_token_closes_its_console(django_user_model: Any) -> 
     user, domain = await database_sync_to_async(_world)(django_user_model)
     token, secret = await database_sync_to_async(lambda: api_token_issue(user=user))()
     _ticket, key = await database_sync_to_async(console_ticket_issue)(user=user, domain=domain, kind="serial")
-    communicator = await _open(f"/ws/console/?ticket={key}", [(b"authorization", f"Token {secret}".encode())])
+    communicator = await _open(
+        f"/ws/console/?ticket={key}&domain={domain.pk}", [(b"authorization", f"Token {secret}".encode())]
+    )
     await database_sync_to_async(api_token_revoke)(token=token, actor=user)
     code, reason = await _closed_with(communicator)
     assert code == 4403 and "revoked" in reason
@@ -174,7 +176,7 @@ async def test_a_watcher_s_input_stops_at_the_console_or_at_the_agent(
         user=user, domain=domain, kind=kind, mode="view"
     )
     FakeAgentConsole.opened.clear()
-    communicator = await _open(f"/ws/console/?ticket={key}", [(b"cookie", cookie)])
+    communicator = await _open(f"/ws/console/?ticket={key}&domain={domain.pk}", [(b"cookie", cookie)])
     await communicator.send_to(bytes_data=b"\x03\x00")
     await communicator.send_to(text_data='{"type": "take-control"}')  # a watcher may not
     await asyncio.sleep(0.2)

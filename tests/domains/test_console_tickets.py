@@ -24,31 +24,31 @@ def issue(api: APIClient, domain: Domain) -> str:
     response = api.post(f"/api/v1/domains/{domain.pk}/console-tickets/", {"kind": "serial"}, format="json")
     assert response.status_code == 201, response.content
     data = response.json()
-    assert data["url"] == f"/ws/console/?ticket={data['ticket']}"
+    assert data["url"] == f"/ws/console/?ticket={data['ticket']}&domain={domain.pk}"
     return str(data["ticket"])
 
 
 def test_ticket_is_single_use(api: APIClient, running: Domain, user: Any) -> None:
     key = issue(api, running)
-    assert console_ticket_redeem(key=key, user=user).domain == running
+    assert console_ticket_redeem(key=key, user=user, domain_id=str(running.pk)).domain == running
     with pytest.raises(TicketRefused, match="already used"):
-        console_ticket_redeem(key=key, user=user)
+        console_ticket_redeem(key=key, user=user, domain_id=str(running.pk))
 
 
 def test_a_ticket_alone_opens_nothing(api: APIClient, running: Domain, user: Any) -> None:
     """A leaked ticket is useless without the user's session or API token."""
     key = issue(api, running)
     with pytest.raises(TicketRefused, match="sign in"):
-        console_ticket_redeem(key=key, user=AnonymousUser())
+        console_ticket_redeem(key=key, user=AnonymousUser(), domain_id=str(running.pk))
     with pytest.raises(TicketRefused, match="already used"):  # and the attempt spent it
-        console_ticket_redeem(key=key, user=user)
+        console_ticket_redeem(key=key, user=user, domain_id=str(running.pk))
 
 
 def test_expired_ticket_is_refused(api: APIClient, running: Domain, user: Any) -> None:
     key = issue(api, running)
     ConsoleTicket.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     with pytest.raises(TicketRefused, match="expired"):
-        console_ticket_redeem(key=key, user=user)
+        console_ticket_redeem(key=key, user=user, domain_id=str(running.pk))
 
 
 def test_ticket_lives_30_seconds(api: APIClient, running: Domain) -> None:
@@ -61,13 +61,13 @@ def test_ticket_of_another_user_is_refused(api: APIClient, running: Domain, djan
     key = issue(api, running)
     other = django_user_model.objects.create_user("bob", password="x-pass-1234")
     with pytest.raises(TicketRefused, match="another user"):
-        console_ticket_redeem(key=key, user=other)
+        console_ticket_redeem(key=key, user=other, domain_id=str(running.pk))
     assert ConsoleTicket.objects.get().used_at is not None  # spent: Bob cannot retry, nor can Ana
 
 
 def test_unknown_ticket_is_refused(running: Domain, user: Any) -> None:
     with pytest.raises(TicketRefused, match="unknown"):
-        console_ticket_redeem(key="forged", user=user)
+        console_ticket_redeem(key="forged", user=user, domain_id=str(running.pk))
 
 
 def test_ticket_is_stored_hashed(api: APIClient, running: Domain) -> None:
@@ -108,7 +108,7 @@ def test_a_viewer_gets_a_view_ticket_but_not_an_interact_one(running: Domain, dj
     assert refused.status_code == 403 and "domain.console.interact" in refused.json()["detail"]
     granted = client.post(url, {"kind": "serial", "mode": "view"}, format="json")
     assert granted.status_code == 201 and granted.json()["mode"] == "view"
-    ticket = console_ticket_redeem(key=granted.json()["ticket"], user=viewer)
+    ticket = console_ticket_redeem(key=granted.json()["ticket"], user=viewer, domain_id=str(running.pk))
     assert ticket.mode == ConsoleTicket.Mode.VIEW
 
 
@@ -128,13 +128,16 @@ def test_a_view_ticket_is_refused_once_watching_is_withdrawn(running: Domain, dj
     ).json()["ticket"]
     Grant.objects.filter(user=viewer).delete()
     with pytest.raises(TicketRefused, match="withdrawn"):
-        console_ticket_redeem(key=key, user=viewer)
+        console_ticket_redeem(key=key, user=viewer, domain_id=str(running.pk))
 
 
 def test_a_vnc_ticket_is_bound_to_its_kind(api: APIClient, running: Domain, user: Any) -> None:
     response = api.post(f"/api/v1/domains/{running.pk}/console-tickets/", {"kind": "vnc"}, format="json")
     assert response.status_code == 201, response.content
-    assert console_ticket_redeem(key=response.json()["ticket"], user=user).kind == ConsoleTicket.Kind.VNC
+    assert (
+        console_ticket_redeem(key=response.json()["ticket"], user=user, domain_id=str(running.pk)).kind
+        == ConsoleTicket.Kind.VNC
+    )
 
 
 def test_no_vnc_ticket_for_a_domain_created_without_a_display(api: APIClient, host: Host) -> None:
@@ -144,3 +147,14 @@ def test_no_vnc_ticket_for_a_domain_created_without_a_display(api: APIClient, ho
     response = api.post(f"/api/v1/domains/{domain.pk}/console-tickets/", {"kind": "vnc"}, format="json")
     assert response.status_code == 409 and "no graphical console" in response.json()["detail"]
     assert not ConsoleTicket.objects.exists()
+
+
+def test_a_ticket_opens_only_the_domain_the_socket_names(
+    api: APIClient, running: Domain, user: Any, host: Host
+) -> None:
+    other = Domain.objects.create(name="other", host=host, state=Domain.State.RUNNING)
+    key = issue(api, running)
+    with pytest.raises(TicketRefused, match="another domain"):
+        console_ticket_redeem(key=key, user=user, domain_id=str(other.pk))
+    with pytest.raises(TicketRefused, match="already used"):  # and the attempt spent it
+        console_ticket_redeem(key=key, user=user, domain_id=str(running.pk))
