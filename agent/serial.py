@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid as uuid_mod
 from collections.abc import Awaitable, Callable
 
 import libvirt
+import libvirt_qemu
 from aiohttp import WSMsgType, web
 
-from agent.errors import AgentProblem
+from agent.errors import AgentProblem, Conflict
 from agent.events import EventHub
 from agent.protocol import DomainEvent
-from agent.sharing import SharedConsole, SocketViewer
+from agent.sharing import SEND_BREAK, SharedConsole, SocketViewer, request_type
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ _WATCH = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR | li
 _EOF = b""
 
 StreamOpener = Callable[[], Awaitable[libvirt.virStream]]
+Breaker = Callable[[], Awaitable[None]]  # sends a break on a domain's serial line
 
 
 def open_console_stream(conn: libvirt.virConnect, dom: libvirt.virDomain) -> libvirt.virStream:
@@ -53,6 +56,17 @@ def open_console_stream(conn: libvirt.virConnect, dom: libvirt.virDomain) -> lib
             stream.abort()
         raise
     return stream
+
+
+def send_break(dom: libvirt.virDomain) -> None:
+    """Blocking: a break on the domain's first serial port, as a real line would send it.
+
+    libvirt's console stream carries bytes only, so this asks QEMU itself (chardev-send-break
+    on the chardev libvirt names `charserial0`); the guest's UART sees a break condition, which
+    Linux reads, followed by a key within 5 s, as Magic SysRq. libvirt marks the domain
+    "tainted: custom-monitor" in its log the first time. Xen has no such command."""
+    command = {"execute": "chardev-send-break", "arguments": {"id": "charserial0"}}
+    libvirt_qemu.qemuMonitorCommand(dom, json.dumps(command), 0)
 
 
 def _abort_stream(stream: libvirt.virStream) -> None:
@@ -116,8 +130,11 @@ class SerialViewer(SocketViewer):
         async for msg in self.ws:
             if msg.type == WSMsgType.BINARY:
                 await session.write(msg.data, self)
-            elif msg.type == WSMsgType.TEXT:  # a control message, never keystrokes
-                session.sharing.request(self, msg.data)
+            elif msg.type == WSMsgType.TEXT:  # a request, never keystrokes
+                if request_type(msg.data) == SEND_BREAK:
+                    await session.send_break(self)
+                else:
+                    session.sharing.request(self, msg.data)
             elif msg.type == WSMsgType.ERROR:
                 break
 
@@ -157,8 +174,10 @@ class SerialSession:
         *,
         hub: EventHub,
         on_closed: Callable[[SerialSession], None],
+        breaker: Breaker | None = None,
     ) -> None:
         self.uuid = domain_uuid
+        self._breaker = breaker
         self.viewers: set[SerialViewer] = set()
         self.sharing = SharedConsole()  # who watches, and the one who types
         self.closed = False
@@ -239,6 +258,20 @@ class SerialSession:
         if not self.closed and data and self.sharing.may_type(viewer):
             await self._input.put(data)
 
+    async def send_break(self, viewer: SerialViewer) -> None:
+        """A break on the line, asked by `viewer`: only while it holds control. A failure is
+        told to that viewer alone, as a JSON text frame {"type": "error", "detail": ...}."""
+        if self.closed or not self.sharing.may_type(viewer):
+            return
+        try:
+            if self._breaker is None:
+                raise Conflict("this console cannot send a break")
+            await self._breaker()
+        except AgentProblem as err:
+            viewer.offer(json.dumps({"type": "error", "detail": f"break not sent: {err.detail}"}))
+        else:
+            log.info("serial console of %s: %s sent a break", self.uuid, viewer.name)
+
     async def _write_input(self) -> None:
         while True:
             view = memoryview(await self._input.get())
@@ -289,10 +322,14 @@ class SerialConsoles:
     opened when the domain starts and kept open without viewers."""
 
     def __init__(
-        self, hub: EventHub, opener_for: Callable[[uuid_mod.UUID], StreamOpener] | None = None
+        self,
+        hub: EventHub,
+        opener_for: Callable[[uuid_mod.UUID], StreamOpener] | None = None,
+        breaker_for: Callable[[uuid_mod.UUID], Breaker] | None = None,
     ) -> None:
         self._hub = hub
         self._opener_for = opener_for
+        self._breaker_for = breaker_for
         self._sessions: dict[uuid_mod.UUID, SerialSession] = {}
         # Per-domain opening locks, with the number of joiners using each (to drop it after).
         self._locks: dict[uuid_mod.UUID, tuple[asyncio.Lock, int]] = {}
@@ -337,13 +374,17 @@ class SerialConsoles:
                     log.info("not recording the serial console of %s: %s", domain_uuid, err)
                     return
                 self._last.pop(domain_uuid, None)
-                session = SerialSession(stream, domain_uuid, hub=self._hub, on_closed=self._forget)
+                session = self._session(stream, domain_uuid)
                 session.recording = True
                 self._sessions[domain_uuid] = session
                 session.start()
                 log.info("recording the serial console of %s", domain_uuid)
         finally:
             self._release_lock(domain_uuid)
+
+    def _session(self, stream: libvirt.virStream, domain_uuid: uuid_mod.UUID) -> SerialSession:
+        breaker = self._breaker_for(domain_uuid) if self._breaker_for is not None else None
+        return SerialSession(stream, domain_uuid, hub=self._hub, on_closed=self._forget, breaker=breaker)
 
     def _release_lock(self, domain_uuid: uuid_mod.UUID) -> None:
         lock, users = self._locks[domain_uuid]
@@ -366,7 +407,7 @@ class SerialConsoles:
                 session = self._sessions.get(domain_uuid)
                 if session is None or session.closed:
                     stream = await _open_uncancellable(opener)
-                    session = SerialSession(stream, domain_uuid, hub=self._hub, on_closed=self._forget)
+                    session = self._session(stream, domain_uuid)
                     session.recording = self._opener_for is not None
                     self._sessions[domain_uuid] = session
                     session.start()

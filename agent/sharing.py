@@ -21,7 +21,20 @@ from typing import Protocol
 
 from aiohttp import web
 
-TAKE_CONTROL = "take-control"  # the `type` of the one control request a viewer may send
+TAKE_CONTROL = "take-control"  # the `type` of a viewer's request for control
+SEND_BREAK = "break"  # the `type` of a serial viewer's request for a break on the line
+REQUESTS = frozenset({TAKE_CONTROL, SEND_BREAK})  # all a viewer may ask (as JSON text frames)
+
+
+def request_type(message: str) -> str:
+    """The `type` of a viewer's request ("" unless it is one of REQUESTS)."""
+    try:
+        request = json.loads(message)
+    except ValueError:
+        return ""
+    kind = request.get("type") if isinstance(request, dict) else None
+    return kind if isinstance(kind, str) and kind in REQUESTS else ""
+
 
 _ids = itertools.count(1)
 
@@ -81,12 +94,8 @@ class SharedConsole:
         return viewer is self.controller
 
     def request(self, viewer: Viewer, message: str) -> None:
-        """A control request from a viewer (a JSON text frame); anything else is ignored."""
-        try:
-            request = json.loads(message)
-        except ValueError:
-            return
-        if not isinstance(request, dict) or request.get("type") != TAKE_CONTROL:
+        """A request for control from a viewer (a JSON text frame); anything else is ignored."""
+        if request_type(message) != TAKE_CONTROL:
             return
         if not viewer.can_interact or viewer not in self.viewers or self.controller is viewer:
             return

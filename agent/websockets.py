@@ -16,7 +16,7 @@ from agent.api import RUNTIME, _uuid
 from agent.errors import AgentProblem, Conflict
 from agent.rfb import RfbError
 from agent.runtime import AgentRuntime
-from agent.serial import SerialConsoles, SerialViewer, StreamOpener, open_console_stream
+from agent.serial import Breaker, SerialConsoles, SerialViewer, StreamOpener, open_console_stream, send_break
 from agent.vnc import GraphicsOpener, VncConsoles, VncViewer, connect_server, open_graphics_socket
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,17 @@ def _opener_for(runtime: AgentRuntime) -> Callable[[uuid_mod.UUID], StreamOpener
     return opener_for
 
 
+def _breaker_for(runtime: AgentRuntime) -> Callable[[uuid_mod.UUID], Breaker]:
+    def breaker_for(domain_uuid: uuid_mod.UUID) -> Breaker:
+        async def send() -> None:
+            dom, _state = await runtime.domains.state(domain_uuid)
+            await runtime.conn.call(lambda _c: send_break(dom), what="sending a break")
+
+        return send
+
+    return breaker_for
+
+
 async def _record_running(app: web.Application) -> None:
     """At start-up: record the consoles of the domains already running."""
     consoles, runtime = app[SERIAL_CONSOLES], app[RUNTIME]
@@ -194,6 +205,8 @@ def add_routes(app: web.Application) -> None:
     runtime = app[RUNTIME]  # make_app sets it first
     # Record every running domain's console, except on the test driver (it has none).
     recording = runtime.domains.local_files
-    app[SERIAL_CONSOLES] = SerialConsoles(runtime.hub, _opener_for(runtime) if recording else None)
+    app[SERIAL_CONSOLES] = SerialConsoles(
+        runtime.hub, _opener_for(runtime) if recording else None, breaker_for=_breaker_for(runtime)
+    )
     app.on_startup.append(_record_running)
     app.on_shutdown.append(_close_serial_consoles)

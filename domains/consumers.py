@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs
@@ -11,6 +12,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from agent.client import AgentClient, AgentError
+from agent.sharing import request_type
 from console.audit.services import audit_record
 from console.realtime.events import ACCESS_CHANGED, ACCESS_GROUP, SESSION_ENDED
 from domains.consoles import TicketRefused, console_still_allowed, console_ticket_redeem
@@ -19,7 +21,6 @@ from domains.models import ConsoleTicket
 logger = logging.getLogger(__name__)
 
 CLOSE_REFUSED = 4403
-TAKE_CONTROL = '{"type": "take-control"}'  # the one control request a browser may send
 CLOSE_AGENT = 4502
 
 
@@ -143,7 +144,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Binary frames are keystrokes (serial) or the RFB protocol (vnc); text frames are
-        control requests ("take-control")."""
+        requests ("take-control", "break")."""
         if self.agent_ws is None or self.agent_ws.closed:
             return
         try:
@@ -151,8 +152,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 if self.view_only and self.kind == ConsoleTicket.Kind.SERIAL:
                     return  # a watcher's keystrokes are dropped here, before the agent
                 await self.agent_ws.send_bytes(bytes_data)
-            elif text_data == TAKE_CONTROL and not self.view_only:
-                await self.agent_ws.send_str(TAKE_CONTROL)
+            elif text_data is not None and not self.view_only and (kind := request_type(text_data)):
+                await self.agent_ws.send_str(json.dumps({"type": kind}))  # take-control, break
         except (aiohttp.ClientError, ConnectionError) as exc:
             await self.close(code=CLOSE_AGENT, reason=f"console lost: {exc}"[:120])
 

@@ -141,6 +141,10 @@ async def test_real_guest_serial_console(real_agent: RunningAgent) -> None:
                     await _read_until(serial, b"DOMUS-TEST-GUEST READY", timeout=180)
                     await serial.send_bytes(b"echo hello-$((6*7))\n")
                     await _read_until(serial, b"hello-42", timeout=60)
+                    # A break, then a key: Linux reads them as Magic SysRq (h: its help).
+                    await serial.send_str('{"type": "break"}')
+                    await serial.send_bytes(b"h")
+                    await _read_until(serial, b"sysrq: HELP", timeout=30)
                     assert isinstance(await wait_for_domain_event(events, spec.uuid, "started"), DomainEvent)
                     stopped = await client.destroy(spec.uuid)
                     assert stopped.state == "shutoff"

@@ -12,6 +12,7 @@ import libvirt
 import pytest
 from aiohttp import web
 
+from agent.errors import LibvirtFailure
 from agent.events import EventHub
 from agent.protocol import DomainEvent
 from agent.serial import _QUEUE_CHUNKS, HISTORY_BYTES, SerialConsoles, SerialViewer
@@ -250,3 +251,27 @@ async def test_a_recorded_console_keeps_its_history_for_late_viewers_and_after_i
     stream.feed(b"more")
     session.close("domain stopped")
     assert consoles.history(dom) == replayed[4:] + b"more"
+
+
+async def test_a_break_is_sent_for_the_viewer_holding_control_only() -> None:
+    sent: list[str] = []
+
+    async def breaker() -> None:
+        sent.append("break")
+
+    async def broken() -> None:
+        raise LibvirtFailure("Xen has no such command")
+
+    consoles = SerialConsoles(EventHub(), breaker_for=lambda _uuid: breaker)
+    opener, dom = Opener(), uuid.uuid4()
+    ana, bob = viewer("ana"), viewer("bob")
+    session = await consoles.join(dom, ana, opener)
+    await consoles.join(dom, bob, opener)
+    await session.send_break(bob)  # bob watches: no break
+    await session.send_break(ana)
+    assert sent == ["break"]
+    session._breaker = broken
+    notices(ana)
+    await session.send_break(ana)
+    (error,) = [json.loads(n) for n in _drain_queue(ana) if isinstance(n, str)]
+    assert error == {"type": "error", "detail": "break not sent: Xen has no such command"}

@@ -179,8 +179,28 @@ async def test_a_watcher_s_input_stops_at_the_console_or_at_the_agent(
     communicator = await _open(f"/ws/console/?ticket={key}&domain={domain.pk}", [(b"cookie", cookie)])
     await communicator.send_to(bytes_data=b"\x03\x00")
     await communicator.send_to(text_data='{"type": "take-control"}')  # a watcher may not
+    await communicator.send_to(text_data='{"type": "break"}')
     await asyncio.sleep(0.2)
     (opened,) = FakeAgentConsole.opened
     assert (opened["kind"], opened["mode"], opened["user"]) == (kind, "view", "watcher")
     assert opened["console"].sent == passed_on
+    await communicator.disconnect()
+
+
+async def test_a_typist_s_requests_reach_the_agent_and_nothing_else(django_user_model: Any) -> None:
+    user, domain = await database_sync_to_async(_world)(django_user_model)
+    _client, cookie = await database_sync_to_async(_cookie)(user)
+    _ticket, key = await database_sync_to_async(console_ticket_issue)(user=user, domain=domain, kind="serial")
+    FakeAgentConsole.opened.clear()
+    communicator = await _open(f"/ws/console/?ticket={key}&domain={domain.pk}", [(b"cookie", cookie)])
+    for request in (
+        '{"type":"break", "extra": 1}',
+        '{"type": "reboot"}',
+        "not json",
+        '{"type": "take-control"}',
+    ):
+        await communicator.send_to(text_data=request)
+    await asyncio.sleep(0.2)
+    (opened,) = FakeAgentConsole.opened
+    assert opened["console"].sent == ['{"type": "break"}', '{"type": "take-control"}']
     await communicator.disconnect()

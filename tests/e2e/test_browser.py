@@ -108,6 +108,10 @@ def test_wizard_install_from_iso_and_the_whole_lifecycle(
     page.keyboard.type("echo hello-$((6*7))")
     page.keyboard.press("Enter")
     _terminal_has(page, "hello-42", 30_000)
+    # Send break, then a key: the guest's kernel reads them as Magic SysRq (h prints its help).
+    page.click("#console-break")
+    page.keyboard.press("h")
+    _terminal_has(page, "sysrq: HELP", 30_000)
     page.screenshot(path=str(ARTIFACTS / "serial-console.png"), full_page=True)
     # The serial log download: what the guest printed, boot included, recorded by its agent.
     download = page.request.get(page.url.rstrip("/") + "/serial.log")

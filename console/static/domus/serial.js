@@ -35,8 +35,10 @@
       say("connected", "ok"); term.focus(); ws.send(encoder.encode("\r"));
     };
     ws.onmessage = (msg) => {
-      if (typeof msg.data === "string") showPresence(JSON.parse(msg.data));
-      else term.write(new Uint8Array(msg.data));
+      if (typeof msg.data !== "string") { term.write(new Uint8Array(msg.data)); return; }
+      const notice = JSON.parse(msg.data);
+      if (notice.type === "error") say(notice.detail, "bad"); // a request that failed (a break)
+      else showPresence(notice);
     };
     ws.onclose = (ev) => {
       ws = null;
@@ -65,6 +67,14 @@
   if (clear) clear.addEventListener("click", () => { term.clear(); term.focus(); });
   if (take) take.addEventListener("click", () => {
     if (ws && ws.readyState === WebSocket.OPEN) ws.send('{"type": "take-control"}');
+  });
+  const sendBreak = document.getElementById("console-break");
+  if (sendBreak) sendBreak.addEventListener("click", () => {
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    if (!inControl) { say("take control first to send a break", "bad"); return; }
+    ws.send('{"type": "break"}');
+    say("break sent: type a SysRq key within 5 s (h for help)", "ok");
+    term.focus();
   });
   term.onData((data) => { if (ws && ws.readyState === WebSocket.OPEN && inControl) ws.send(encoder.encode(data)); });
   document.addEventListener("domus:domain-state", (e) => {
