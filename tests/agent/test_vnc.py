@@ -12,15 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import libvirt
 import pytest
 from aiohttp.test_utils import TestServer
 
 from agent.client import AgentClient, AgentConflict
+from agent.errors import Conflict
 from agent.events import EventHub
 from agent.identity import AgentIdentity, ConsoleKeys
 from agent.rfb import CLIPBOARD_MAX, ClientMessages, RfbError, server_handshake
 from agent.runtime import AgentRuntime
 from agent.server import make_app
+from agent.vnc import open_graphics_socket
 from agent.websockets import VNC_OPENER
 from tests.agent.fake_vnc import (
     FakeVncServer,
@@ -216,3 +219,40 @@ async def test_no_graphical_console_while_the_domain_is_off(agent: Agent) -> Non
         with pytest.raises(AgentConflict, match="needs it running"):
             async with client.open_console(DOMAIN, kind="vnc"):
                 pass
+
+
+class XenLikeDomain:
+    """A domain whose driver cannot hand over a graphics socket (as libxl's cannot)."""
+
+    def __init__(self, graphics: str) -> None:
+        self.xml = f"<domain><name>x</name><devices>{graphics}</devices></domain>"
+
+    def name(self) -> str:
+        return "x"
+
+    def XMLDesc(self, _flags: int) -> str:
+        return self.xml
+
+    def openGraphicsFD(self, _idx: int, _flags: int) -> int:
+        err = libvirt.libvirtError("this function is not supported by the connection driver")
+        err.err = (libvirt.VIR_ERR_NO_SUPPORT, 0, "", 0, "", None, None, 0, 0)
+        raise err
+
+
+async def test_without_openGraphicsFD_the_agent_connects_to_the_loopback_port() -> None:
+    vnc = FakeVncServer()
+    port = await vnc.start()
+    try:
+        dom = XenLikeDomain(f'<graphics type="vnc" port="{port}" listen="0.0.0.0"/>')
+        sock = await asyncio.to_thread(open_graphics_socket, cast(libvirt.virDomain, dom))
+        with sock:
+            assert sock.getpeername() == ("127.0.0.1", port)  # loopback, whatever it listens on
+            assert (await asyncio.to_thread(sock.recv, 12)) == b"RFB 003.008\n"
+    finally:
+        await vnc.close()
+
+
+def test_a_domain_without_vnc_has_no_graphical_console() -> None:
+    dom = XenLikeDomain('<graphics type="spice" port="5900"/>')
+    with pytest.raises(Conflict, match="no graphical \\(VNC\\) console"):
+        open_graphics_socket(cast(libvirt.virDomain, dom))
