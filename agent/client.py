@@ -150,9 +150,16 @@ class AgentClient:
     async def __aenter__(self) -> AgentClient:
         connector = aiohttp.TCPConnector(ssl=self._ssl)
         self._session = aiohttp.ClientSession(
-            headers=self._headers, timeout=self._timeout, connector=connector
+            headers=self._headers,
+            timeout=self._timeout,
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),  # the agent sets none
         )
         return self
+
+    @property
+    def closed(self) -> bool:
+        return self._session is None or self._session.closed
 
     async def __aexit__(
         self,

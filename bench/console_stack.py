@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from console.launcher import WEB_SOCKET_ARGS
 from tests.postgres import drop_database, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +112,7 @@ class ConsoleStack:
             [
                 *(py, "-m", "uvicorn", self.web_app),
                 *("--host", "127.0.0.1", "--port", str(self.port)),
-                *("--log-level", "warning", "--no-access-log", "--ws-max-size", "1048576"),
+                *("--log-level", "warning", "--no-access-log", *WEB_SOCKET_ARGS),
             ],
         )
         self._spawn("hostwatch", [py, "manage.py", "hostwatch"])

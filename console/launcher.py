@@ -26,6 +26,16 @@ from console import embedded_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+# How uvicorn serves WebSockets, here and in production (README). Console frames are VNC
+# updates (already compressed) and terminal bytes: permessage-deflate, which every browser
+# offers, cost ~300 KiB of zlib state per socket and cut a console's throughput from ~730 to
+# ~30 MB/s (bench/console_bench.py --deflate). The sans-I/O websockets implementation spends
+# ~15% less CPU per byte than the legacy one. A browser sends at most 1 MiB in one message.
+WEB_SOCKET_ARGS = (
+    *("--ws", "websockets-sansio"),
+    *("--ws-per-message-deflate", "false"),
+    *("--ws-max-size", "1048576"),
+)
 
 
 def log(message: str) -> None:
@@ -161,7 +171,7 @@ def main() -> int:
             *("--secret-file", str(secret_file), "--state-dir", str(data_dir / "agent")),
         ]
         stack.spawn("agent", [PY, "-m", "agent", *agent_args])
-        web_args = "--log-level warning --no-access-log --ws-max-size 1048576"
+        web_args = " ".join(("--log-level warning --no-access-log", *WEB_SOCKET_ARGS))
         stack.spawn(
             "web",
             [

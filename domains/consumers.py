@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import weakref
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -17,11 +18,30 @@ from console.audit.services import audit_record
 from console.realtime.events import ACCESS_CHANGED, ACCESS_GROUP, SESSION_ENDED
 from domains.consoles import TicketRefused, console_still_allowed, console_ticket_redeem
 from domains.models import ConsoleTicket
+from hosts.models import Host
 
 logger = logging.getLogger(__name__)
 
 CLOSE_REFUSED = 4403
 CLOSE_AGENT = 4502
+
+
+# The agent clients of this process's consoles: one per agent (and event loop), shared. Each
+# console still has its own connection (a WebSocket cannot share one), but not its own session,
+# connector and cookie jar, which cost more per console than the rest of its Python objects.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, str], AgentClient]]
+_clients = weakref.WeakKeyDictionary()
+
+
+async def _agent_client(host: Host) -> AgentClient:
+    clients = _clients.setdefault(asyncio.get_running_loop(), {})
+    key = (host.url, host.secret, host.fingerprint)  # a rotated secret: a new client
+    client = clients.get(key)
+    if client is None or client.closed:
+        client = clients[key] = await AgentClient(
+            host.url, host.secret, fingerprint=host.fingerprint
+        ).__aenter__()
+    return client
 
 
 class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -33,7 +53,9 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     """
 
     agent_ws: aiohttp.ClientWebSocketResponse | None = None
-    ticket: ConsoleTicket | None = None
+    # The spent ticket, by id only: an open console keeps no rows (the domain's and host's
+    # JSON would cost each console kilobytes); the rare access check reads them again.
+    ticket_id: int | None = None
     view_only = True  # until a ticket says otherwise: nothing typed reaches the guest
     kind = ConsoleTicket.Kind.SERIAL
     pump: asyncio.Task[None] | None = None
@@ -63,9 +85,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         host = ticket.domain.host
         self.stack = contextlib.AsyncExitStack()
         try:
-            client = await self.stack.enter_async_context(
-                AgentClient(host.url, host.secret, fingerprint=host.fingerprint)
-            )
+            client = await _agent_client(host)
             self.agent_ws = await self.stack.enter_async_context(
                 client.open_console(
                     ticket.domain.uuid, kind=ticket.kind, user=ticket.user.get_username(), mode=ticket.mode
@@ -79,7 +99,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         self.view_only = ticket.mode != ConsoleTicket.Mode.INTERACT
         self.kind = ticket.kind
-        self.ticket = ticket
+        self.ticket_id = ticket.pk
         await database_sync_to_async(audit_record)(
             action="console.open",
             actor=ticket.user,
@@ -96,25 +116,35 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def domus_event(self, message: dict[str, Any]) -> None:
         event = message.get("event", {})
-        if self.ticket is None or self.agent_ws is None:
+        if self.ticket_id is None or self.agent_ws is None:
             return
         if event.get("type") == SESSION_ENDED:
             session = self.scope.get("session")
             if session is not None and session.session_key == event.get("session"):
                 await self._cut("signed out")
         elif event.get("type") == ACCESS_CHANGED:
-            why = await database_sync_to_async(console_still_allowed)(
-                ticket=self.ticket, token=self.scope.get("auth")
-            )
+            why = await database_sync_to_async(self._why_not_allowed)()
             if why:
                 await self._cut(why)
 
+    def _why_not_allowed(self) -> str:
+        ticket = self._ticket()
+        if ticket is None:
+            return "the domain was deleted"
+        return console_still_allowed(ticket=ticket, token=self.scope.get("auth"))
+
+    def _ticket(self) -> ConsoleTicket | None:
+        if self.ticket_id is None:
+            return None
+        return ConsoleTicket.objects.select_related("domain", "user").filter(pk=self.ticket_id).first()
+
     async def _cut(self, reason: str) -> None:
+        ticket = await database_sync_to_async(self._ticket)()
         await database_sync_to_async(audit_record)(
             action="console.close",
-            actor=self.ticket.user if self.ticket else None,
+            actor=ticket.user if ticket else None,
             ip=self._ip(),
-            obj=self.ticket.domain if self.ticket else None,
+            obj=ticket.domain if ticket else None,
             outcome="denied",
             detail=reason,
         )

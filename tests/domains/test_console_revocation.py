@@ -63,6 +63,8 @@ class FakeAgentConsole:
 
 
 class FakeAgentClient:
+    closed = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
