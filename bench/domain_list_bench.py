@@ -40,6 +40,8 @@ from urllib.parse import urlencode
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.output import log, table
+
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
 
@@ -141,10 +143,6 @@ def __getattr__(name: str) -> Any:
 
 
 # -- the benchmark -------------------------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def parse_fleet(text: str) -> list[tuple[int, int]]:
@@ -674,7 +672,7 @@ def render(results: dict[str, Any]) -> str:
                 f" in {size['lists']['list_requests']}",
             )
         )
-    lines += _table(rows)
+    lines += table(rows)
     lines.append("")
     rows = [
         (
@@ -697,7 +695,7 @@ def render(results: dict[str, Any]) -> str:
                 str(per[-1]["rows"]),
             )
         )
-    lines += _table(rows)
+    lines += table(rows)
     lines.append("")
     for size in results["sizes"]:
         cpu = size["lists"]["cpu"]
@@ -738,13 +736,6 @@ def _changes(domains: dict[str, Any]) -> list[str]:
             f" {r['shown_or_gone_after_ms']} ms, right after {r['right_after_ms']} ms;"
             f" page agrees: {r['page_agrees']}; row {r['last_rows']}"
         )
-    return out
-
-
-def _table(rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    out.insert(1, "  ".join("-" * w for w in widths))
     return out
 
 

@@ -49,6 +49,7 @@ from bench.events_load import (
     change_report,
 )
 from bench.inventory import inventory_bench
+from bench.output import log
 from bench.procstats import CpuWindow, machine_cpu_seconds, memory, summary_ms
 from tests.fleet.testdriver import TestAgent, start_test_agents, stop_test_agents
 
@@ -113,10 +114,6 @@ def code_revision() -> dict[str, Any]:
 
     dirty = git("status", "--porcelain", "--", "agent", "hosts", "domains", "console")
     return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(dirty)}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def _median(values: list[float]) -> float | None:
