@@ -148,7 +148,9 @@ class AgentClient:
             self._ssl = aiohttp.Fingerprint(bytes.fromhex(fingerprint))
 
     async def __aenter__(self) -> AgentClient:
-        connector = aiohttp.TCPConnector(ssl=self._ssl)
+        # No cap on connections (aiohttp's default is 100): the consoles of a console process
+        # share one client per agent, and each open console holds a connection.
+        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=0)
         self._session = aiohttp.ClientSession(
             headers=self._headers,
             timeout=self._timeout,

@@ -83,10 +83,14 @@ class VncViewer(SocketViewer):
     def offer(self, data: bytes | str) -> bool:
         """A presence notice for this viewer (sent as a text frame, beside the RFB stream)."""
         if isinstance(data, str) and not self.ws.closed:
-            task = asyncio.ensure_future(self.ws.send_str(data))
+            task = asyncio.ensure_future(self._notify(data))
             self._notices.add(task)
             task.add_done_callback(self._notices.discard)
         return True
+
+    async def _notify(self, notice: str) -> None:
+        with contextlib.suppress(ConnectionError):  # it is leaving: the pipe says why
+            await self.ws.send_str(notice)
 
     async def _read_ws(self, n: int) -> bytes:
         while len(self._inbox) < n:

@@ -4,6 +4,7 @@ handshakes, and the agent's route with a fake VNC server in place of the domain'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import uuid
@@ -125,8 +126,8 @@ async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
     port = await vnc.start()
 
     def opener(_runtime: Any, _dom: Any) -> Any:
-        async def open_socket() -> socket.socket:
-            return socket.create_connection(("127.0.0.1", port))
+        async def open_socket() -> socket.socket:  # in a thread, as libvirt's opener runs
+            return await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port))
 
         return open_socket
 
@@ -160,6 +161,19 @@ async def test_a_viewer_sees_the_display_and_types_into_it(agent: Agent) -> None
         assert await _received(agent.vnc, 2) == [update_request(), key_event(0x61)]
         notice = await viewer.notice()
         assert notice["viewers"] == ["ana"] and notice["controller_id"] == notice["you"]
+
+
+async def test_one_client_holds_more_consoles_than_aiohttp_s_default_connection_cap(agent: Agent) -> None:
+    """The console process shares one agent client among its consoles: 150 open at once."""
+
+    async def open_one(stack: contextlib.AsyncExitStack) -> None:
+        ws = await stack.enter_async_context(client.open_console(DOMAIN, kind="vnc"))
+        await VncOverWebSocket(ws).handshake()
+
+    async with agent.client() as client, contextlib.AsyncExitStack() as stack:
+        async with asyncio.timeout(10):  # the agent gives up on a handshake after 15 s
+            await asyncio.gather(*(open_one(stack) for _ in range(150)))
+        assert len(agent.vnc.shared_flags) == 150
 
 
 async def test_a_watcher_gets_the_screen_but_its_input_never_reaches_the_guest(agent: Agent) -> None:
