@@ -320,8 +320,10 @@ async def measure_memory(
     put: PathUnderTest, session: aiohttp.ClientSession, count: int, settle_s: float
 ) -> dict[str, Any]:
     """What `count` open idle consoles add to each process on the path (after a warm-up of a few
-    consoles opened and closed, so that first-use costs are not counted)."""
-    warm = await open_consoles(put.path, session, 5, first=count)
+    consoles opened and closed, so that first-use costs are not counted), and what `count` more
+    add once those are open: the first ones also pay for the allocator's growth while they open
+    (memory it keeps and reuses), the next ones show what each open console holds."""
+    warm = await open_consoles(put.path, session, 5, first=2 * count)
     await close_consoles(warm)
     await asyncio.sleep(settle_s)
     before = {name: memory_sum_kib(pids()) for name, pids in put.memory_roles.items()}
@@ -329,6 +331,9 @@ async def measure_memory(
     try:
         await asyncio.sleep(settle_s)
         during = {name: memory_sum_kib(pids()) for name, pids in put.memory_roles.items()}
+        consoles += await open_consoles(put.path, session, count, first=count)
+        await asyncio.sleep(settle_s)
+        more = {name: memory_sum_kib(pids()) for name, pids in put.memory_roles.items()}
     finally:
         await close_consoles(consoles)
     await asyncio.sleep(settle_s)
@@ -339,9 +344,13 @@ async def measure_memory(
         out[name] = {
             "before_kib": before[name],
             "open_kib": during[name],
+            "twice_as_many_open_kib": more[name],
             "after_close_kib": after[name],
             "per_console_kib": {
                 k: round((during[name].get(k, 0) - before[name].get(k, 0)) / count, 1) for k in keys
+            },
+            "next_per_console_kib": {
+                k: round((more[name].get(k, 0) - during[name].get(k, 0)) / count, 1) for k in keys
             },
         }
     return out
