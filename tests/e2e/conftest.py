@@ -158,6 +158,12 @@ def guest_iso() -> str:
     return str(dest)
 
 
+def kernel_guest_body(stack: Stack, guest_files: dict[str, str], name: str, **fields: Any) -> dict[str, Any]:
+    """`POST /api/v1/domains/` body for the test guest booted from its kernel, on the stack's host."""
+    boot = {"kernel": guest_files["kernel"], "initrd": guest_files["initrd"], "cmdline": "console=ttyS0"}
+    return {"name": name, "host": stack.host_id, "memory_mib": 256, "boot": boot, **fields}
+
+
 @pytest.fixture
 def domain_name() -> Iterator[str]:
     name = f"domus-test-{uuid.uuid4().hex[:8]}"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, Stack, sign_in
+from tests.e2e.conftest import ARTIFACTS, Stack, kernel_guest_body, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.libvirt]
 
@@ -21,11 +21,13 @@ _LIT_PIXELS = (
 
 
 def _vnc_status(page: Any, text: str, timeout: float = 60_000) -> None:
+    from playwright.sync_api import TimeoutError as PageTimeout
+
     try:
         page.wait_for_function(
             "(text) => document.getElementById('vnc-status').textContent === text", arg=text, timeout=timeout
         )
-    except Exception as timeout_error:  # say what the page said instead
+    except PageTimeout as timeout_error:  # say what the page said instead
         raise AssertionError(f"the console says {page.inner_text('#vnc-status')!r}") from timeout_error
 
 
@@ -67,17 +69,7 @@ def test_keyboard_layouts_type_with_the_guest_s_keys(stack: Stack, browser: Any)
 def test_graphical_console_draws_types_and_is_shared(
     stack: Stack, guest_files: dict[str, str], domain_name: str, browser: Any
 ) -> None:
-    body: dict[str, Any] = {
-        "name": domain_name,
-        "host": stack.host_id,
-        "memory_mib": 256,
-        "graphics": True,
-        "boot": {
-            "kernel": guest_files["kernel"],
-            "initrd": guest_files["initrd"],
-            "cmdline": "console=ttyS0",
-        },
-    }
+    body = kernel_guest_body(stack, guest_files, domain_name, graphics=True)
     created = stack.api("POST", "/api/v1/domains/", json=body)
     assert created.status_code == 202, created.text
     domain = created.json()["domain"]

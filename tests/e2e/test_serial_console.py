@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import POOL, Stack, virsh_names
+from tests.e2e.conftest import POOL, Stack, kernel_guest_body, virsh_names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.libvirt]
 
@@ -112,18 +112,7 @@ async def refused_reason(stack: Stack, ticket_url: str, *, signed_in: bool = Tru
 def test_guest_lifecycle_and_serial_console(
     stack: Stack, guest_files: dict[str, str], domain_name: str
 ) -> None:
-    body: dict[str, Any] = {
-        "name": domain_name,
-        "host": stack.host_id,
-        "vcpus": 1,
-        "memory_mib": 256,
-        "disks": [{"size_gib": 1}],
-        "boot": {
-            "kernel": guest_files["kernel"],
-            "initrd": guest_files["initrd"],
-            "cmdline": "console=ttyS0",
-        },
-    }
+    body = kernel_guest_body(stack, guest_files, domain_name, vcpus=1, disks=[{"size_gib": 1}])
     created = stack.api("POST", "/api/v1/domains/", json=body)
     assert created.status_code == 202, created.text
     domain = created.json()["domain"]

@@ -195,6 +195,19 @@
 
   // A ticket for one of a domain's consoles (kind "serial" or "vnc"): to type if this user may,
   // else to watch. Resolves to [response, body]; body.socket is the WebSocket address to open.
+  // Show a console's presence notice (who watches, who has control) in its `box`; returns
+  // whether this socket holds control. Control is by socket: two tabs of one user differ.
+  window.domusShowPresence = function (box, take, p, viewOnly) {
+    const inControl = !viewOnly && p.controller_id === p.you;
+    const typist = p.controller_id === null ? "nobody has control"
+      : inControl ? "you have control" : p.controller + " has control";
+    box.querySelector('[data-field="who"]').textContent =
+      "Watching: " + p.viewers.join(", ") + " · " + typist + (p.event ? " — " + p.event : "");
+    box.hidden = false;
+    take.hidden = viewOnly || inControl;
+    return inControl;
+  };
+
   window.domusConsoleTicket = async function (domainId, kind) {
     const ask = (mode) => fetch("/api/v1/domains/" + domainId + "/console-tickets/", {
       method: "POST", credentials: "same-origin",

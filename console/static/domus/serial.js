@@ -55,13 +55,7 @@
   let inControl = false;
   function showPresence(p) {
     if (p.type !== "presence" || !presence) return;
-    inControl = !viewOnly && p.controller_id === p.you; // by socket: two tabs of one user differ
-    const typist = p.controller_id === null ? "nobody has control"
-      : inControl ? "you have control" : p.controller + " has control";
-    presence.querySelector('[data-field="who"]').textContent =
-      "Watching: " + p.viewers.join(", ") + " · " + typist + (p.event ? " — " + p.event : "");
-    presence.hidden = false;
-    take.hidden = viewOnly || inControl;
+    inControl = window.domusShowPresence(presence, take, p, viewOnly);
   }
   const clear = document.getElementById("console-clear");
   if (clear) clear.addEventListener("click", () => { term.clear(); term.focus(); });

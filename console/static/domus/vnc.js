@@ -79,14 +79,8 @@
   // Who watches, who types: one viewer at a time holds control; the others take it explicitly.
   function showPresence(p) {
     if (p.type !== "presence") return;
-    inControl = !viewOnly && p.controller_id === p.you;
+    inControl = window.domusShowPresence(presence, take, p, viewOnly);
     if (rfb) rfb.viewOnly = !inControl;
-    const typist = p.controller_id === null ? "nobody has control"
-      : inControl ? "you have control" : p.controller + " has control";
-    presence.querySelector('[data-field="who"]').textContent =
-      "Watching: " + p.viewers.join(", ") + " · " + typist + (p.event ? " — " + p.event : "");
-    presence.hidden = false;
-    take.hidden = viewOnly || inControl;
   }
   take.addEventListener("click", () => {
     if (channel && channel.readyState === WebSocket.OPEN) channel.ws.send('{"type": "take-control"}');
