@@ -13,7 +13,6 @@ continuous updates, extended desktop size, extended clipboard).
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -179,16 +178,3 @@ def _without_unframeable(message: bytes) -> bytes:
     if len(kept) == count:
         return message
     return message[:2] + struct.pack(f">H{len(kept)}i", len(kept), *kept)
-
-
-class StreamReadExactly:
-    """`read(n)` over an asyncio StreamReader, with the server's EOF as an RfbError."""
-
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self._reader = reader
-
-    async def __call__(self, n: int) -> bytes:
-        try:
-            return await self._reader.readexactly(n)
-        except asyncio.IncompleteReadError as err:
-            raise RfbError("the VNC server closed the connection during the handshake") from err

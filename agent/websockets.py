@@ -124,7 +124,7 @@ async def vnc_console(request: web.Request) -> web.WebSocketResponse:
     runtime = request.app[RUNTIME]
     domain_uuid, dom = await _running_domain(request, "graphical")
     try:  # the VNC server answers before the upgrade, so a failure is an HTTP problem
-        reader, writer, server_init = await connect_server(request.app[VNC_OPENER](runtime, dom))
+        server, server_init = await connect_server(request.app[VNC_OPENER](runtime, dom))
     except (RfbError, OSError, TimeoutError) as err:
         raise Conflict(
             f"the VNC console of domain {domain_uuid} cannot be opened: {err or 'timed out'}"
@@ -135,10 +135,10 @@ async def vnc_console(request: web.Request) -> web.WebSocketResponse:
     viewer = VncViewer(ws, name=name, can_interact=can_interact)
     try:
         await ws.prepare(request)
-        reason = await viewer.run(consoles.sharing(domain_uuid), reader, writer, server_init)
+        reason = await viewer.run(consoles.sharing(domain_uuid), server, server_init)
         log.info("VNC viewer of %s closed: %s", domain_uuid, reason)
     finally:
-        writer.close()
+        server.close()
         consoles.release(domain_uuid)
     if not ws.closed:
         await ws.close(
