@@ -15,6 +15,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from agent.client import AgentClient, AgentError
 from agent.sharing import request_type
 from console.audit.services import audit_record
+from console.realtime.dispatch import SkipsDbCleanup
 from console.realtime.events import ACCESS_CHANGED, ACCESS_GROUP, SESSION_ENDED
 from domains.consoles import TicketRefused, console_still_allowed, console_ticket_redeem
 from domains.models import ConsoleTicket
@@ -44,7 +45,7 @@ async def _agent_client(host: Host) -> AgentClient:
     return client
 
 
-class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+class ConsoleConsumer(SkipsDbCleanup, AsyncWebsocketConsumer):  # type: ignore[misc]
     """/ws/console/?ticket=...: pipes bytes between the browser and the agent's console socket.
 
     Bytes never go through the channel layer: this consumer holds its own WebSocket to the agent.
@@ -60,6 +61,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     kind = ConsoleTicket.Kind.SERIAL
     pump: asyncio.Task[None] | None = None
     stack: contextlib.AsyncExitStack | None = None
+    # Keystrokes, and the access changes every open console hears (console.realtime.dispatch).
+    no_db_cleanup = frozenset({"websocket.receive", "domus.event"})
 
     async def connect(self) -> None:
         query = parse_qs(self.scope.get("query_string", b"").decode())
@@ -113,16 +116,6 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         # use this console, or the session (or token) that opened it ends.
         await self.channel_layer.group_add(ACCESS_GROUP, self.channel_name)
         self.pump = asyncio.create_task(self._agent_to_browser())
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels runs close_old_connections() in a worker thread before every message, for
-        # handlers that use the ORM directly. Nothing typed on a console touches the database
-        # (what does goes through database_sync_to_async, which cleans up itself): a keystroke
-        # skips that thread-pool round trip, which doubled the console's echo time.
-        if message["type"] == "websocket.receive":
-            await self.websocket_receive(message)
-        else:
-            await super().dispatch(message)
 
     async def domus_event(self, message: dict[str, Any]) -> None:
         event = message.get("event", {})

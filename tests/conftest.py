@@ -119,6 +119,22 @@ def host(db: None) -> Host:
     )
 
 
+@pytest.fixture
+def db_cleanups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each database clean-up Channels runs before dispatching a message, as it happens."""
+    import channels.consumer
+
+    cleanups: list[str] = []
+    cleanup = channels.consumer.aclose_old_connections
+
+    async def counted() -> None:
+        cleanups.append("cleanup")
+        await cleanup()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    return cleanups
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
     """No kept-alive connections in tests: channels' database_sync_to_async opens them from

@@ -8,6 +8,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from console.access.policy import Reach, is_signed_in, reach
+from console.realtime.dispatch import SkipsDbCleanup
 from console.realtime.events import ACCESS_CHANGED, EVENTS_GROUP
 
 # What each user may see is computed once per process and shared by all their sockets; an
@@ -77,9 +78,11 @@ def may_see(event: dict[str, Any], domains: Reach, hosts: Reach, user_id: int) -
     return False
 
 
-class EventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
+class EventsConsumer(SkipsDbCleanup, AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     """/ws/events/: live state for a signed-in browser, each event only to those who may see its
     object. After a reconnect the page re-fetches a snapshot."""
+
+    no_db_cleanup = frozenset({"domus.event"})  # see console.realtime.dispatch
 
     async def connect(self) -> None:
         user = self.scope.get("user")

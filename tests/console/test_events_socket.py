@@ -96,3 +96,34 @@ async def test_an_access_change_takes_effect_on_open_sockets_at_once(django_user
     await apublish(event)
     assert await communicator.receive_nothing(timeout=0.5)
     await communicator.disconnect()
+
+
+async def test_events_reach_the_socket_without_a_database_cleanup_each(
+    django_user_model: Any, db_cleanups: list[str]
+) -> None:
+    """Channels' clean-up before each message is a hop to the one sync thread, in a row for every
+    socket an event reaches; event delivery skips it (console.realtime.dispatch)."""
+
+    def world() -> tuple[Any, Domain]:
+        host = Host.objects.create(name="h", url="http://127.0.0.1:1", secret="x" * 32)
+        team = Team.objects.create(name="A")
+        domain = Domain.objects.create(name="seen", host=host, team=team)
+        user = django_user_model.objects.create_user("ev3", password="x-pass-1234")
+        grant(user, "Viewer", team)
+        return user, domain
+
+    user, domain = await database_sync_to_async(world)()
+    cookie = await database_sync_to_async(session_cookie)(user)
+    communicator = WebsocketCommunicator(
+        application, "/ws/events/", headers=[(b"cookie", cookie), (b"origin", b"http://127.0.0.1")]
+    )
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected and db_cleanups  # the connect keeps it
+    await asyncio.sleep(0.3)
+    db_cleanups.clear()
+    event = await database_sync_to_async(domain_event)(domain)
+    for _ in range(3):
+        await apublish(event)
+        assert (await communicator.receive_json_from(timeout=5))["domain"]["name"] == "seen"
+    assert db_cleanups == []
+    await communicator.disconnect()

@@ -209,33 +209,23 @@ async def test_a_typist_s_requests_reach_the_agent_and_nothing_else(django_user_
 
 
 async def test_typing_costs_no_database_cleanup_per_keystroke(
-    django_user_model: Any, monkeypatch: pytest.MonkeyPatch
+    django_user_model: Any, db_cleanups: list[str]
 ) -> None:
     """Channels cleans up database connections (in a worker thread) before each message it
     dispatches; keystrokes touch no database and skip it, while the other messages keep it."""
-    import channels.consumer
-
-    cleanups: list[str] = []
-    cleanup = channels.consumer.aclose_old_connections
-
-    async def counted() -> None:
-        cleanups.append("cleanup")
-        await cleanup()
-
-    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
     user, domain = await database_sync_to_async(_world)(django_user_model)
     _client, cookie = await database_sync_to_async(_cookie)(user)
     _ticket, key = await database_sync_to_async(console_ticket_issue)(user=user, domain=domain, kind="serial")
     FakeAgentConsole.opened.clear()
     communicator = await _open(f"/ws/console/?ticket={key}&domain={domain.pk}", [(b"cookie", cookie)])
-    assert cleanups  # the connect
-    cleanups.clear()
+    assert db_cleanups  # the connect
+    db_cleanups.clear()
     for key_pressed in b"uptime\r":
         await communicator.send_to(bytes_data=bytes([key_pressed]))
     await communicator.send_to(text_data='{"type": "break"}')
     await asyncio.sleep(0.2)
     (opened,) = FakeAgentConsole.opened
     assert opened["console"].sent == [bytes([k]) for k in b"uptime\r"] + ['{"type": "break"}']
-    assert cleanups == []
+    assert db_cleanups == []
     await communicator.disconnect()
-    assert cleanups == ["cleanup"]  # the disconnect still has it
+    assert db_cleanups == ["cleanup"]  # the disconnect still has it
