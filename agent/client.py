@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlencode, urlsplit
 import aiohttp
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from agent.console_pipe import ConsolePipe, IdentityMismatch, PipeFailed, PipeRefused, open_pipe
 from agent.protocol import (
     PROBLEM_HEADER,
     DeleteResult,
@@ -184,12 +185,14 @@ class AgentClient:
 
     def _unreachable(self, err: BaseException) -> AgentUnreachable:
         if isinstance(err, aiohttp.ServerFingerprintMismatch):
+            err = IdentityMismatch(expected=err.expected.hex(), got=err.got.hex())
+        if isinstance(err, IdentityMismatch):
             return AgentIdentityChanged(
                 0,
                 "identity_changed",
                 f"the agent at {self.base_url} presented a different TLS certificate "
-                f"({format_fingerprint(err.got.hex())}) from the one pinned at enrolment "
-                f"({format_fingerprint(err.expected.hex())}); nothing was sent to it. If the host "
+                f"({format_fingerprint(err.got)}) from the one pinned at enrolment "
+                f"({format_fingerprint(err.expected)}); nothing was sent to it. If the host "
                 "was reinstalled on purpose, remove it and add it again with a new pairing code.",
             )
         if isinstance(err, asyncio.TimeoutError):
@@ -330,21 +333,39 @@ class AgentClient:
 
     def open_serial(
         self, domain_uuid: uuid_mod.UUID, *, user: str = "", mode: str = "interact"
-    ) -> AbstractAsyncContextManager[aiohttp.ClientWebSocketResponse]:
+    ) -> AbstractAsyncContextManager[ConsolePipe]:
         """`async with client.open_serial(uuid) as ws:` — output and keystrokes as binary
         frames; presence notices (JSON) from the agent and control requests to it as text.
         `user` names the viewer to the others; a `view` viewer never types."""
         return self.open_console(domain_uuid, kind="serial", user=user, mode=mode)
 
-    def open_console(
+    @asynccontextmanager
+    async def open_console(
         self, domain_uuid: uuid_mod.UUID, *, kind: str, user: str = "", mode: str = "interact"
-    ) -> AbstractAsyncContextManager[aiohttp.ClientWebSocketResponse]:
+    ) -> AsyncIterator[ConsolePipe]:
         """A console byte pipe of `kind`: `serial` (see open_serial) or `vnc`, the RFB protocol
-        in binary frames (the agent has done the server's handshake and offers the viewer no
-        authentication), with the same presence notices and control requests as text frames;
-        a `view` viewer's input events never reach the guest."""
+        in binary messages (the agent has done the server's handshake and offers the viewer no
+        authentication), with the same presence notices and control requests as text ones;
+        a `view` viewer's input events never reach the guest. Binary messages are pieces of a
+        byte stream, cut wherever the network cut them (agent.console_pipe)."""
         query = urlencode({"user": user, "mode": mode})
-        return self._ws(f"/v1/domains/{domain_uuid}/console/{kind}?{query}")
+        url = f"{self.base_url}/v1/domains/{domain_uuid}/console/{kind}?{query}"
+        try:
+            pipe = await open_pipe(
+                url,
+                self._headers,
+                ssl_context=_unverified_tls() if self.fingerprint else None,
+                fingerprint=self.fingerprint,
+            )
+        except PipeRefused as err:  # the agent answers before the upgrade: its status counts
+            cls = _BY_STATUS.get(err.status, AgentError)
+            raise cls(err.status, _BY_STATUS_CODE.get(err.status, "http_error"), err.detail) from err
+        except (IdentityMismatch, PipeFailed, OSError, TimeoutError) as err:
+            raise self._unreachable(err) from err
+        try:
+            yield pipe
+        finally:
+            await pipe.close()
 
 
 _BY_STATUS_CODE = {400: "invalid_spec", 401: "unauthorized", 404: "not_found", 409: "conflict"}

@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import weakref
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -13,36 +12,18 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from agent.client import AgentClient, AgentError
+from agent.console_pipe import ConsolePipe
 from agent.sharing import request_type
 from console.audit.services import audit_record
 from console.realtime.dispatch import SkipsDbCleanup
 from console.realtime.events import ACCESS_CHANGED, ACCESS_GROUP, SESSION_ENDED
 from domains.consoles import TicketRefused, console_still_allowed, console_ticket_redeem
 from domains.models import ConsoleTicket
-from hosts.models import Host
 
 logger = logging.getLogger(__name__)
 
 CLOSE_REFUSED = 4403
 CLOSE_AGENT = 4502
-
-
-# The agent clients of this process's consoles: one per agent (and event loop), shared. Each
-# console still has its own connection (a WebSocket cannot share one), but not its own session,
-# connector and cookie jar, which cost more per console than the rest of its Python objects.
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, str], AgentClient]]
-_clients = weakref.WeakKeyDictionary()
-
-
-async def _agent_client(host: Host) -> AgentClient:
-    clients = _clients.setdefault(asyncio.get_running_loop(), {})
-    key = (host.url, host.secret, host.fingerprint)  # a rotated secret: a new client
-    client = clients.get(key)
-    if client is None or client.closed:
-        client = clients[key] = await AgentClient(
-            host.url, host.secret, fingerprint=host.fingerprint
-        ).__aenter__()
-    return client
 
 
 class ConsoleConsumer(SkipsDbCleanup, AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -53,7 +34,7 @@ class ConsoleConsumer(SkipsDbCleanup, AsyncWebsocketConsumer):  # type: ignore[m
     protocol needs its requests for screen updates) and the agent drops its input events.
     """
 
-    agent_ws: aiohttp.ClientWebSocketResponse | None = None
+    agent_ws: ConsolePipe | None = None
     # The spent ticket, by id only: an open console keeps no rows (the domain's and host's
     # JSON would cost each console kilobytes); the rare access check reads them again.
     ticket_id: int | None = None
@@ -88,7 +69,9 @@ class ConsoleConsumer(SkipsDbCleanup, AsyncWebsocketConsumer):  # type: ignore[m
         host = ticket.domain.host
         self.stack = contextlib.AsyncExitStack()
         try:
-            client = await _agent_client(host)
+            # A console needs no HTTP session: only where the agent is and how to prove who
+            # this is (agent.console_pipe).
+            client = AgentClient(host.url, host.secret, fingerprint=host.fingerprint)
             self.agent_ws = await self.stack.enter_async_context(
                 client.open_console(
                     ticket.domain.uuid, kind=ticket.kind, user=ticket.user.get_username(), mode=ticket.mode

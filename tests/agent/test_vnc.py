@@ -164,7 +164,7 @@ async def test_a_viewer_sees_the_display_and_types_into_it(agent: Agent) -> None
 
 
 async def test_one_client_holds_more_consoles_than_aiohttp_s_default_connection_cap(agent: Agent) -> None:
-    """The console process shares one agent client among its consoles: 150 open at once."""
+    """Consoles are not capped by a client's connection pool (aiohttp's is 100): 150 at once."""
 
     async def open_one(stack: contextlib.AsyncExitStack) -> None:
         ws = await stack.enter_async_context(client.open_console(DOMAIN, kind="vnc"))
