@@ -112,6 +112,23 @@ def test_wizard_install_from_iso_and_the_whole_lifecycle(
     page.click("#console-break")
     page.keyboard.press("h")
     _terminal_has(page, "sysrq: HELP", 30_000)
+    # Copy and paste as in a desktop terminal: Ctrl+Shift+V (the browser's paste) and the Paste
+    # button type the clipboard into the guest (its newline runs it); Ctrl+Shift+C copies the
+    # selection.
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.url)
+    page.evaluate("navigator.clipboard.writeText('echo PASTED-$((40+2))\\n')")
+    page.click("#terminal")
+    page.keyboard.press("Control+Shift+V")
+    _terminal_has(page, "PASTED-42", 30_000)
+    page.evaluate("navigator.clipboard.writeText('echo BUTTON-$((50+5))\\n')")
+    page.click("#console-paste")
+    _terminal_has(page, "BUTTON-55", 30_000)
+    page.evaluate("navigator.clipboard.writeText('')")
+    page.evaluate("window.domusTerminal.selectAll(); window.domusTerminal.focus()")
+    page.keyboard.press("Control+Shift+C")
+    page.wait_for_selector('#console-status:has-text("copied")')
+    assert "PASTED-42" in page.evaluate("navigator.clipboard.readText()")
+    page.evaluate("window.domusTerminal.clearSelection()")
     page.screenshot(path=str(ARTIFACTS / "serial-console.png"), full_page=True)
     # The serial log download: what the guest printed, boot included, recorded by its agent.
     download = page.request.get(page.url.rstrip("/") + "/serial.log")

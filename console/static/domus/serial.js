@@ -71,6 +71,46 @@
     term.focus();
   });
   term.onData((data) => { if (ws && ws.readyState === WebSocket.OPEN && inControl) ws.send(encoder.encode(data)); });
+
+  // Copy and paste as in a desktop terminal: Ctrl+Shift+C and Ctrl+Shift+V (Ctrl+C and Ctrl+V go
+  // to the guest, as ^C and ^V), the buttons, or the browser's own menu. Ctrl+Shift+V is the
+  // browser's own paste, which xterm.js takes as it takes the menu's; the Paste button reads
+  // the clipboard itself. Either way the text goes through xterm.js's paste, which honours the
+  // guest's bracketed-paste mode.
+  async function copySelection() {
+    const text = term.getSelection();
+    if (!text) { say("select text in the console first, then copy", "bad"); return; }
+    try {
+      await navigator.clipboard.writeText(text);
+      say("copied " + text.length + " characters", "ok");
+    } catch (err) {
+      say("the browser refused the clipboard (" + err.name + "): use its Copy menu", "bad");
+    }
+    term.focus();
+  }
+  async function pasteClipboard() {
+    if (!inControl) { say(viewOnly ? "read-only: you may not type here" : "take control first to paste", "bad"); return; }
+    let text;
+    try {
+      text = await navigator.clipboard.readText();
+    } catch (err) {
+      say("the browser refused to read the clipboard (" + err.name + "): paste with its Paste menu", "bad");
+      return;
+    }
+    if (text) term.paste(text);
+    term.focus();
+  }
+  term.attachCustomKeyEventHandler((ev) => {
+    if (ev.type !== "keydown" || !ev.ctrlKey || !ev.shiftKey || ev.altKey || ev.metaKey) return true;
+    if (ev.key.toLowerCase() !== "c") return true;
+    ev.preventDefault(); // Chrome's Ctrl+Shift+C opens its inspector
+    copySelection();
+    return false;
+  });
+  const copy = document.getElementById("console-copy");
+  if (copy) copy.addEventListener("click", copySelection);
+  const paste = document.getElementById("console-paste");
+  if (paste) paste.addEventListener("click", pasteClipboard);
   document.addEventListener("domus:domain-state", (e) => {
     if (e.detail.state === "running") connect();
     else if (!ws) say("the domain is " + (e.detail.state_label || e.detail.state).toLowerCase());
