@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from agent.errors import AgentProblem, Conflict
 from agent.events import EventHub
 from agent.protocol import DomainEvent
-from agent.sharing import SEND_BREAK, SharedConsole, SocketViewer, request_type
+from agent.sharing import SEND_BREAK, SharedConsole, SocketViewer, cancel_all, request_type
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +153,7 @@ class SerialViewer(SocketViewer):
                     self.reason = f"sending to the client failed: {sender.exception()!r}"
                 self._finishing = True
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_all(tasks)
             if self._grace is not None:
                 self._grace.cancel()
                 self._grace = None

@@ -15,9 +15,12 @@ the one holding control.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
-from typing import Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -34,6 +37,16 @@ def request_type(message: str) -> str:
         return ""
     kind = request.get("type") if isinstance(request, dict) else None
     return kind if isinstance(kind, str) and kind in REQUESTS else ""
+
+
+async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel a console's pumps and wait until each has finished (whatever each raised)."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 _ids = itertools.count(1)

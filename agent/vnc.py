@@ -26,7 +26,7 @@ from lxml import etree
 
 from agent.errors import Conflict
 from agent.rfb import INPUT_TYPES, ClientMessages, RfbError, client_handshake, server_handshake
-from agent.sharing import SharedConsole, SocketViewer
+from agent.sharing import SharedConsole, SocketViewer, cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,7 @@ class VncViewer(SocketViewer):
                 return f"console lost: {task.exception()}"
             return task.result()
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_all(tasks)
 
     async def _server_to_browser(self, server: ServerSocket) -> str:
         while data := await server.recv():
