@@ -106,6 +106,9 @@ def _frame(opcode: int, payload: bytes) -> bytes:
 
 
 class ConsolePipe(asyncio.BufferedProtocol):
+    """One console's connection to the agent: the upgrade, then frames (see the module's
+    docstring); `open_pipe` makes one."""
+
     def __init__(self, request: bytes, key: bytes) -> None:
         self._loop = asyncio.get_running_loop()
         self._request = request
