@@ -394,3 +394,51 @@ async def test_over_tls_the_pinned_certificate_is_checked_before_anything_is_sen
         with pytest.raises(AgentUnreachable, match=r"is unreachable: .*CERTIFICATE_VERIFY_FAILED"):
             async with client.open_console(other, kind="serial"):
                 pass
+
+
+def test_console_bytes_over_tls_under_uvloop(tmp_path: Path) -> None:
+    """The console process runs uvloop (uvicorn picks it), whose TLS transport feeds the pipe's
+    buffer itself: a real TLS peer streams several MiB, a notice and a close through it."""
+    import ssl
+
+    import uvloop
+
+    from agent.identity import AgentIdentity
+
+    cert = AgentIdentity(tmp_path).ensure_certificate(names=["127.0.0.1"])
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert.cert_path, cert.key_path)
+    stream = bytes(range(256)) * 256 * 48  # 3 MiB, in 64 KiB frames
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        typed = await ws.receive_bytes()
+        for at in range(0, len(stream), 65536):
+            await ws.send_bytes(stream[at : at + 65536])
+        await ws.send_str(f"typed {typed.decode()}")
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"domain stopped")
+        return ws
+
+    async def main() -> tuple[bytes, list[str], list[tuple[Any, Any, Any]]]:
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+        app = web.Application()
+        app.router.add_get("/v1/domains/{uuid}/console/{kind}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=served)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with (
+                AgentClient(f"https://127.0.0.1:{port}", "s3cret", fingerprint=cert.fingerprint) as client,
+                client.open_console(uuid.uuid4(), kind="serial") as pipe,
+            ):
+                await pipe.send_bytes(b"ls\r")
+                return await _rest(pipe)
+        finally:
+            await runner.cleanup()
+
+    data, texts, ends = uvloop.run(main())
+    assert data == stream and texts == ["typed ls\r"]
+    assert ends[0] == (WSMsgType.CLOSE, 1001, "domain stopped")
