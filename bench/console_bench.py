@@ -23,15 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
-import signal
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from console.launcher import WEB_SOCKET_ARGS
@@ -57,9 +52,8 @@ from bench.console_paths import (
     start_websockify,
 )
 from bench.output import log, table
+from bench.session import begin, finish, header
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "bench" / "results"
 TARGETS = {
     "throughput": "Domus >= websockify (bulk, one console)",
     "echo_p99_ms_over_websockify": 1.0,
@@ -343,51 +337,19 @@ def run(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.hostwatch_bench import code_revision
-    from bench.procstats import machine_cpu_seconds
-
     args = parse_args(argv)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    workdir = (args.workdir or Path(f"/tmp/domus-bench-{stamp}")).resolve()  # noqa: S108 - our own dir
-    output = args.output or RESULTS_DIR / f"console-{stamp}.json"
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    session = begin("console", args.workdir, args.output)
     params = {key: getattr(args, key) for key in FULL}
-    params.update(
-        {
-            "settle_s": args.settle,
-            "payload": args.payload,
-            "deflate": args.deflate,
-        }
-    )
-    results: dict[str, Any] = {
-        "started_at": stamp,
-        "params": params,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "node": platform.node()},
-        "code": code_revision(),
-        "websockify_version": installed_version("websockify"),
-        "targets": TARGETS,
-        "workdir": str(workdir),
-    }
-    busy = machine_cpu_seconds()
-    time.sleep(2)
-    results["machine"]["background_busy_pct_core"] = round(100 * (machine_cpu_seconds() - busy) / 2, 1)
+    params.update({"settle_s": args.settle, "payload": args.payload, "deflate": args.deflate})
+    results = header(session, params, TARGETS, quiet_s=2)
+    results["websockify_version"] = installed_version("websockify")
     try:
-        run(args, workdir, results)
+        run(args, session.workdir, results)
     except KeyboardInterrupt:
         log("interrupted; everything started was stopped")
         return 130
     results["checks"] = checks(results)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
-    print()
-    print(render(results))
-    print(f"\nresults: {output}")
-    return 0
+    return finish(session, results, render)
 
 
 if __name__ == "__main__":

@@ -22,25 +22,24 @@ import contextlib
 import http.client
 import json
 import os
-import platform
 import re
-import signal
 import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.domain_list_behind import behind_the_back_live, behind_the_back_restart
 from bench.output import log, table
+from bench.procstats import ms
+from bench.session import begin, finish, header
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
@@ -48,8 +47,6 @@ if TYPE_CHECKING:
     from bench.console_stack import ConsoleStack
     from tests.fleet.testdriver import TestAgent
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "bench" / "results"
 TARGETS = {
     "page_p95_ms_at_1000": 100.0,  # the overview page, first page, at 1,000 domains
     "api_p95_ms_at_10000": 100.0,  # the API list, first page, at 10,000 domains
@@ -250,10 +247,6 @@ def _percentile(values: Sequence[float], pct: float) -> float | None:
     return percentile(values, pct)
 
 
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value * 1000, 2)
-
-
 def measure_shape(browser: Browser, shape: Shape, *, requests: int, warmup: int) -> dict[str, Any]:
     for _ in range(warmup):
         browser.get(shape.path)
@@ -274,12 +267,12 @@ def measure_shape(browser: Browser, shape: Shape, *, requests: int, warmup: int)
         "requests": len(samples),
         "rows": rows,
         "rows_expected": shape.expect_rows,
-        "p50_ms": _ms(_percentile(times, 50)),
-        "p95_ms": _ms(_percentile(times, 95)),
-        "p99_ms": _ms(_percentile(times, 99)),
-        "max_ms": _ms(max(times)),
-        "app_p50_ms": _ms(_percentile(app, 50)),
-        "app_p95_ms": _ms(_percentile(app, 95)),
+        "p50_ms": ms(_percentile(times, 50)),
+        "p95_ms": ms(_percentile(times, 95)),
+        "p99_ms": ms(_percentile(times, 99)),
+        "max_ms": ms(max(times)),
+        "app_p50_ms": ms(_percentile(app, 50)),
+        "app_p95_ms": ms(_percentile(app, 95)),
         "queries": queries[0] if len(queries) == 1 else queries,
         "payload_bytes": sizes[0] if len(sizes) == 1 else [sizes[0], sizes[-1]],
     }
@@ -467,164 +460,6 @@ def measure_lists(
         "web_outgoing_connections": after_outgoing - before_outgoing,
         "hypervisor_calls_per_request": round((agent_requests + after_outgoing - before_outgoing) / sent, 4),
     }
-
-
-# -- behind Domus's back ---------------------------------------------------------------------
-
-
-def _agent_call(agent: TestAgent, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=30)
-    try:
-        headers = {**agent.headers, "Content-Type": "application/json"}
-        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        if resp.status >= 300:
-            raise RuntimeError(f"agent {agent.name}: {method} {path}: {resp.status} {data[:300]!r}")
-        return json.loads(data) if data else None
-    finally:
-        conn.close()
-
-
-def define_behind_the_back(agent: TestAgent, name: str, *, vcpus: int, memory_mib: int) -> str:
-    """Define a domain straight on the agent, as someone with virsh on the host would."""
-    from agent.protocol import DomainSpec
-
-    iso = agent.node_path.parent / "pool" / "bench.iso"
-    iso.touch()
-    spec = DomainSpec.model_validate(
-        {
-            "uuid": str(uuid.uuid4()),
-            "name": name,
-            "vcpus": vcpus,
-            "memory_mib": memory_mib,
-            "boot": {"iso": str(iso)},
-        }
-    )
-    _agent_call(agent, "POST", "/v1/domains", json.loads(spec.model_dump_json()))
-    return str(spec.uuid)
-
-
-def undefine_behind_the_back(agent: TestAgent, domain_uuid: str) -> None:
-    _agent_call(agent, "DELETE", f"/v1/domains/{domain_uuid}?delete_disks=false")
-
-
-@dataclass
-class Expectation:
-    """What the first list requests should say about one domain after a change on its host."""
-
-    name: str
-    present: bool
-    vcpus: int | None = None
-    memory_mib: int | None = None
-    seen: list[dict[str, Any]] = field(default_factory=list)
-
-    def right(self, rows: list[dict[str, Any]]) -> bool:
-        mine = [r for r in rows if r["name"] == self.name]
-        if not self.present:
-            return not mine
-        if len(mine) != 1:
-            return False
-        row = mine[0]
-        return (self.vcpus is None or row["vcpus"] == self.vcpus) and (
-            self.memory_mib is None or row["memory_mib"] == self.memory_mib
-        )
-
-    def shown(self, rows: list[dict[str, Any]]) -> bool:
-        return any(r["name"] == self.name for r in rows)
-
-
-def follow(
-    browser: Browser, expectations: Sequence[Expectation], since: float, timeout: float
-) -> dict[str, Any]:
-    """Ask the API list about each domain (as a browser's first load would), round after round,
-    until every expectation holds or `timeout` seconds after `since` have passed."""
-    state: dict[str, dict[str, Any]] = {
-        e.name: {"first": None, "changed": None, "right": None, "rows": [], "requests": 0}
-        for e in expectations
-    }
-    while True:
-        pending = [e for e in expectations if state[e.name]["right"] is None]
-        if not pending or time.monotonic() - since > timeout:
-            break
-        for exp in pending:
-            rows = browser.json("/api/v1/domains/?" + urlencode({"q": exp.name}))["results"]
-            now = time.monotonic() - since
-            seen = state[exp.name]
-            seen["rows"], seen["requests"] = rows, seen["requests"] + 1
-            if seen["first"] is None:
-                seen["first"] = {
-                    "shows_it": exp.shown(rows),
-                    "right": exp.right(rows),
-                    "at_ms": round(now * 1000, 1),
-                }
-            if seen["changed"] is None and exp.shown(rows) == exp.present:
-                seen["changed"] = now
-            if exp.right(rows):
-                seen["right"] = now
-        time.sleep(0.005)
-    out: dict[str, Any] = {}
-    for exp in expectations:
-        seen = state[exp.name]
-        page = browser.get("/?" + urlencode({"q": exp.name})).body.decode(errors="replace")
-        out[exp.name] = {
-            "expected": "listed" if exp.present else "gone",
-            "expected_vcpus": exp.vcpus,
-            "expected_memory_mib": exp.memory_mib,
-            "first_request": seen["first"],
-            "shown_or_gone_after_ms": _ms(seen["changed"]),
-            "right_after_ms": _ms(seen["right"]),
-            "requests": seen["requests"],
-            "last_rows": [
-                {k: r[k] for k in ("name", "state", "vcpus", "memory_mib")}
-                for r in seen["rows"]
-                if r["name"] == exp.name
-            ],
-            "page_agrees": (f">{exp.name}</a>" in page) == exp.present,
-        }
-    return out
-
-
-def behind_the_back_live(browser: Browser, agents: Sequence[TestAgent], size: int) -> dict[str, Any]:
-    """Define one domain and undefine another on agents while hostwatch runs."""
-    first, last = agents[0], agents[-1]
-    new_name = f"bb-live-{size}"
-    started = time.monotonic()
-    define_behind_the_back(first, new_name, vcpus=2, memory_mib=128)
-    gone = last.domains[0]
-    undefine_behind_the_back(last, str(gone.uuid))
-    calls_s = time.monotonic() - started
-    expectations = [
-        Expectation(new_name, present=True, vcpus=2, memory_mib=128),
-        Expectation(gone.name, present=False),
-    ]
-    result = follow(browser, expectations, since=time.monotonic(), timeout=5.0)
-    return {"agent_calls_ms": _ms(calls_s), "domains": result}
-
-
-def behind_the_back_restart(
-    stack: ConsoleStack, browser: Browser, agents: Sequence[TestAgent]
-) -> dict[str, Any]:
-    """Stop hostwatch, change domains on two hosts, start hostwatch: how soon is the list right?"""
-    hostwatch = stack.procs["hostwatch"]
-    hostwatch.send_signal(signal.SIGTERM)
-    hostwatch.wait(15)
-    new_name = "bb-restart-new"
-    define_behind_the_back(agents[1], new_name, vcpus=3, memory_mib=192)
-    gone = agents[-2].domains[1]
-    undefine_behind_the_back(agents[-2], str(gone.uuid))
-    expectations = [
-        Expectation(new_name, present=True, vcpus=3, memory_mib=192),
-        Expectation(gone.name, present=False),
-    ]
-    stale = {
-        e.name: e.right(browser.json("/api/v1/domains/?" + urlencode({"q": e.name}))["results"])
-        for e in expectations
-    }
-    started = time.monotonic()
-    stack._spawn("hostwatch", [sys.executable, "manage.py", "hostwatch"])  # as ConsoleStack.start does
-    result = follow(browser, expectations, since=started, timeout=60.0)
-    return {"right_while_hostwatch_down": stale, "domains": result}
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -885,47 +720,19 @@ def _domain_count() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.hostwatch_bench import code_revision
-    from bench.procstats import machine_cpu_seconds
-
     args = parse_args(argv)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    workdir = (args.workdir or Path(f"/tmp/domus-bench-{stamp}")).resolve()  # noqa: S108 - our own dir
-    output = args.output or RESULTS_DIR / f"domain-list-{stamp}.json"
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    results: dict[str, Any] = {
-        "started_at": stamp,
-        "params": {
-            "fleet": [f"{h}x{d}" for h, d in args.fleet],
-            "requests": args.requests,
-            "warmup": args.warmup,
-        },
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "node": platform.node()},
-        "code": code_revision(),
-        "targets": TARGETS,
-        "workdir": str(workdir),
-        "sizes": [],
-    }
-    busy = machine_cpu_seconds()
-    time.sleep(3)
-    results["machine"]["background_busy_pct_core"] = round(100 * (machine_cpu_seconds() - busy) / 3, 1)
+    session = begin("domain-list", args.workdir, args.output)
+    params = {"fleet": [f"{h}x{d}" for h, d in args.fleet], "requests": args.requests, "warmup": args.warmup}
+    results = header(session, params, TARGETS, quiet_s=3)
+    results["sizes"] = []
+    workdir = session.workdir
     try:
         run(args, workdir, results)
     except KeyboardInterrupt:
         log("interrupted; everything started was stopped")
         return 130
     results["checks"] = checks(results)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
-    print()
-    print(render(results))
-    print(f"\nresults: {output}")
-    return 0
+    return finish(session, results, render)
 
 
 if __name__ == "__main__":

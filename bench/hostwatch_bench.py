@@ -16,16 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
-import platform
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -51,10 +46,9 @@ from bench.events_load import (
 from bench.inventory import inventory_bench
 from bench.output import log
 from bench.procstats import CpuWindow, machine_cpu_seconds, memory, summary_ms
+from bench.session import begin, finish, header
 from tests.fleet.testdriver import TestAgent, start_test_agents, stop_test_agents
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "bench" / "results"
 TARGETS = {
     "latency_p99_ms": 200.0,
     "lost": 0,
@@ -103,17 +97,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
-
-
-def code_revision() -> dict[str, Any]:
-    """The commit measured, and whether the code under test had uncommitted changes."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    dirty = git("status", "--porcelain", "--", "agent", "hosts", "domains", "console")
-    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(dirty)}
 
 
 def _median(values: list[float]) -> float | None:
@@ -491,30 +474,10 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    workdir = (args.workdir or Path(f"/tmp/domus-bench-{stamp}")).resolve()  # noqa: S108 - our own dir
-    output = args.output or RESULTS_DIR / f"hostwatch-{stamp}.json"
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)  # also when started in the background (SIGINT ignored)
-    results: dict[str, Any] = {
-        "started_at": stamp,
-        "params": {
-            k: getattr(args, k)
-            for k in ("agents", "domains", "sockets", "changes", "rate", "idle", "deadline", "web_app")
-        },
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "node": platform.node()},
-        "code": code_revision(),
-        "targets": TARGETS,
-        "workdir": str(workdir),
-    }
-    # Other work on the machine skews every number here: say how busy it was before we began.
-    busy = machine_cpu_seconds()
-    time.sleep(3)
-    results["machine"]["background_busy_pct_core"] = round(100 * (machine_cpu_seconds() - busy) / 3, 1)
+    session = begin("hostwatch", args.workdir, args.output)
+    workdir = session.workdir
+    keys = ("agents", "domains", "sockets", "changes", "rate", "idle", "deadline", "web_app")
+    results = header(session, {k: getattr(args, k) for k in keys}, TARGETS, quiet_s=3)
     log(f"machine busy before start: {results['machine']['background_busy_pct_core']}% of a core")
     stack = ConsoleStack(workdir / "console", web_app=args.web_app)
     agents: list[TestAgent] = []
@@ -536,12 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted; everything started was stopped")
         return 130
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
-    print()
-    print(render(results))
-    print(f"\nresults: {output}")
-    return 0
+    return finish(session, results, render)
 
 
 if __name__ == "__main__":

@@ -130,12 +130,13 @@ def percentile(values: Sequence[float], pct: float) -> float | None:
     return ordered[rank - 1]
 
 
+def ms(seconds: float | None) -> float | None:
+    """Seconds in milliseconds, to 0.01 ms (None stays None)."""
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
 def summary_ms(seconds: Sequence[float]) -> dict[str, float | int | None]:
     """count, p50, p90, p99, max and mean of durations given in seconds, in milliseconds."""
-
-    def ms(value: float | None) -> float | None:
-        return None if value is None else round(value * 1000, 2)
-
     return {
         "count": len(seconds),
         "p50_ms": ms(percentile(seconds, 50)),
