@@ -149,9 +149,7 @@ class AgentClient:
             self._ssl = aiohttp.Fingerprint(bytes.fromhex(fingerprint))
 
     async def __aenter__(self) -> AgentClient:
-        # No cap on connections (aiohttp's default is 100): the consoles of a console process
-        # share one client per agent, and each open console holds a connection.
-        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=0)
+        connector = aiohttp.TCPConnector(ssl=self._ssl)
         self._session = aiohttp.ClientSession(
             headers=self._headers,
             timeout=self._timeout,
@@ -159,10 +157,6 @@ class AgentClient:
             cookie_jar=aiohttp.DummyCookieJar(),  # the agent sets none
         )
         return self
-
-    @property
-    def closed(self) -> bool:
-        return self._session is None or self._session.closed
 
     async def __aexit__(
         self,

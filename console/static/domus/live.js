@@ -193,8 +193,6 @@
   }
   window.domusCsrf = csrf;
 
-  // A ticket for one of a domain's consoles (kind "serial" or "vnc"): to type if this user may,
-  // else to watch. Resolves to [response, body]; body.socket is the WebSocket address to open.
   // Show a console's presence notice (who watches, who has control) in its `box`; returns
   // whether this socket holds control. Control is by socket: two tabs of one user differ.
   window.domusShowPresence = function (box, take, p, viewOnly) {
@@ -208,6 +206,8 @@
     return inControl;
   };
 
+  // A ticket for one of a domain's consoles (kind "serial" or "vnc"): to type if this user may,
+  // else to watch. Resolves to [response, body]; body.socket is the WebSocket address to open.
   window.domusConsoleTicket = async function (domainId, kind) {
     const ask = (mode) => fetch("/api/v1/domains/" + domainId + "/console-tickets/", {
       method: "POST", credentials: "same-origin",
