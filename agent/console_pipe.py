@@ -16,6 +16,10 @@ pinned), and it is built for the one thing the console does with it, passing byt
 What the console needs of it is what aiohttp's ClientWebSocketResponse offered: `receive()` and
 `async for` give aiohttp WSMessage tuples (BINARY, TEXT, then CLOSE with the code and reason,
 then CLOSED), `send_bytes`, `send_str`, `close`, `closed`, `close_code` and `exception()`.
+And one thing more: `attach(sink)` hands it the browser's socket (console.websocket_server), and
+from then on each read's binary payload is written there as one frame, copied once on the way
+(the same copy that would make the message), with no task, queue or ASGI event between: the
+agent's socket is read only while the browser's has room.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import ssl
 import struct
 import sys
 import threading
-from typing import cast
+from collections.abc import Callable
+from typing import Protocol, cast
 from urllib.parse import unquote, urlsplit
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType
@@ -60,6 +65,21 @@ def _read_buffer() -> memoryview:
     if view is None:
         view = _threads.read_buffer = memoryview(bytearray(_READ_SIZE))
     return view
+
+
+class BrowserSink(Protocol):
+    """The browser's socket, for an attached pipe to write whole frames to
+    (console.websocket_server.FrameSink)."""
+
+    paused: bool  # the browser's socket is full: stop reading from the agent
+    on_writable: Callable[[], None] | None  # it drained, or was lost
+
+    @property
+    def open(self) -> bool: ...
+
+    def write(self, opcode: int, payload: bytes) -> None: ...
+
+    def write_pieces(self, opcode: int, pieces: list[memoryview], length: int) -> None: ...
 
 
 class PipeRefused(Exception):
@@ -130,7 +150,10 @@ class ConsolePipe(asyncio.BufferedProtocol):
         self._control_payload = bytearray()  # a control frame's, until it is whole
         self._messages: collections.deque[WSMessage] = collections.deque()
         self._queued = 0  # bytes in _messages
-        self._reading_paused = False
+        self._reading_paused = False  # the agent's socket is not read: because
+        self._queue_full = False  # too much waits for `receive` (from _PAUSE_ABOVE to _RESUME_BELOW),
+        self._sink: BrowserSink | None = None
+        self._sink_full = False  # or the attached sink's socket was full at the last write
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._writing_paused = False
@@ -200,9 +223,15 @@ class ConsolePipe(asyncio.BufferedProtocol):
             self._flush()
 
     def _flush(self) -> None:
-        """The binary payload read so far leaves the shared buffer, as one message."""
+        """The binary payload read so far leaves the shared buffer: as one frame to the
+        attached sink, or one message for `receive`."""
         if self._pieces:
             pieces, self._pieces = self._pieces, []
+            sink = self._sink
+            if sink is not None and sink.open:
+                sink.write_pieces(_OP_BINARY, pieces, sum(len(piece) for piece in pieces))
+                self._after_sink_write(sink)
+                return
             data = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
             self._push(WSMessage(WSMsgType.BINARY, data, None))
 
@@ -318,7 +347,12 @@ class ConsolePipe(asyncio.BufferedProtocol):
                 raise PipeFailed("the agent sent text that is not UTF-8") from err
             self._text = bytearray()
             self._flush()  # what came before it, first
-            self._push(WSMessage(WSMsgType.TEXT, text, None))
+            sink = self._sink
+            if sink is not None and sink.open:
+                sink.write(_OP_TEXT, text.encode())
+                self._after_sink_write(sink)
+            else:
+                self._push(WSMessage(WSMsgType.TEXT, text, None))
         self._message_opcode = 0
 
     def _control(self, opcode: int, payload: bytes) -> None:
@@ -362,13 +396,53 @@ class ConsolePipe(asyncio.BufferedProtocol):
             self.transport.abort()
 
     # -- the console's side --------------------------------------------------------------------
+    def attach(self, sink: BrowserSink) -> None:
+        """From now on binary and text messages go straight to `sink`, as frames, while it is
+        open (what is queued first, in order); `receive` still gives the close, and whatever
+        comes once the sink has closed."""
+        self._sink = sink
+        sink.on_writable = self._sink_writable
+        while self._messages and sink.open:
+            message = self._messages[0]
+            if message.type == WSMsgType.BINARY:
+                sink.write(_OP_BINARY, message.data)
+                self._queued -= len(message.data)
+            elif message.type == WSMsgType.TEXT:
+                sink.write(_OP_TEXT, message.data.encode())
+            else:
+                break
+            self._messages.popleft()
+        if self._queued < _RESUME_BELOW:
+            self._queue_full = False
+        self._after_sink_write(sink)
+
+    def _after_sink_write(self, sink: BrowserSink) -> None:
+        self._sink_full = sink.paused
+        self._set_reading()
+
+    def _sink_writable(self) -> None:
+        self._sink_full = False
+        self._set_reading()
+
+    def _set_reading(self) -> None:
+        """Read from the agent unless too much waits for the console or its browser."""
+        if self.transport is None:
+            return
+        paused = self._sink_full or self._queue_full
+        if paused != self._reading_paused:
+            self._reading_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
     def _push(self, message: WSMessage) -> None:
         self._messages.append(message)
         if message.type == WSMsgType.BINARY:
             self._queued += len(message.data)
-            if self._queued > _PAUSE_ABOVE and not self._reading_paused and self.transport is not None:
-                self._reading_paused = True
-                self.transport.pause_reading()
+            if self._queued > _PAUSE_ABOVE and not self._queue_full:
+                self._queue_full = True
+                self._set_reading()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -384,9 +458,9 @@ class ConsolePipe(asyncio.BufferedProtocol):
         message = self._messages[0] if self._messages[0] is _CLOSED else self._messages.popleft()
         if message.type == WSMsgType.BINARY:
             self._queued -= len(message.data)
-            if self._reading_paused and self._queued < _RESUME_BELOW and self.transport is not None:
-                self._reading_paused = False
-                self.transport.resume_reading()
+            if self._queue_full and self._queued < _RESUME_BELOW:
+                self._queue_full = False
+                self._set_reading()
         return message
 
     def __aiter__(self) -> ConsolePipe:

@@ -17,6 +17,7 @@ from agent.sharing import request_type
 from console.audit.services import audit_record
 from console.realtime.dispatch import SkipsDbCleanup
 from console.realtime.events import ACCESS_CHANGED, ACCESS_GROUP, SESSION_ENDED
+from console.websocket_server import EXTENSION as FRAMES_EXTENSION
 from domains.consoles import TicketRefused, console_still_allowed, console_ticket_redeem
 from domains.models import ConsoleTicket
 
@@ -30,6 +31,8 @@ class ConsoleConsumer(SkipsDbCleanup, AsyncWebsocketConsumer):  # type: ignore[m
     """/ws/console/?ticket=...: pipes bytes between the browser and the agent's console socket.
 
     Bytes never go through the channel layer: this consumer holds its own WebSocket to the agent.
+    Served by console.websocket_server (as in production), the agent's bytes do not go through
+    this consumer either: the pipe writes them to the browser's socket itself.
     A serial watcher's keystrokes are dropped here; a VNC watcher's bytes go on (the RFB
     protocol needs its requests for screen updates) and the agent drops its input events.
     """
@@ -95,6 +98,9 @@ class ConsoleConsumer(SkipsDbCleanup, AsyncWebsocketConsumer):  # type: ignore[m
             changes={"kind": ticket.kind, "mode": ticket.mode},
         )
         await self.accept()
+        sink = self.scope.get("extensions", {}).get(FRAMES_EXTENSION)
+        if sink is not None:  # served by console.websocket_server: bytes skip ASGI
+            self.agent_ws.attach(sink)
         # Access changes and sign-outs reach this socket: it closes when its user may no longer
         # use this console, or the session (or token) that opened it ends.
         await self.channel_layer.group_add(ACCESS_GROUP, self.channel_name)
