@@ -29,8 +29,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from console.launcher import WEB_SOCKET_ARGS
-
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -53,6 +51,7 @@ from bench.console_paths import (
 )
 from bench.output import log, table
 from bench.session import begin, finish, header
+from console.launcher import WEB_SOCKET_ARGS
 
 TARGETS = {
     "throughput": "Domus >= websockify (bulk, one console)",
