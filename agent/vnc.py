@@ -24,6 +24,7 @@ import libvirt
 from aiohttp import WSMsgType, web
 from lxml import etree
 
+from agent.direct_frames import DirectFrames
 from agent.errors import Conflict
 from agent.rfb import INPUT_TYPES, ClientMessages, RfbError, client_handshake, server_handshake
 from agent.sharing import SharedConsole, SocketViewer, cancel_all
@@ -128,8 +129,15 @@ class VncViewer(SocketViewer):
         del self._inbox[:n]
         return data
 
-    async def run(self, sharing: SharedConsole, server: ServerSocket, server_init: bytes) -> str:
-        """Handshake with the browser, then pipe both ways until either side ends; returns why."""
+    async def run(
+        self,
+        sharing: SharedConsole,
+        server: ServerSocket,
+        server_init: bytes,
+        frames: DirectFrames | None = None,
+    ) -> str:
+        """Handshake with the browser, then pipe both ways until either side ends; returns why.
+        The screen goes out through `frames` when given (agent.direct_frames)."""
 
         async def send(data: bytes) -> None:
             await self.ws.send_bytes(data)
@@ -141,14 +149,15 @@ class VncViewer(SocketViewer):
             return f"VNC handshake with the viewer failed: {err or 'timed out'}"
         sharing.join(self)
         try:
-            return await self._pipe(sharing, server)
+            return await self._pipe(sharing, server, frames)
         finally:
             sharing.leave(self)
             for task in list(self._notices):
                 task.cancel()
 
-    async def _pipe(self, sharing: SharedConsole, server: ServerSocket) -> str:
-        to_browser = asyncio.ensure_future(self._server_to_browser(server))
+    async def _pipe(self, sharing: SharedConsole, server: ServerSocket, frames: DirectFrames | None) -> str:
+        send = frames.send if frames is not None else self.ws.send_bytes
+        to_browser = asyncio.ensure_future(self._server_to_browser(server, send))
         to_server = asyncio.ensure_future(self._browser_to_server(sharing, server))
         tasks = (to_browser, to_server)
         try:
@@ -160,9 +169,9 @@ class VncViewer(SocketViewer):
         finally:
             await cancel_all(tasks)
 
-    async def _server_to_browser(self, server: ServerSocket) -> str:
+    async def _server_to_browser(self, server: ServerSocket, send: Callable[[bytes], Awaitable[None]]) -> str:
         while data := await server.recv():
-            await self.ws.send_bytes(data)  # waits only while the console's socket is full
+            await send(data)  # waits only while the console's socket is full
             # Neither call waits while the server has more to send and the console takes it:
             # give the loop a turn, so one busy screen does not hold up the other consoles.
             await asyncio.sleep(0)

@@ -13,6 +13,7 @@ import libvirt
 from aiohttp import WSCloseCode, web
 
 from agent.api import RUNTIME, _uuid
+from agent.direct_frames import DirectFrames
 from agent.errors import AgentProblem, Conflict
 from agent.rfb import RfbError
 from agent.runtime import AgentRuntime
@@ -135,7 +136,8 @@ async def vnc_console(request: web.Request) -> web.WebSocketResponse:
     viewer = VncViewer(ws, name=name, can_interact=can_interact)
     try:
         await ws.prepare(request)
-        reason = await viewer.run(consoles.sharing(domain_uuid), server, server_init)
+        frames = DirectFrames(request, ws)
+        reason = await viewer.run(consoles.sharing(domain_uuid), server, server_init, frames)
         log.info("VNC viewer of %s closed: %s", domain_uuid, reason)
     finally:
         server.close()
