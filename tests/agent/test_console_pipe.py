@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ssl
 import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,7 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestServer
 
 from agent import console_pipe
-from agent.client import AgentClient, AgentIdentityChanged, AgentNotFound, AgentUnreachable
+from agent.client import AgentClient, AgentIdentityChanged, AgentNotFound, AgentUnreachable, _unverified_tls
 from agent.console_pipe import ConsolePipe, PipeFailed, PipeRefused, open_pipe
 from tests.agent.conftest import RunningAgent, launch_agent, stop_agent
 
@@ -396,11 +397,19 @@ async def test_over_tls_the_pinned_certificate_is_checked_before_anything_is_sen
                 pass
 
 
+def test_pinned_console_sockets_share_one_tls_context_without_a_ca_bundle() -> None:
+    # Trust comes from the pin: a context that loaded the system's CA bundle, made per socket,
+    # cost each open console about 900 KiB in the console process (bench/console_bench.py
+    # --agent-tls). Still TLS 1.2 at least.
+    context = _unverified_tls()
+    assert context is _unverified_tls()
+    assert context.cert_store_stats()["x509_ca"] == 0
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
 def test_console_bytes_over_tls_under_uvloop(tmp_path: Path) -> None:
     """The console process runs uvloop (uvicorn picks it), whose TLS transport feeds the pipe's
     buffer itself: a real TLS peer streams several MiB, a notice and a close through it."""
-    import ssl
-
     import uvloop
 
     from agent.identity import AgentIdentity
