@@ -207,6 +207,11 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         f"{machine['cpus']} CPUs, busy {machine['background_busy_pct_core']}% of a core before start; "
         f"{results['database']}; websockify {results['websockify_version']}; bulk payload {p['payload']}"
+        + (
+            "; agent over pinned TLS (as a remote host)"
+            if p.get("agent_tls")
+            else "; agent over loopback HTTP"
+        )
         + f"; uvicorn {' '.join(WEB_SOCKET_ARGS)} (as make run)",
         "",
         *table(_rows(m, p)),
@@ -264,6 +269,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--deflate", action="store_true", help="also bulk with the client offering permessage-deflate"
     )
+    parser.add_argument(
+        "--agent-tls",
+        action="store_true",
+        help="the agent serves TLS and is enrolled with a pairing code, as a remote host's is",
+    )
     parser.add_argument("--workdir", type=Path, help="data directory (default /tmp/domus-bench-<timestamp>)")
     parser.add_argument(
         "--output", type=Path, help="JSON file (default bench/results/console-<timestamp>.json)"
@@ -287,7 +297,7 @@ def run(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> Non
         source_port = start_fake_vnc(children, args.payload)
         wsfy_port = start_websockify(children, source_port)
         # One domain per console (see start_agent), and a few for the warm-ups.
-        agent = start_agent(children, source_port, max(args.streams, 2 * args.idle) + 5)
+        agent = start_agent(children, source_port, max(args.streams, 2 * args.idle) + 5, tls=args.agent_tls)
         stack.start()
         results["database"] = stack.database
         log(
@@ -340,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     session = begin("console", args.workdir, args.output)
     params = {key: getattr(args, key) for key in FULL}
     params.update({"settle_s": args.settle, "payload": args.payload, "deflate": args.deflate})
+    params["agent_tls"] = args.agent_tls
     results = header(session, params, TARGETS, quiet_s=2)
     results["websockify_version"] = installed_version("websockify")
     try:

@@ -18,6 +18,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -218,8 +219,10 @@ def _accepts(port: int) -> bool:
 
 
 def _agent_healthy(url: str) -> bool:
+    # Only whether it answers: the console pins its certificate when it enrols it.
+    context = ssl._create_unverified_context() if url.startswith("https://") else None  # noqa: S323
     try:
-        with urllib.request.urlopen(url + "/v1/health", timeout=2) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url + "/v1/health", timeout=2, context=context) as resp:  # noqa: S310
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -271,15 +274,20 @@ class BenchAgent:
     url: str
     secret: str
     domain_uuids: list[str]
+    # With TLS: what `domus-agent init` printed, for the console to enrol it as a remote host.
+    fingerprint: str = ""
+    pairing_code: str = ""
 
 
-def start_agent(children: Children, source_port: int, domains: int) -> BenchAgent:
+def start_agent(children: Children, source_port: int, domains: int, *, tls: bool = False) -> BenchAgent:
     """The agent on a test-driver node with `domains` running domains: one console per domain,
     because only the viewer holding a domain's control may send input (agent/sharing.py), and
-    a bulk request is input (a ClientCutText)."""
+    a bulk request is input (a ClientCutText). With `tls`, it has a certificate first and serves
+    HTTPS, as a remote host's agent does (it still listens on loopback)."""
     import secrets
 
     from bench.console_stack import free_port
+    from tests.agent.conftest import agent_init
     from tests.fleet.testdriver import node_domains, node_xml
 
     workdir = children.workdir / "agent"
@@ -292,6 +300,8 @@ def start_agent(children: Children, source_port: int, domains: int) -> BenchAgen
     secret_path.write_text(secret)
     secret_path.chmod(0o600)
     port = free_port()
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    fingerprint, code = agent_init(workdir / "state", url) if tls else ("", "")
     children.spawn(
         "agent",
         [
@@ -302,10 +312,9 @@ def start_agent(children: Children, source_port: int, domains: int) -> BenchAgen
             *("--pool-path", str(workdir / "pool"), "--log-level", "WARNING"),
         ],
     )
-    url = f"http://127.0.0.1:{port}"
     _wait_until("the agent", lambda: _agent_healthy(url), children)
     uuids = [str(d.uuid) for d in node_domains(0, domains, running_fraction=1.0)]
-    return BenchAgent(url, secret, uuids)
+    return BenchAgent(url, secret, uuids, fingerprint, code)
 
 
 def domus_setup(stack: ConsoleStack, agent: BenchAgent, children: Children) -> tuple[str, list[int]]:
@@ -317,11 +326,16 @@ def domus_setup(stack: ConsoleStack, agent: BenchAgent, children: Children) -> t
     from console.access.models import Grant, Role
     from console.access.services import api_token_issue
     from domains.models import Domain
+    from hosts.enrolment import host_enrol
 
     user = get_user_model().objects.create_user("bench-operator", password=None)
     Grant.objects.create(user=user, role=Role.objects.get(name="Operator"), scope=Grant.Scope.SITE)
     _token, key = api_token_issue(user=user, name="console-bench")
-    register_hosts([("bench-vnc", agent.url, agent.secret)])
+    if agent.pairing_code:  # as a remote host is added: pinned TLS and a per-host secret
+        code, fingerprint = agent.pairing_code, agent.fingerprint
+        host_enrol(name="bench-vnc", url=agent.url, pairing_code=code, fingerprint=fingerprint)
+    else:
+        register_hosts([("bench-vnc", agent.url, agent.secret)])
 
     def synced() -> bool:
         stack.check_alive()
