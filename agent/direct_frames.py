@@ -21,17 +21,17 @@ import struct
 
 from aiohttp import web
 
-_OP_BINARY = 0x2
-_FIN = 0x80
+OP_TEXT, OP_BINARY = 0x1, 0x2
 
 
-def frame_header(length: int) -> bytes:
-    """The header of an unmasked, final binary frame with `length` bytes of payload (RFC 6455)."""
+def frame_header(opcode: int, length: int) -> bytes:
+    """The header of a whole, unmasked (server) frame of `length` payload bytes (RFC 6455 5.2).
+    Also the console's, for its frames to the browser (console.websocket_server)."""
     if length < 126:
-        return struct.pack("!BB", _FIN | _OP_BINARY, length)
+        return struct.pack("!BB", 0x80 | opcode, length)
     if length < 65536:
-        return struct.pack("!BBH", _FIN | _OP_BINARY, 126, length)
-    return struct.pack("!BBQ", _FIN | _OP_BINARY, 127, length)
+        return struct.pack("!BBH", 0x80 | opcode, 126, length)
+    return struct.pack("!BBQ", 0x80 | opcode, 127, length)
 
 
 class DirectFrames:
@@ -58,7 +58,7 @@ class DirectFrames:
         if transport is None or transport.is_closing() or transport.get_write_buffer_size():
             await self._ws.send_bytes(data)
             return
-        header = frame_header(len(data))
+        header = frame_header(OP_BINARY, len(data))
         try:
             sent = os.writev(self._fd, (header, data))
         except (BlockingIOError, InterruptedError):

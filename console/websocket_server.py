@@ -16,25 +16,17 @@ communicator, another server), consumers send through ASGI as usual.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
+from agent.direct_frames import OP_BINARY, OP_TEXT, frame_header
+
+__all__ = ["EXTENSION", "OP_BINARY", "OP_TEXT", "ConsoleWebSocketProtocol", "FrameSink"]
+
 EXTENSION = "domus.frames"
-
-OP_TEXT, OP_BINARY = 0x1, 0x2
-
-
-def frame_header(opcode: int, length: int) -> bytes:
-    """The header of a whole, unmasked frame of `length` payload bytes."""
-    if length < 126:
-        return struct.pack("!BB", 0x80 | opcode, length)
-    if length < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, 126, length)
-    return struct.pack("!BBQ", 0x80 | opcode, 127, length)
 
 
 class FrameSink:

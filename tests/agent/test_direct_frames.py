@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from agent.direct_frames import DirectFrames, frame_header
+from agent.direct_frames import OP_BINARY, OP_TEXT, DirectFrames, frame_header
 from agent.identity import AgentIdentity
 
 # Around each header-length boundary, and large ones that a small send buffer cuts.
@@ -27,10 +27,11 @@ SIZES = [1, 125, 126, 65535, 65536, 300_000, 3 * 1024 * 1024]
 
 
 def test_frame_header_is_rfc_6455_for_each_length_form() -> None:
-    assert frame_header(5) == b"\x82\x05"
-    assert frame_header(126) == b"\x82\x7e\x00\x7e"
-    assert frame_header(65535) == b"\x82\x7e\xff\xff"
-    assert frame_header(65536) == b"\x82\x7f" + (65536).to_bytes(8, "big")
+    assert frame_header(OP_BINARY, 5) == b"\x82\x05"
+    assert frame_header(OP_TEXT, 5) == b"\x81\x05"
+    assert frame_header(OP_BINARY, 126) == b"\x82\x7e\x00\x7e"
+    assert frame_header(OP_BINARY, 65535) == b"\x82\x7e\xff\xff"
+    assert frame_header(OP_BINARY, 65536) == b"\x82\x7f" + (65536).to_bytes(8, "big")
 
 
 def payloads() -> list[bytes]:
@@ -41,7 +42,9 @@ def payloads() -> list[bytes]:
 async def running(
     route: Callable[[web.Request], Awaitable[web.WebSocketResponse]], context: ssl.SSLContext | None = None
 ) -> AsyncIterator[tuple[str, int]]:
-    """A real aiohttp server with `route` at /ws; yields its URL and port."""
+    """A real aiohttp server with `route` at /ws; yields its URL and port. An AppRunner as the
+    agent's own (agent/server.py), not aiohttp's TestServer: that one cancels a handler whose
+    client has gone, where the agent's handler sees the send fail."""
     app = web.Application()
     app.router.add_get("/ws", route)
     runner = web.AppRunner(app)
