@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -34,6 +35,40 @@ def frame_header(opcode: int, length: int) -> bytes:
     return struct.pack("!BBQ", 0x80 | opcode, 127, length)
 
 
+def plain_socket_fd(transport: asyncio.BaseTransport | None) -> int:
+    """The file descriptor under `transport` when bytes written to it go out as they are (a
+    TCP or unix socket, no TLS); -1 otherwise."""
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    return -1 if sock is None else int(sock.fileno())
+
+
+def write_now(
+    fd: int, transport: asyncio.WriteTransport, pieces: Sequence[bytes | memoryview], *, owned: bool
+) -> None:
+    """`pieces` to the socket `fd` with one writev(2), the transport's buffer being empty (the
+    caller checked: nothing may go ahead of what it holds). What the kernel does not take goes
+    to the transport, in order, and is sent as it drains: copied first unless the pieces are
+    `owned` (not views of a buffer about to be reused: a transport may keep what it is given).
+    Raises OSError when the connection is broken."""
+    try:
+        sent = os.writev(fd, pieces)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    rest: list[bytes | memoryview] = []
+    for piece in pieces:
+        if sent >= len(piece):
+            sent -= len(piece)
+        else:
+            rest.append(memoryview(piece)[sent:] if sent else piece)
+            sent = 0
+    if not owned:  # one copy of what is left, in one write
+        rest = [b"".join(rest)] if rest else []
+    for piece in rest:
+        transport.write(piece)
+
+
 class DirectFrames:
     """Sends binary messages on one prepared server WebSocket (see the module's docstring)."""
 
@@ -41,12 +76,9 @@ class DirectFrames:
         self._ws = ws
         self._request = request
         self._transport: asyncio.Transport | None = None
-        self._fd = -1
-        transport = request.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is not None and transport is not None and transport.get_extra_info("sslcontext") is None:
-            if not ws.compress:  # negotiated at prepare(): frames go out as they are
-                self._transport, self._fd = transport, sock.fileno()
+        self._fd = plain_socket_fd(request.transport)
+        if self._fd >= 0 and not ws.compress:  # compression is negotiated at prepare()
+            self._transport = request.transport
 
     @property
     def direct(self) -> bool:
@@ -58,21 +90,12 @@ class DirectFrames:
         if transport is None or transport.is_closing() or transport.get_write_buffer_size():
             await self._ws.send_bytes(data)
             return
-        header = frame_header(OP_BINARY, len(data))
         try:
-            sent = os.writev(self._fd, (header, data))
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            write_now(self._fd, transport, (frame_header(OP_BINARY, len(data)), data), owned=True)
         except OSError:
             # The connection is broken: the transport's own write meets the same error and
             # closes it the way it always does, and aiohttp raises what it always raises.
             await self._ws.send_bytes(data)
             return
-        if sent == len(header) + len(data):
-            return
-        if sent < len(header):
-            transport.write(header[sent:])
-            transport.write(data)
-        else:
-            transport.write(memoryview(data)[sent - len(header) :])
-        await self._request.writer.drain()  # waits only while the transport is over its limit
+        if transport.get_write_buffer_size():
+            await self._request.writer.drain()  # waits only while the transport is over its limit

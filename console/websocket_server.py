@@ -22,11 +22,14 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
-from agent.direct_frames import OP_BINARY, OP_TEXT, frame_header
+from agent.direct_frames import OP_BINARY, OP_TEXT, frame_header, plain_socket_fd, write_now
 
 __all__ = ["EXTENSION", "OP_BINARY", "OP_TEXT", "ConsoleWebSocketProtocol", "FrameSink"]
 
 EXTENSION = "domus.frames"
+# A read from the agent with more frames than this (a chatty serial line) is joined, copied
+# once, rather than written as that many pieces (writev(2) takes at most IOV_MAX, 1024).
+_DIRECT_PIECES = 64
 
 
 class FrameSink:
@@ -38,10 +41,11 @@ class FrameSink:
     it drains again, and when the connection is lost.
     """
 
-    __slots__ = ("_protocol", "on_writable", "paused")
+    __slots__ = ("_fd", "_protocol", "on_writable", "paused")
 
     def __init__(self, protocol: ConsoleWebSocketProtocol) -> None:
         self._protocol = protocol
+        self._fd = plain_socket_fd(protocol.transport)  # -1: TLS, frames go through the transport
         self.paused = False
         self.on_writable: Callable[[], None] | None = None
 
@@ -61,9 +65,19 @@ class FrameSink:
         self._protocol.transport.write(frame_header(opcode, len(payload)) + payload)
 
     def write_pieces(self, opcode: int, pieces: list[memoryview], length: int) -> None:
-        """One frame of the pieces' bytes, copied once (the transport may hold on to what it
-        is given, and the pieces are views of a buffer that is about to be reused)."""
-        self._protocol.transport.write(b"".join([frame_header(opcode, length), *pieces]))
+        """One frame of the pieces' bytes. The pieces are views of a buffer that is about to
+        be reused: on a plain socket with nothing waiting they go to the kernel straight from
+        it (one writev, no copy), and only what the kernel does not take is copied for the
+        transport to send later; otherwise they are copied once, for the transport."""
+        transport = self._protocol.transport
+        header = frame_header(opcode, length)
+        if self._fd >= 0 and len(pieces) < _DIRECT_PIECES and not transport.get_write_buffer_size():
+            try:
+                write_now(self._fd, transport, [header, *pieces], owned=False)
+                return
+            except OSError:
+                pass  # broken: the transport's own write meets the error and closes as usual
+        transport.write(b"".join([header, *pieces]))
 
     def _changed(self, paused: bool) -> None:
         self.paused = paused
