@@ -17,9 +17,10 @@ What the console needs of it is what aiohttp's ClientWebSocketResponse offered: 
 `async for` give aiohttp WSMessage tuples (BINARY, TEXT, then CLOSE with the code and reason,
 then CLOSED), `send_bytes`, `send_str`, `close`, `closed`, `close_code` and `exception()`.
 And one thing more: `attach(sink)` hands it the browser's socket (console.websocket_server), and
-from then on each read's binary payload is written there as one frame, copied once on the way
-(the same copy that would make the message), with no task, queue or ASGI event between: the
-agent's socket is read only while the browser's has room.
+from then on each read's binary payload is written there as one frame, from the read buffer
+itself where the browser's socket takes it at once (else copied once, as a message would be),
+with no task, queue or ASGI event between: the agent's socket is read only while the browser's
+has room.
 """
 
 from __future__ import annotations
