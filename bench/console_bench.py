@@ -11,7 +11,8 @@ client (aiohttp and VncOverWebSocket, in this process), and two ways between the
 
 Measures, for both, side by side: bulk throughput (server to client), keystroke echo round trips,
 50 consoles streaming at once (aggregate and fairness) and what each open idle console costs in
-memory; the CPU of every process meanwhile says what limited the numbers. Prints a table and
+memory (with --serial-guests N, serial consoles' too, on real guests: bench/console_serial.py); the
+CPU of every process meanwhile says what limited the numbers. Prints a table and
 writes bench/results/console-<timestamp>.json. Everything it starts is stopped on exit, on an
 error and on Ctrl-C.
 
@@ -38,8 +39,11 @@ from bench.console_measurements import (
     Processes,
     children_of,
     measure,
+    measure_memory,
 )
 from bench.console_paths import (
+    BenchAgent,
+    BenchError,
     Children,
     DomusPath,
     WebsockifyPath,
@@ -49,6 +53,14 @@ from bench.console_paths import (
     start_fake_vnc,
     start_websockify,
 )
+from bench.console_serial import (
+    boot_guests,
+    guest_files,
+    remove_guests_now,
+    serial_domains,
+    start_libvirt_agent,
+)
+from bench.console_stack import ConsoleStack, StackError
 from bench.output import log, table
 from bench.session import begin, finish, header
 from console.launcher import WEB_SOCKET_ARGS
@@ -87,9 +99,6 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     d_bulk, w_bulk = m["bulk"]["Domus"]["median_mb_s"], m["bulk"]["websockify"]["median_mb_s"]
     d_p99, w_p99 = m["echo"]["Domus"]["p99_ms"], m["echo"]["websockify"]["p99_ms"]
     starved = m["streams"]["Domus"]["starved"]
-    first = m["memory"]["Domus"]["console"]["per_console_kib"].get("VmRSS")
-    per_console = m["memory"]["Domus"]["console"]["next_per_console_kib"].get("VmRSS")
-    count = m["memory"]["Domus"]["consoles"]
     margin = TARGETS["echo_p99_ms_over_websockify"]
     return [
         {
@@ -107,15 +116,23 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
             "value": f"{starved} starved",
             "verdict": "PASS" if starved == TARGETS["starved_consoles"] else "FAIL",
         },
-        {
-            "what": f"console process memory per open idle console < 100 KiB (VmRSS growth, {count} more"
-            f" with {count} open)",
-            "value": f"{per_console} KiB (the first {count}: {first} KiB)",
-            "verdict": "PASS"
-            if per_console is not None and per_console < TARGETS["console_kib_per_idle_console"]
-            else "FAIL",
-        },
+        _memory_check("graphical", m["memory"]["Domus"]),
+        *([_memory_check("serial", m["memory_serial"])] if "memory_serial" in m else []),
     ]
+
+
+def _memory_check(kind: str, memory: dict[str, Any]) -> dict[str, Any]:
+    first = memory["console"]["per_console_kib"].get("VmRSS")
+    per_console = memory["console"]["next_per_console_kib"].get("VmRSS")
+    count = memory["consoles"]
+    return {
+        "what": f"console process memory per open idle {kind} console < 100 KiB (VmRSS growth,"
+        f" {count} more with {count} open)",
+        "value": f"{per_console} KiB (the first {count}: {first} KiB)",
+        "verdict": "PASS"
+        if per_console is not None and per_console < TARGETS["console_kib_per_idle_console"]
+        else "FAIL",
+    }
 
 
 def _kib(value: float | None) -> str:
@@ -139,6 +156,7 @@ def _rows(m: dict[str, Any], p: dict[str, Any]) -> list[tuple[str, str, str]]:
     row("  runs, MB/s", "bulk", lambda b: ", ".join(str(r) for r in b["runs_mb_s"]))
     row("  frames to the client, mean KiB", "bulk", lambda b: f"{b['frames']}, {b['mean_frame_kib']}")
     row("  proxy CPU s per GB", "bulk", lambda b: b["proxy_cpu_s_per_gb"])
+    row("  whole path CPU s per GB (+ client, source)", "bulk", lambda b: b.get("path_cpu_s_per_gb"))
     row("bulk, client offers permessage-deflate, MB/s", "bulk_deflate", _median)
     row("  proxy CPU s per GB", "bulk_deflate", lambda b: b["proxy_cpu_s_per_gb"])
     row(f"echo round trip p50 ms ({p['echoes']})", "echo", lambda e: e["p50_ms"])
@@ -189,6 +207,7 @@ def _rows(m: dict[str, Any], p: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{_kib(wc.get('Pss'))} / {_kib(wc.get('USS'))}",
         ),
         ("  websockify's main process VmRSS", "-", _kib(wm.get("VmRSS"))),
+        *_serial_rows(m),
         (
             "  all processes (Domus: RSS growth; websockify: PSS)",
             _kib(dc.get("VmRSS", 0) + da.get("VmRSS", 0)),
@@ -196,6 +215,29 @@ def _rows(m: dict[str, Any], p: dict[str, Any]) -> list[tuple[str, str, str]]:
         ),
     ]
     return rows
+
+
+_QUIET = ("hostwatch", "redis", "websockify main")  # not on the byte path: left out of the CPU lines
+
+
+def _serial_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
+    if "memory_serial" not in m:
+        return []
+    serial = m["memory_serial"]
+    sc, sa = (serial[k]["per_console_kib"] for k in ("console", "agent"))
+    return [
+        (
+            f"  serial, {serial['guests']} real guests: console VmRSS / RssAnon (first {serial['consoles']})",
+            f"{_kib(sc.get('VmRSS'))} / {_kib(sc.get('RssAnon'))}",
+            "-",
+        ),
+        (
+            f"  serial: console VmRSS, {serial['consoles']} more",
+            _kib(serial["console"]["next_per_console_kib"].get("VmRSS")),
+            "-",
+        ),
+        ("  serial: agent VmRSS / RssAnon", f"{_kib(sa.get('VmRSS'))} / {_kib(sa.get('RssAnon'))}", "-"),
+    ]
 
 
 def _median(bulk: dict[str, Any]) -> Any:
@@ -222,8 +264,19 @@ def render(results: dict[str, Any]) -> str:
     ]
     for label, section in (("bulk", "bulk"), ("bulk, deflate", "bulk_deflate"), ("streams", "streams")):
         for name, cpu in ((n, m[section][n]["cpu"]) for n in ("Domus", "websockify") if section in m):
-            per = ", ".join(f"{k} {v}" for k, v in cpu["pct_core"].items() if k not in ("hostwatch", "redis"))
-            lines.append(f"  {label}, {name}: {per}; machine {cpu['machine_pct']}")
+            per = ", ".join(f"{k} {v}" for k, v in cpu["pct_core"].items() if k not in _QUIET)
+            stolen = f" (stolen by the hypervisor: {cpu['stolen_pct']})" if cpu.get("stolen_pct") else ""
+            lines.append(f"  {label}, {name}: {per}; machine {cpu['machine_pct']}{stolen}")
+            if waited := cpu.get("waited_pct_wall"):
+                lines.append(
+                    "      runnable, waiting for a CPU (% of the time): "
+                    + ", ".join(f"{k} {v}" for k, v in waited.items() if k not in _QUIET)
+                )
+            if slices := m[section][name].get("slices_per_mb"):
+                lines.append(
+                    "      put on a CPU, times per MB: "
+                    + ", ".join(f"{k} {v}" for k, v in slices.items() if k not in _QUIET)
+                )
             lines.append(f"      -> {cpu['limited_by']}")
     console = m["memory"]["Domus"]["console"]
     after = console["after_close_kib"].get("VmRSS", 0) - console["before_kib"].get("VmRSS", 0)
@@ -274,6 +327,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="the agent serves TLS and is enrolled with a pairing code, as a remote host's is",
     )
+    parser.add_argument(
+        "--serial-guests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure serial consoles' memory: --idle view consoles spread over N real test"
+        " guests on qemu:///system (needs libvirtd and the test guest: make test)",
+    )
     parser.add_argument("--workdir", type=Path, help="data directory (default /tmp/domus-bench-<timestamp>)")
     parser.add_argument(
         "--output", type=Path, help="JSON file (default bench/results/console-<timestamp>.json)"
@@ -287,11 +348,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> None:
-    from bench.console_stack import ConsoleStack
-
     workdir.mkdir(parents=True, exist_ok=True)
     stack = ConsoleStack(workdir / "console", log_level="WARNING")
     children = Children(workdir)
+    serial_agent: BenchAgent | None = None
+    if args.serial_guests:
+        guest_files()  # before the rest of the run: a missing libvirtd or guest is said at once
     try:
         stack.prepare()
         source_port = start_fake_vnc(children, args.payload)
@@ -339,10 +401,42 @@ def run(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> Non
         results["measured"] = asyncio.run(measure(args, domus, wsfy, source_port))
         stack.check_alive()
         children.check_alive()
+        if args.serial_guests:
+            serial_agent = start_libvirt_agent(children)
+            results["measured"]["memory_serial"] = measure_serial(args, stack, serial_agent, token, children)
     finally:
         log("stopping everything started")
+        if serial_agent is not None:
+            remove_guests_now(serial_agent)
         children.stop()
         stack.stop()
+
+
+def measure_serial(
+    args: argparse.Namespace, stack: ConsoleStack, agent: BenchAgent, token: str, children: Children
+) -> dict[str, Any]:
+    """Memory per open idle serial console (view mode), spread over real guests."""
+    import aiohttp
+
+    asyncio.run(boot_guests(agent, args.serial_guests))
+    ids = serial_domains(agent, children)
+    stack.restart_web()  # as fresh as the graphical consoles' was: its heap has grown since
+    web, agent_pid = stack.pid("web"), children.pid("serial-agent")
+    put = PathUnderTest(
+        DomusPath(stack.url, token, ids, kind="serial", mode="view"),
+        Processes({"console": lambda: [web], "agent": lambda: [agent_pid]}),
+        ("console", "agent"),
+        {"console": lambda: [web], "agent": lambda: [agent_pid]},
+    )
+
+    async def measure_them() -> dict[str, Any]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            return await measure_memory(put, session, args.idle, args.settle)
+
+    log(f"serial: memory, {args.idle} idle view consoles over {len(ids)} guests, then as many more")
+    out = asyncio.run(measure_them())
+    out["guests"] = len(ids)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {key: getattr(args, key) for key in FULL}
     params.update({"settle_s": args.settle, "payload": args.payload, "deflate": args.deflate})
     params["agent_tls"] = args.agent_tls
+    params["serial_guests"] = args.serial_guests
     results = header(session, params, TARGETS, quiet_s=2)
     results["websockify_version"] = installed_version("websockify")
     try:
@@ -358,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted; everything started was stopped")
         return 130
+    except (BenchError, StackError) as err:
+        log(f"failed: {err}")
+        return 1
     results["checks"] = checks(results)
     return finish(session, results, render)
 

@@ -87,25 +87,36 @@ class Processes:
         return {name: pids() for name, pids in self.roles.items()}
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of all of a process's threads so far, from schedstat (nanoseconds): /proc/<pid>/stat
-    counts 10 ms ticks, and a websockify connection process streaming 8 MiB uses a few ms."""
-    total = 0
+def sched_totals(pid: int) -> tuple[float, float, int]:
+    """CPU seconds, seconds spent runnable but waiting for a CPU, and times put on a CPU, of
+    all of a process's threads so far, from schedstat (nanoseconds: /proc/<pid>/stat counts
+    10 ms ticks, and a websockify connection process streaming 8 MiB uses a few ms)."""
+    on_cpu = waited = slices = 0
     with contextlib.suppress(OSError):
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError, ValueError, IndexError):
-                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-    return total / 1e9
+                fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+                on_cpu, waited, slices = (
+                    on_cpu + int(fields[0]),
+                    waited + int(fields[1]),
+                    slices + int(fields[2]),
+                )
+    return on_cpu / 1e9, waited / 1e9, slices
 
 
 @dataclass
 class CpuUse:
-    """CPU seconds of each process on a path over some wall time; windows add up."""
+    """CPU seconds of each process on a path over some wall time, the seconds each waited,
+    runnable, for a CPU, and the times each was put on one (woken, or its turn again after
+    another's); windows add up."""
 
     seconds: dict[str, float]
     wall_s: float
     machine_s: float
     processes: dict[str, int]  # how many processes each name stands for
+    waited: dict[str, float] = field(default_factory=dict)
+    slices: dict[str, int] = field(default_factory=dict)
+    stolen_s: float = 0.0  # of machine_s: the hypervisor ran something else (a virtual machine)
 
     def __add__(self, other: CpuUse) -> CpuUse:
         names = {**self.seconds, **other.seconds}
@@ -114,6 +125,9 @@ class CpuUse:
             self.wall_s + other.wall_s,
             self.machine_s + other.machine_s,
             {n: max(self.processes.get(n, 0), other.processes.get(n, 0)) for n in names},
+            {n: self.waited.get(n, 0.0) + other.waited.get(n, 0.0) for n in names},
+            {n: self.slices.get(n, 0) + other.slices.get(n, 0) for n in names},
+            self.stolen_s + other.stolen_s,
         )
 
     def pct_core(self) -> dict[str, float]:
@@ -123,8 +137,15 @@ class CpuUse:
         cpus = os.cpu_count() or 1
         return {
             "pct_core": self.pct_core(),
+            # per process of the group: websockify's are one per connection
+            "waited_pct_wall": {
+                n: round(100 * s / self.wall_s / max(1, self.processes.get(n, 1)), 1)
+                for n, s in self.waited.items()
+            },
+            "slices": self.slices,
             "processes": self.processes,
             "machine_pct": round(100 * self.machine_s / self.wall_s, 1),
+            "stolen_pct": round(100 * self.stolen_s / self.wall_s, 1),
             "wall_s": round(self.wall_s, 3),
             "limited_by": self.limited_by(cpus),
         }
@@ -140,23 +161,37 @@ class CpuUse:
             return f"{busiest}'s one thread at {pct:.0f}% of a core (machine {machine:.0f}%)"
         active = sum(1 for v in self.pct_core().values() if v >= 10)
         if machine >= 75 * cpus:
-            return f"the CPUs: {active} busy processes share {cpus} ({machine:.0f}% of {cpus * 100}%)"
+            stolen = 100 * self.stolen_s / self.wall_s
+            of_which = f", {stolen:.0f}% of it stolen by the hypervisor" if stolen >= 10 else ""
+            return (
+                f"the CPUs: {active} busy processes share {cpus} ({machine:.0f}% of {cpus * 100}%{of_which})"
+            )
         return f"no CPU saturated (busiest: {busiest} {pct:.0f}%, machine {machine:.0f}%): hand-offs"
 
 
 async def with_cpu(processes: Processes, work: Awaitable[Any]) -> tuple[Any, CpuUse]:
     """Run `work` and measure the CPU each process on the path used meanwhile."""
-    from bench.procstats import machine_cpu_seconds
+    from bench.procstats import machine_cpu_seconds, machine_steal_seconds
 
     pids = processes.pids()
-    before = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
-    busy, started = machine_cpu_seconds(), time.perf_counter()
+    before = {name: [sched_totals(p) for p in group] for name, group in pids.items()}
+    busy, stolen, started = machine_cpu_seconds(), machine_steal_seconds(), time.perf_counter()
     result = await work
     wall = time.perf_counter() - started
-    after = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
-    used = {name: max(0.0, after[name] - before[name]) for name in pids}
-    counts = {name: len(group) for name, group in pids.items()}
-    return result, CpuUse(used, wall, machine_cpu_seconds() - busy, counts)
+    after = {name: [sched_totals(p) for p in group] for name, group in pids.items()}
+
+    def used(name: str, field: int) -> float:
+        return max(0.0, sum(a[field] for a in after[name]) - sum(b[field] for b in before[name]))
+
+    return result, CpuUse(
+        {name: used(name, 0) for name in pids},
+        wall,
+        machine_cpu_seconds() - busy,
+        {name: len(group) for name, group in pids.items()},
+        {name: used(name, 1) for name in pids},
+        {name: int(used(name, 2)) for name in pids},
+        machine_steal_seconds() - stolen,
+    )
 
 
 # -- the measurements --------------------------------------------------------------------------
@@ -172,6 +207,11 @@ class PathUnderTest:
         """CPU seconds the proxies spent per GB through them: the cost of the path, whatever
         the machine's size."""
         return round(sum(use.seconds[n] for n in self.proxies) / (size / 1e9), 3)
+
+    def path_cpu_s_per_gb(self, use: CpuUse, size: int) -> float:
+        """The same for every process the bytes cross, the client and the source too (frame
+        sizes change what the client pays): what decides the rate when they share too few CPUs."""
+        return round(sum(use.seconds[n] for n in (*self.proxies, "client", "source")) / (size / 1e9), 3)
 
     # What to weigh for memory: name -> pids, read when asked (websockify's children change).
     memory_roles: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
@@ -216,6 +256,8 @@ async def measure_bulk(
             "first_byte_ms": [round((t.first_byte - t.started) * 1000, 2) for t in done],
             "cpu": used.as_dict(),
             "proxy_cpu_s_per_gb": put.proxy_cpu_s_per_gb(used, size * runs),
+            "path_cpu_s_per_gb": put.path_cpu_s_per_gb(used, size * runs),
+            "slices_per_mb": {n: round(k / (size * runs / MB), 1) for n, k in used.slices.items()},
         }
     return out
 

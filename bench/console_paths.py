@@ -279,12 +279,22 @@ class BenchAgent:
     pairing_code: str = ""
 
 
+def agent_secret(workdir: Path) -> tuple[str, Path]:
+    """A fresh secret for an agent on loopback, and the file (mode 0600) it reads it from."""
+    import secrets
+
+    secret = secrets.token_urlsafe(32)
+    path = workdir / "secret"
+    path.write_text(secret)
+    path.chmod(0o600)
+    return secret, path
+
+
 def start_agent(children: Children, source_port: int, domains: int, *, tls: bool = False) -> BenchAgent:
     """The agent on a test-driver node with `domains` running domains: one console per domain,
     because only the viewer holding a domain's control may send input (agent/sharing.py), and
     a bulk request is input (a ClientCutText). With `tls`, it has a certificate first and serves
     HTTPS, as a remote host's agent does (it still listens on loopback)."""
-    import secrets
 
     from bench.console_stack import free_port
     from tests.agent.conftest import agent_init
@@ -295,10 +305,7 @@ def start_agent(children: Children, source_port: int, domains: int, *, tls: bool
     (workdir / "pool").mkdir(exist_ok=True)
     node_path = workdir / "node.xml"
     node_path.write_text(node_xml(0, domains, running_fraction=1.0, pool_path=str(workdir / "pool")))
-    secret = secrets.token_urlsafe(32)
-    secret_path = workdir / "secret"
-    secret_path.write_text(secret)
-    secret_path.chmod(0o600)
+    secret, secret_path = agent_secret(workdir)
     port = free_port()
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     fingerprint, code = agent_init(workdir / "state", url) if tls else ("", "")
@@ -373,11 +380,18 @@ class Transfer:
 
 
 class Console:
-    """One open graphical console, from the browser's side, handshake done."""
+    """One open console, from the browser's side: a graphical one with its handshake done
+    (bulk and round trips need one), or a serial one (no `vnc`)."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, vnc: VncOverWebSocket) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, vnc: VncOverWebSocket | None) -> None:
         self.ws = ws
-        self.vnc = vnc
+        self._vnc = vnc
+
+    @property
+    def vnc(self) -> VncOverWebSocket:
+        if self._vnc is None:
+            raise BenchError("a serial console has no VNC server to ask for bytes")
+        return self._vnc
 
     async def bulk(self, size: int) -> Transfer:
         """Ask the server for `size` bytes (the fake server's `bulk N`) and read them all."""
@@ -443,10 +457,14 @@ class DomusPath:
 
     name = "Domus"
 
-    def __init__(self, url: str, token: str, domain_ids: Sequence[int]) -> None:
+    def __init__(
+        self, url: str, token: str, domain_ids: Sequence[int], *, kind: str = "vnc", mode: str = "interact"
+    ) -> None:
         self.url = url
         self.auth = {"Authorization": f"Token {token}"}
         self.domain_ids = list(domain_ids)
+        self.kind = kind  # "vnc", or "serial" (bench/console_serial.py)
+        self.mode = mode
 
     async def connect(
         self, session: aiohttp.ClientSession, index: int, compress: int
@@ -454,7 +472,7 @@ class DomusPath:
         domain_id = self.domain_ids[index % len(self.domain_ids)]
         async with session.post(
             f"{self.url}/api/v1/domains/{domain_id}/console-tickets/",
-            json={"kind": "vnc", "mode": "interact"},
+            json={"kind": self.kind, "mode": self.mode},
             headers=self.auth,
         ) as resp:
             body = await resp.json()
@@ -485,6 +503,8 @@ async def open_console(
 
     async with asyncio.timeout(30):
         ws = await path.connect(session, index, compress)
+        if getattr(path, "kind", "vnc") == "serial":
+            return await _serial_console(path, ws, index)
         vnc = VncOverWebSocket(ws)
         try:
             await vnc.handshake()
@@ -492,6 +512,18 @@ async def open_console(
             await ws.close()
             raise BenchError(f"{path.name}: console {index}: VNC handshake failed: {err!r}") from err
     return Console(ws, vnc)
+
+
+async def _serial_console(path: ProxyPath, ws: aiohttp.ClientWebSocketResponse, index: int) -> Console:
+    """A serial console is open once the agent has told it who watches (after the history)."""
+    import aiohttp
+
+    while (msg := await ws.receive()).type == aiohttp.WSMsgType.BINARY:
+        pass  # what the guest printed before this viewer came
+    if msg.type != aiohttp.WSMsgType.TEXT or '"presence"' not in msg.data:
+        await ws.close()
+        raise BenchError(f"{path.name}: serial console {index}: {msg.type} {msg.data!r} {msg.extra!r}")
+    return Console(ws, None)
 
 
 async def open_consoles(

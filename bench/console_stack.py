@@ -106,16 +106,33 @@ class ConsoleStack:
         return proc
 
     def start(self) -> None:
-        py = sys.executable
+        self._spawn_web()
+        self._spawn("hostwatch", [sys.executable, "manage.py", "hostwatch"])
+        self._wait_web()
+
+    def restart_web(self) -> None:
+        """A fresh web process (what one measurement left in its heap must not pad the next's)."""
+        proc = self.procs["web"]
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._spawn_web()
+        self._wait_web()
+
+    def _spawn_web(self) -> None:
         self._spawn(
             "web",
             [
-                *(py, "-m", "uvicorn", self.web_app),
+                *(sys.executable, "-m", "uvicorn", self.web_app),
                 *("--host", "127.0.0.1", "--port", str(self.port)),
                 *("--log-level", "warning", "--no-access-log", *WEB_SOCKET_ARGS),
             ],
         )
-        self._spawn("hostwatch", [py, "manage.py", "hostwatch"])
+
+    def _wait_web(self) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             self.check_alive()

@@ -121,6 +121,13 @@ def machine_cpu_seconds() -> float:
     return (sum(fields[:8]) - idle) / CLOCK_TICKS
 
 
+def machine_steal_seconds() -> float:
+    """CPU seconds the hypervisor gave to others while this machine's CPUs had work (/proc/stat's
+    steal, all cores): counted in machine_cpu_seconds, though nothing here ran."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        return int(stat.readline().split()[8]) / CLOCK_TICKS
+
+
 def percentile(values: Sequence[float], pct: float) -> float | None:
     """Nearest-rank percentile (pct in 0..100); None for no values."""
     if not values:
