@@ -295,7 +295,6 @@ def start_agent(children: Children, source_port: int, domains: int, *, tls: bool
     because only the viewer holding a domain's control may send input (agent/sharing.py), and
     a bulk request is input (a ClientCutText). With `tls`, it has a certificate first and serves
     HTTPS, as a remote host's agent does (it still listens on loopback)."""
-
     from bench.console_stack import free_port
     from tests.agent.conftest import agent_init
     from tests.fleet.testdriver import node_domains, node_xml
