@@ -352,8 +352,8 @@ def run(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> Non
     stack = ConsoleStack(workdir / "console", log_level="WARNING")
     children = Children(workdir)
     serial_agent: BenchAgent | None = None
-    if args.serial_guests:
-        guest_files()  # before the rest of the run: a missing libvirtd or guest is said at once
+    # Before the rest of the run: a missing libvirtd or test guest is said at once.
+    serial_files = guest_files() if args.serial_guests else None
     try:
         stack.prepare()
         source_port = start_fake_vnc(children, args.payload)
@@ -401,9 +401,11 @@ def run(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> Non
         results["measured"] = asyncio.run(measure(args, domus, wsfy, source_port))
         stack.check_alive()
         children.check_alive()
-        if args.serial_guests:
+        if serial_files is not None:
             serial_agent = start_libvirt_agent(children)
-            results["measured"]["memory_serial"] = measure_serial(args, stack, serial_agent, token, children)
+            results["measured"]["memory_serial"] = measure_serial(
+                args, stack, serial_agent, serial_files, token, children
+            )
     finally:
         log("stopping everything started")
         if serial_agent is not None:
@@ -413,12 +415,17 @@ def run(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> Non
 
 
 def measure_serial(
-    args: argparse.Namespace, stack: ConsoleStack, agent: BenchAgent, token: str, children: Children
+    args: argparse.Namespace,
+    stack: ConsoleStack,
+    agent: BenchAgent,
+    files: dict[str, str],
+    token: str,
+    children: Children,
 ) -> dict[str, Any]:
     """Memory per open idle serial console (view mode), spread over real guests."""
     import aiohttp
 
-    asyncio.run(boot_guests(agent, args.serial_guests))
+    asyncio.run(boot_guests(agent, args.serial_guests, files))
     ids = serial_domains(agent, children)
     stack.restart_web()  # as fresh as the graphical consoles' was: its heap has grown since
     web, agent_pid = stack.pid("web"), children.pid("serial-agent")

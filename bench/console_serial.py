@@ -16,15 +16,11 @@ Needs libvirtd answering on qemu:///system and the test guest built (`make test`
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 import sys
 import uuid as uuid_mod
-from pathlib import Path
 
 from bench.console_paths import (
-    ROOT,
     BenchAgent,
     BenchError,
     Children,
@@ -34,35 +30,28 @@ from bench.console_paths import (
 )
 from bench.output import log
 
-GUEST_DIR = Path(os.environ.get("DOMUS_GUEST_DIR", ROOT / ".cache" / "guest"))
-POOL = Path("/var/lib/libvirt/images")  # the host's default pool: the agent boots kernels from a pool
 URI = "qemu:///system"
 GUEST_MEMORY_MIB = 128
 
 
-def guest_files() -> tuple[str, str]:
-    """The test guest's kernel and initrd, copied into the default pool (as the e2e tests do);
-    BenchError if there is no libvirt daemon or no test guest (checked before anything starts)."""
+def guest_files() -> dict[str, str]:
+    """The test guest's kernel and initrd, copied into the host's default pool (as the e2e tests
+    do); BenchError if there is no libvirt daemon or no test guest (checked before anything starts)."""
+    from tests.e2e.conftest import GUEST_DIR, guest_in_pool
+
     if subprocess.run(["virsh", "-c", URI, "version"], capture_output=True).returncode != 0:
         raise BenchError(f"no libvirt daemon answers on {URI}: `make test` starts it")
-    kernel, initrd = GUEST_DIR / "vmlinuz", GUEST_DIR / "initrd.img"
-    if not (kernel.exists() and initrd.exists()):
+    files = guest_in_pool()
+    if files is None:
         raise BenchError(f"no test guest in {GUEST_DIR}: `make guest` builds it")
-    POOL.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for src in (kernel, initrd):
-        dest = POOL / f"domus-test-guest-{src.name}"
-        if not dest.exists() or dest.stat().st_mtime < src.stat().st_mtime:
-            shutil.copy2(src, dest)
-            dest.chmod(0o644)
-        copied.append(str(dest))
-    return copied[0], copied[1]
+    return files
 
 
 def start_libvirt_agent(children: Children) -> BenchAgent:
     """The real agent (`python -m agent serve`) on the host's libvirt, on loopback with a fixed
     secret, as `make run`'s own host; no KVM probe (software emulation, as on this machine)."""
     from bench.console_stack import free_port
+    from tests.e2e.conftest import POOL  # where guest_files() puts the guest
 
     workdir = children.workdir / "serial-agent"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -81,13 +70,12 @@ def start_libvirt_agent(children: Children) -> BenchAgent:
     return BenchAgent(url, secret, [])
 
 
-async def boot_guests(agent: BenchAgent, count: int) -> None:
-    """Define and start `count` test guests through the agent's API; their uuids go to
-    agent.domain_uuids (so that remove_guests finds them whatever happens next)."""
+async def boot_guests(agent: BenchAgent, count: int, files: dict[str, str]) -> None:
+    """Define and start `count` test guests (`files`: guest_files()) through the agent's API;
+    their uuids go to agent.domain_uuids (so that remove_guests finds them whatever happens next)."""
     from agent.client import AgentClient
     from agent.protocol import DomainSpec, KernelBoot
 
-    kernel, initrd = guest_files()
     run = uuid_mod.uuid4().hex[:6]
     async with AgentClient(agent.url, agent.secret) as client:
         for i in range(count):
@@ -95,7 +83,9 @@ async def boot_guests(agent: BenchAgent, count: int) -> None:
                 uuid=uuid_mod.uuid4(),
                 name=f"domus-bench-serial-{run}-{i}",
                 memory_mib=GUEST_MEMORY_MIB,
-                boot=KernelBoot(kernel=kernel, initrd=initrd, cmdline="console=ttyS0 quiet"),
+                boot=KernelBoot(
+                    kernel=files["kernel"], initrd=files["initrd"], cmdline="console=ttyS0 quiet"
+                ),
             )
             agent.domain_uuids.append(str(spec.uuid))
             await client.define(spec)

@@ -24,6 +24,7 @@ from agent.identity import AgentIdentity
 from console.launcher import WEB_SOCKET_ARGS
 from console.websocket_server import EXTENSION, OP_BINARY, OP_TEXT, FrameSink
 from tests.agent.test_console_pipe import aiohttp_peer
+from tests.agent.test_direct_frames import expected, payloads
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 PROTOCOL = "console.websocket_server:ConsoleWebSocketProtocol"
@@ -196,17 +197,13 @@ async def test_a_read_of_many_small_frames_goes_out_as_one_frame() -> None:
     assert messages == [b"".join(pieces)] and code == 1000
 
 
-def frames_to_cut() -> list[bytes]:
-    return [bytes([n % 251]) * n for n in (1, 125, 126, 65535, 65536, 300_000, 3 * 1024 * 1024)]
-
-
 async def reused_buffer_late_reader() -> tuple[list[bytes | str], int | None, list[int]]:
-    frames, writes = frames_to_cut(), list[int]()
+    frames, writes = payloads(), list[int]()
     app = reused_buffer_app(frames, writes, sndbuf=16 * 1024)
     async with served(app) as url, browser(url, max_queue=1) as client:
         await asyncio.sleep(0.3)  # not reading: the kernel takes part of the big frames
         messages, code = await read_all(client)
-    assert messages == [m for i, f in enumerate(frames) for m in (f, f"after {i}")]
+    assert messages == expected(frames)
     return messages, code, writes
 
 
@@ -274,23 +271,23 @@ async def test_each_place_a_console_frame_can_be_cut(monkeypatch: pytest.MonkeyP
         return os.write(fd, b"".join(buffers)[:taken])
 
     monkeypatch.setattr(os, "writev", writev)
-    frames, writes = frames_to_cut(), list[int]()
+    frames, writes = payloads(), list[int]()
     async with served(reused_buffer_app(frames, writes)) as url, browser(url) as client:
         messages, code = await read_all(client)
-    assert messages == [m for i, f in enumerate(frames) for m in (f, f"after {i}")]
+    assert messages == expected(frames)
     assert code == 1000 and writes[0] == 1
 
 
 async def test_over_tls_frames_go_through_the_transport(tmp_path: Path) -> None:
     cert = AgentIdentity(tmp_path / "state").ensure_certificate(names=["127.0.0.1"])
-    frames, writes = frames_to_cut(), list[int]()
+    frames, writes = payloads(), list[int]()
     tls = {"ssl_certfile": str(cert.cert_path), "ssl_keyfile": str(cert.key_path)}
     client_tls = ssl.create_default_context()
     client_tls.check_hostname, client_tls.verify_mode = False, ssl.CERT_NONE
     async with served(reused_buffer_app(frames, writes), **tls) as url:
         async with browser(url.replace("ws://", "wss://"), ssl=client_tls) as client:
             messages, code = await read_all(client)
-    assert messages == [m for i, f in enumerate(frames) for m in (f, f"after {i}")]
+    assert messages == expected(frames)
     assert code == 1000 and writes == [0] * len(frames)
 
 

@@ -127,12 +127,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             drop_database(env["DATABASE_URL"])
 
 
-@pytest.fixture(scope="session")
-def guest_files() -> dict[str, str]:
-    """The test guest's kernel and initrd, copied into the host's default pool."""
+def guest_in_pool() -> dict[str, str] | None:
+    """The test guest's kernel and initrd, copied into the host's default pool (where the agent
+    boots kernels from); None when the guest has not been built. Also bench/console_serial.py's."""
     kernel, initrd = GUEST_DIR / "vmlinuz", GUEST_DIR / "initrd.img"
     if not (kernel.exists() and initrd.exists()):
-        pytest.skip(f"no test guest in {GUEST_DIR}: run tests/guest/build.sh (make test does)")
+        return None
     POOL.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, src in (("kernel", kernel), ("initrd", initrd)):
@@ -141,6 +141,15 @@ def guest_files() -> dict[str, str]:
             shutil.copy2(src, dest)
             dest.chmod(0o644)
         files[name] = str(dest)
+    return files
+
+
+@pytest.fixture(scope="session")
+def guest_files() -> dict[str, str]:
+    """The test guest's kernel and initrd, copied into the host's default pool."""
+    files = guest_in_pool()
+    if files is None:
+        pytest.skip(f"no test guest in {GUEST_DIR}: run tests/guest/build.sh (make test does)")
     return files
 
 
