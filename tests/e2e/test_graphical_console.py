@@ -138,6 +138,22 @@ def test_graphical_console_draws_types_and_is_shared(
     _serial_log_has(stack, other, domain["id"], "DOMUS-TEST-GUEST READY", timeout=90, more_than=banners)
     _vnc_status(other, "connected")
 
+    # The page's state event ("running", after its events socket's first resync) may come while
+    # the serial console's first ticket is on its way: still one console socket, not a second one
+    # holding control beside it.
+    late = context.new_page()
+    late.add_init_script(
+        "document.addEventListener('DOMContentLoaded', () => setTimeout(() => document.dispatchEvent("
+        "new CustomEvent('domus:domain-state', {detail: {state: 'running'}})), 0));"
+    )
+    sockets: list[str] = []
+    late.on("websocket", lambda ws: sockets.append(ws.url) if "/ws/console/" in ws.url else None)
+    late.goto(f"{stack.url}/domains/{domain['id']}/")
+    late.wait_for_selector('#console-presence:has-text("Watching")')
+    late.wait_for_timeout(3000)
+    assert len(sockets) == 1, sockets
+    late.close()
+
     # The domain stops: its console says so, and does not try again until it runs.
     stopped = stack.api("POST", f"/api/v1/domains/{domain['id']}/force-off/")
     assert stack.wait_job(stopped.json()["job"])["status"] == "succeeded"

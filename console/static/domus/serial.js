@@ -18,13 +18,20 @@
 
   function say(text, cls) { status.textContent = text; status.className = "console-status " + (cls || ""); }
 
+  let connecting = false; // a ticket is on its way: a second connect() would open a second socket
   async function connect() {
-    if (ws || el.dataset.state !== "running") {
+    if (ws || connecting || el.dataset.state !== "running") {
       if (el.dataset.state !== "running") say("the domain is not running");
       return;
     }
     say("connecting…");
-    const [resp, body] = await window.domusConsoleTicket(el.dataset.domain, "serial");
+    connecting = true;
+    let resp, body;
+    try {
+      [resp, body] = await window.domusConsoleTicket(el.dataset.domain, "serial");
+    } finally {
+      connecting = false;
+    }
     if (!resp.ok) { say("cannot connect: " + (body.detail || resp.status), "bad"); return; }
     viewOnly = body.mode === "view";
     ws = new WebSocket(body.socket);
