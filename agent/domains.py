@@ -165,8 +165,17 @@ class DomainService:
 
     # -- reads -------------------------------------------------------------------------------
     def _list_sync(self, conn: libvirt.virConnect) -> list[DomainInfo]:
-        stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
-        return [self._info(dom, int(values.get("state.state", 0))) for dom, values in stats]
+        infos = []
+        for dom, values in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE):
+            try:
+                infos.append(self._info(dom, int(values.get("state.state", 0))))
+            except libvirt.libvirtError as err:
+                # Undefined by another tool (`virsh undefine`) between the listing and the read
+                # of its XML: it is simply not there any more, and its event says so.
+                if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                log.info("domain %s vanished while it was being listed", dom.UUIDString())
+        return infos
 
     async def list(self) -> list[DomainInfo]:
         return await self._conn.call(self._list_sync, what="listing domains")

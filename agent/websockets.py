@@ -188,9 +188,13 @@ async def _record_running(app: web.Application) -> None:
     consoles, runtime = app[SERIAL_CONSOLES], app[RUNTIME]
     if not runtime.domains.local_files:
         return  # the test driver has no consoles
-    for info in await runtime.domains.list():
-        if info.state in _RUNNING:
-            await consoles.record(info.uuid)
+    try:
+        running = [info.uuid for info in await runtime.domains.list() if info.state in _RUNNING]
+    except AgentProblem as err:  # best effort, like each recording: never a reason not to start
+        log.warning("cannot list the running domains to record their consoles: %s", err)
+        return
+    for domain_uuid in running:
+        await consoles.record(domain_uuid)
 
 
 async def _close_serial_consoles(app: web.Application) -> None:
