@@ -81,6 +81,16 @@ class AgentIdentityChanged(AgentUnreachable):
     """The agent presented a certificate other than the pinned one; nothing was sent to it."""
 
 
+class AgentLibvirtDown(AgentError):
+    """503: the agent answered, but its libvirt connection is down for now (it reconnects)."""
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether asking again later may well work: the agent could not be reached, or could not
+    reach libvirt. Not a changed identity: that needs a person."""
+    return isinstance(err, (AgentUnreachable, AgentLibvirtDown)) and not isinstance(err, AgentIdentityChanged)
+
+
 _BY_STATUS: dict[int, type[AgentError]] = {
     400: AgentInvalid,
     401: AgentUnauthorized,
@@ -88,6 +98,7 @@ _BY_STATUS: dict[int, type[AgentError]] = {
     404: AgentNotFound,
     409: AgentConflict,
     410: AgentRefused,
+    503: AgentLibvirtDown,
 }
 
 

@@ -46,7 +46,11 @@ class LibvirtFailure(AgentProblem):
 
 
 class LibvirtUnavailable(LibvirtFailure):
-    """The libvirt connection is down (libvirtd restarting); the agent is reconnecting."""
+    """The libvirt connection is down (libvirtd restarting); the agent is reconnecting. A
+    transient fault: the console retries."""
+
+    status = 503
+    code = "libvirt_unavailable"
 
 
 # libvirt error codes that mean "the connection itself is gone".

@@ -148,7 +148,12 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Timeouts: a Redis that is stopped (not gone) must not hold a request or a worker forever.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 3600,
+    "socket_timeout": 5,
+    "socket_connect_timeout": 3,
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
@@ -213,6 +218,10 @@ DOMUS_JOB_SWEEP_SECONDS = float(os.environ.get("DOMUS_JOB_SWEEP_SECONDS", "10"))
 # A queued job no worker has touched for this long lost its message (e.g. Redis restarted
 # empty): it is sent again.
 DOMUS_JOB_QUEUED_RESEND_SECONDS = float(os.environ.get("DOMUS_JOB_QUEUED_RESEND_SECONDS", "300"))
+# How long a job may wait out transient faults (its host's agent unreachable), from its creation.
+DOMUS_JOB_DEADLINE_SECONDS = float(os.environ.get("DOMUS_JOB_DEADLINE_SECONDS", "600"))
+# How often each worker sends the jobs whose message did not reach the broker (it was away).
+DOMUS_JOB_RELAY_SECONDS = float(os.environ.get("DOMUS_JOB_RELAY_SECONDS", "1"))
 DOMUS_JOB_MAX_ATTEMPTS = int(os.environ.get("DOMUS_JOB_MAX_ATTEMPTS", "3"))
 # How soon a running, cancellable job's handler hears that someone cancelled it.
 DOMUS_JOB_CANCEL_CHECK_SECONDS = float(os.environ.get("DOMUS_JOB_CANCEL_CHECK_SECONDS", "1"))

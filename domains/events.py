@@ -19,6 +19,7 @@ def domain_event(domain: Domain) -> dict[str, Any]:
             "vcpus": domain.vcpus,
             "memory_mib": domain.memory_mib,
             "autostart": domain.autostart,
+            "failure": domain.failure,
         },
     }
 

@@ -11,10 +11,11 @@ from django.conf import settings
 
 from agent.client import AgentClient, AgentNotFound
 from agent.protocol import DomainInfo, DomainSpec, ResourcesResult
+from console.jobs.models import Job
 from console.jobs.runner import JobCancelled, JobContext, JobFailed, job_handler
 from domains.models import Domain
-from domains.services import domain_forget, domain_observe
-from hosts.agent import run_agent
+from domains.services import domain_create_failed, domain_forget, domain_observe
+from hosts.agent import run_agent, run_agent_for_job
 
 T = TypeVar("T")
 
@@ -27,10 +28,70 @@ def _domain(ctx: JobContext) -> Domain:
 
 
 def _agent(ctx: JobContext, domain: Domain, op: Callable[[AgentClient], Awaitable[T]]) -> T:
-    """One agent conversation for this job: its mutating calls carry the job's idempotency key,
-    and an attempt that lost the job (its worker stalled) stops before making it."""
-    ctx.ensure_owned()
-    return run_agent(domain.host, op, job_id=ctx.job.pk)
+    """One agent conversation for this job (hosts.agent.run_agent_for_job: idempotency keys, and
+    an unreachable agent waited for until the job's deadline)."""
+    return run_agent_for_job(ctx, domain.host, op)
+
+
+def _read_back(ctx: JobContext) -> DomainInfo | None:
+    """The domain as its host has it now (None: not defined there), for a verifier."""
+    domain = _domain(ctx)
+
+    async def read(client: AgentClient) -> DomainInfo | None:
+        try:
+            return await client.get_domain(domain.uuid)
+        except AgentNotFound:
+            return None
+
+    info = run_agent(domain.host, read, timeout=10)
+    if info is not None:
+        domain_observe(host=domain.host, info=info)
+    return info
+
+
+def _verify_state(*states: str, verb: str) -> Callable[[JobContext], dict[str, Any] | None]:
+    """A verifier (console.jobs.registry.VERIFY): the job's goal is the domain being in one of
+    `states`."""
+
+    def verify(ctx: JobContext) -> dict[str, Any] | None:
+        info = _read_back(ctx)
+        if info is None:
+            raise JobFailed("The domain is not defined on its host any more.")
+        if info.state not in states:
+            raise JobFailed(f"Read back from the host: {info.name} is {info.state}, so it was not {verb}.")
+        return {"state": info.state, "verified": f"{info.name} is {info.state}"}
+
+    return verify
+
+
+def _verify_created(ctx: JobContext) -> dict[str, Any] | None:
+    info = _read_back(ctx)
+    if info is None:
+        raise JobFailed("Read back from the host: the domain was not defined.")
+    if ctx.params.get("start") and info.state not in ("running", "blocked"):
+        raise JobFailed(f"Read back from the host: {info.name} was defined but is {info.state}, not started.")
+    return {"uuid": str(info.uuid), "verified": f"{info.name} is defined and {info.state}"}
+
+
+def _verify_deleted(ctx: JobContext) -> dict[str, Any] | None:
+    if ctx.job.domain is None:
+        return {"verified": "the domain was already forgotten"}
+    if _read_back(ctx) is not None:
+        raise JobFailed("Read back from the host: the domain is still defined there.")
+    domain_forget(domain=ctx.job.domain)
+    ctx.job.domain = None
+    return {"verified": "the domain is no longer defined on its host"}
+
+
+def _create_not_done(job: Job) -> None:
+    """A create that failed or was cancelled once running: unless the host has the domain by
+    now (then hostwatch shows its real state), the row says so and why, with retry and delete."""
+    if job.domain_id is None:
+        return
+    domain = Domain.objects.select_for_update().filter(pk=job.domain_id).first()
+    if domain is None or domain.state != Domain.State.NEW:
+        return
+    domain_create_failed(domain=domain, reason=job.error or job.step)
 
 
 def _observe(domain: Domain, info: DomainInfo, ctx: JobContext | None = None) -> None:
@@ -40,11 +101,17 @@ def _observe(domain: Domain, info: DomainInfo, ctx: JobContext | None = None) ->
         async def fresh(client: AgentClient) -> DomainInfo:
             return await client.get_domain(domain.uuid)
 
-        info = run_agent(domain.host, fresh)
+        info = run_agent_for_job(ctx, domain.host, fresh)
     domain_observe(host=domain.host, info=info)
 
 
-@job_handler("domain.create", permission="domain.create", cancellable=True)
+@job_handler(
+    "domain.create",
+    permission="domain.create",
+    cancellable=True,
+    verify=_verify_created,
+    on_not_done=_create_not_done,
+)
 def domain_create_job(ctx: JobContext) -> dict[str, Any]:
     domain = _domain(ctx)
     spec = DomainSpec.model_validate(domain.spec)
@@ -78,7 +145,7 @@ def _start(ctx: JobContext, domain: Domain) -> None:
     _observe(domain, _agent(ctx, domain, start), ctx)
 
 
-@job_handler("domain.start", permission="domain.power")
+@job_handler("domain.start", permission="domain.power", verify=_verify_state("running", verb="started"))
 def domain_start_job(ctx: JobContext) -> None:
     _start(ctx, _domain(ctx))
 
@@ -94,17 +161,21 @@ def _simple(ctx: JobContext, verb: str, call: Callable[[AgentClient, Domain], Aw
     _observe(domain, _agent(ctx, domain, conversation), ctx)
 
 
-@job_handler("domain.force_off", permission="domain.power")
+@job_handler(
+    "domain.force_off",
+    permission="domain.power",
+    verify=_verify_state("shutoff", "crashed", verb="forced off"),
+)
 def domain_force_off_job(ctx: JobContext) -> None:
     _simple(ctx, "Forcing off", lambda client, domain: client.destroy(domain.uuid))
 
 
-@job_handler("domain.pause", permission="domain.power")
+@job_handler("domain.pause", permission="domain.power", verify=_verify_state("paused", verb="paused"))
 def domain_pause_job(ctx: JobContext) -> None:
     _simple(ctx, "Pausing", lambda client, domain: client.suspend(domain.uuid))
 
 
-@job_handler("domain.resume", permission="domain.power")
+@job_handler("domain.resume", permission="domain.power", verify=_verify_state("running", verb="resumed"))
 def domain_resume_job(ctx: JobContext) -> None:
     _simple(ctx, "Resuming", lambda client, domain: client.resume(domain.uuid))
 
@@ -121,7 +192,13 @@ def domain_autostart_job(ctx: JobContext) -> None:
     _simple(ctx, verb, lambda client, domain: client.set_autostart(domain.uuid, enabled))
 
 
-@job_handler("domain.shutdown", permission="domain.power", cancellable=True, offer_on_failure="force-off")
+@job_handler(
+    "domain.shutdown",
+    permission="domain.power",
+    cancellable=True,
+    offer_on_failure="force-off",
+    verify=_verify_state("shutoff", verb="shut down"),
+)
 def domain_shutdown_job(ctx: JobContext) -> None:
     domain = _domain(ctx)
     timeout = settings.DOMUS_SHUTDOWN_TIMEOUT_SECONDS
@@ -151,7 +228,7 @@ def domain_shutdown_job(ctx: JobContext) -> None:
         )
 
 
-@job_handler("domain.delete", permission="domain.delete")
+@job_handler("domain.delete", permission="domain.delete", verify=_verify_deleted)
 def domain_delete_job(ctx: JobContext) -> dict[str, Any]:
     if ctx.job.domain is None:  # a redelivery after this job had already forgotten it
         ctx.log("The domain was already deleted.")

@@ -20,6 +20,7 @@ class Domain(models.Model):
         PMSUSPENDED = "pmsuspended", "Suspended"
         NOSTATE = "nostate", "No state"
         MISSING = "missing", "Missing on host"
+        FAILED = "failed", "Create failed"
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=63)
@@ -32,6 +33,8 @@ class Domain(models.Model):
     memory_mib = models.PositiveIntegerField(default=256)
     spec = models.JSONField(default=dict, blank=True)  # the DomainSpec sent to the agent
     state = models.CharField(max_length=16, choices=State.choices, default=State.NEW)
+    # Why its create failed (state FAILED), for the person who may retry or delete it.
+    failure = models.TextField(blank=True)
     autostart = models.BooleanField(default=False)  # started with the host, as its agent reports
     # Disks and CD-ROMs as its agent reports them: [{"target", "device", "path"}]
     disks = models.JSONField(default=list, blank=True)

@@ -36,6 +36,7 @@ LIST_FIELDS = (
     "vcpus",
     "memory_mib",
     "state",
+    "failure",
     "disks",
     "autostart",
     "spec",

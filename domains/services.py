@@ -33,6 +33,14 @@ def _require(actor: Any, action: str, domain: Domain) -> None:
         raise PermissionDenied(explain(actor, action, domain))
 
 
+def _refuse_failed(domain: Domain) -> None:
+    if domain.state == Domain.State.FAILED:
+        raise Conflict(
+            f"{domain.name} was never created ({domain.failure or 'its create failed'}): retry the create "
+            "or delete it."
+        )
+
+
 def _creating_team(actor: Any, team: Team | None) -> Team | None:
     """The team the new domain will belong to, checking the actor may create there."""
     if team is None:
@@ -120,6 +128,46 @@ def domain_create(
     return domain, job
 
 
+def domain_create_failed(*, domain: Domain, reason: str) -> None:
+    """Its create job ended without defining it on the host: say so and why (in the caller's
+    transaction: the job's own end). It waits for a retry or a delete."""
+    domain.state = Domain.State.FAILED
+    domain.failure = reason[:2000]
+    domain.save(update_fields=["state", "failure", "updated_at"])
+    publish_on_commit(domain_event(domain))
+
+
+@transaction.atomic
+def domain_retry_create(
+    *, actor: Any, domain: Domain, start: bool = False, origin: Origin | None = None
+) -> Job:
+    """Try a failed create again, with the same spec (same uuid: the agent's define is
+    idempotent on it, so a define that did happen is found rather than repeated)."""
+    domain = Domain.objects.select_for_update().get(pk=domain.pk)
+    _require(actor, "domain.create", domain)
+    if domain.state != Domain.State.FAILED:
+        raise Conflict(
+            f"{domain.name} is {domain.get_state_display().lower()}: only a failed create is retried."
+        )
+    if domain.host.maintenance:
+        raise Conflict(f"Host {domain.host.name} is in maintenance and takes no new domains.")
+    domain.state = Domain.State.NEW
+    domain.failure = ""
+    domain.save(update_fields=["state", "failure", "updated_at"])
+    job = job_enqueue(
+        kind="domain.create", actor=actor, host=domain.host, domain=domain, params={"start": start}
+    )
+    publish_on_commit(domain_event(domain))
+    audit_record(
+        action="domain.create_retry",
+        actor=actor,
+        origin=origin,
+        obj=domain,
+        changes={"job": job.pk, "start": start},
+    )
+    return job
+
+
 @transaction.atomic
 def domain_power(*, actor: Any, domain: Domain, action: str, origin: Origin | None = None) -> Job:
     kind = POWER_ACTIONS.get(action)
@@ -128,6 +176,7 @@ def domain_power(*, actor: Any, domain: Domain, action: str, origin: Origin | No
     _require(actor, "domain.power", domain)
     if domain.state == Domain.State.NEW and kind != "domain.start":
         raise Conflict(f"{domain.name} is still being defined.")
+    _refuse_failed(domain)
     job = job_enqueue(kind=kind, actor=actor, host=domain.host, domain=domain)
     audit_record(action=kind, actor=actor, origin=origin, obj=domain, changes={"job": job.pk})
     return job
@@ -137,6 +186,7 @@ def domain_power(*, actor: Any, domain: Domain, action: str, origin: Origin | No
 def domain_set_autostart(*, actor: Any, domain: Domain, enabled: bool, origin: Origin | None = None) -> Job:
     """Whether the domain starts when its host does (a job: the agent changes libvirt's setting)."""
     _require(actor, "domain.edit", domain)
+    _refuse_failed(domain)
     if domain.state in (Domain.State.NEW, Domain.State.MISSING):
         raise Conflict(f"{domain.name} is {domain.get_state_display().lower()}: it has no setting to change.")
     job = job_enqueue(
@@ -159,6 +209,7 @@ def domain_set_resources(
     """New memory and/or vCPUs, checked against the host and the team's quota. The job applies
     them to the running guest where it can, otherwise from the next boot, and says which."""
     _require(actor, "domain.edit", domain)
+    _refuse_failed(domain)
     if domain.state in (Domain.State.NEW, Domain.State.MISSING):
         raise Conflict(f"{domain.name} is {domain.get_state_display().lower()}: it has nothing to change.")
     errors: dict[str, list[str]] = {}
@@ -326,7 +377,7 @@ def domain_vanished(*, domain_id: int) -> None:
         return
     if not domain.spec:
         domain_forget(domain=domain)
-    elif domain.state not in (Domain.State.NEW, Domain.State.MISSING):
+    elif domain.state not in (Domain.State.NEW, Domain.State.MISSING, Domain.State.FAILED):
         domain.state = Domain.State.MISSING
         domain.save(update_fields=["state", "updated_at"])
         publish_on_commit(domain_event(domain))

@@ -20,6 +20,7 @@ from domains.services import (
     domain_delete,
     domain_power,
     domain_rename,
+    domain_retry_create,
     domain_set_autostart,
     domain_set_resources,
 )
@@ -163,6 +164,15 @@ def domain_action(request: HttpRequest, domain_id: int, action: str) -> HttpResp
                 origin=origin_of(request),
             )
             messages.success(request, f"Changing the memory and vCPUs of {domain.name}…")
+            return redirect("domain-detail", domain.pk)
+        if action == "retry-create":
+            domain_retry_create(
+                actor=request.user,
+                domain=domain,
+                start=request.POST.get("start") == "on",
+                origin=origin_of(request),
+            )
+            messages.success(request, f"Creating {domain.name} again…")
             return redirect("domain-detail", domain.pk)
         if action == "rename":
             name = request.POST.get("name", "").strip()

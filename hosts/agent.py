@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from agent.client import AgentClient
+from agent.client import AgentClient, AgentError, is_transient
+from console.jobs.registry import JobCancelled, JobFailed
 from hosts.models import Host
+
+if TYPE_CHECKING:
+    from console.jobs.runner import JobContext
 
 T = TypeVar("T")
 
 AGENT_TIMEOUT_SECONDS = 30.0
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
 
 
 def agent_client(
@@ -43,3 +49,44 @@ def run_agent(
             return await op(client)
 
     return asyncio.run(conversation())
+
+
+def run_agent_for_job(ctx: JobContext, host: Host, op: Callable[[AgentClient], Awaitable[T]]) -> T:
+    """`run_agent` for a job handler. Its mutating calls carry the job's idempotency key; an
+    attempt that lost the job stops before calling. A transient fault (the agent unreachable, or
+    its libvirt connection down) is waited out with backoff until the job's deadline, each wait
+    said in the job's log; then the job fails saying so. The whole conversation is tried again:
+    agent operations are idempotent, and the repeated calls are answered from the agent's memory
+    where it still has it."""
+    delay = RETRY_FIRST_SECONDS
+    waited = False
+    while True:
+        ctx.ensure_owned()
+        try:
+            result = run_agent(host, op, job_id=ctx.job.pk)
+        except AgentError as exc:
+            if not is_transient(exc):
+                raise
+            left = ctx.seconds_left()
+            if left <= 0:
+                raise JobFailed(
+                    f"{host.name}: {exc.detail}; gave up at the job's deadline "
+                    f"({ctx.deadline:%H:%M:%S} UTC). If a request was under way when the agent stopped "
+                    "answering, it may still be carried out: the domain's state will show it."
+                ) from exc
+            wait = min(delay, left)
+            if not waited:
+                ctx.progress(ctx.job.progress, f"Waiting for {host.name}'s agent")
+                waited = True
+            ctx.log(f"{host.name}: {exc.detail}; retrying in {wait:.0f} s")
+            ctx.sleep(wait)
+            if ctx.cancel_requested():
+                raise JobCancelled(
+                    f"Cancelled while waiting for {host.name}'s agent; a request under way when it "
+                    "stopped answering may still be carried out."
+                ) from exc
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+            continue
+        if waited:
+            ctx.log(f"{host.name}'s agent answers again")
+        return result

@@ -163,3 +163,16 @@ def _isolated_login_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
 
     namespace = f"{throttle._namespace()}-test-{uuid.uuid4().hex[:12]}"
     monkeypatch.setattr(throttle, "_namespace", lambda: namespace)
+
+
+@pytest.fixture
+def driver_agent(tmp_path: Any) -> Any:
+    """A real agent of its own (`python -m agent`) on libvirt's in-memory test driver, whose
+    predefined domain "test" runs; stopped at the end."""
+    from tests.agent.conftest import launch_agent, stop_agent
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    running = launch_agent(uri="test:///default", pool_dir=pool, log_path=tmp_path / "agent.log")
+    yield running
+    stop_agent(running)

@@ -9,12 +9,16 @@ two sweepers that find the same job only one requeues it.
 - A running job whose lease lapsed (DOMUS_JOB_LEASE_SECONDS without a renewal) goes back to
   the queue, up to DOMUS_JOB_MAX_ATTEMPTS starts; then it fails with a message for a person.
 - A queued job that no worker has touched for DOMUS_JOB_QUEUED_RESEND_SECONDS is sent again.
+
+The same thread is the outbox's relay (console/jobs/dispatch.py): each DOMUS_JOB_RELAY_SECONDS it
+sends the queued jobs whose message never reached the broker.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
@@ -22,6 +26,7 @@ from django.conf import settings
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
+from console.jobs.dispatch import relay_pending
 from console.jobs.services import job_recover, job_resend, lapsed_running, stale_queued
 
 logger = logging.getLogger(__name__)
@@ -58,13 +63,18 @@ class Sweeper:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        wait = 0.0  # the first pass at once: a restarted worker picks up its own lost jobs
+        relay_every = min(self.interval, settings.DOMUS_JOB_RELAY_SECONDS)
+        next_sweep = 0.0  # the first pass at once: a restarted worker picks up its own lost jobs
+        wait = 0.0
         while not self._stop.wait(wait):
-            wait = self.interval
+            wait = relay_every
             try:
-                jobs_sweep()
+                relay_pending()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.interval
+                    jobs_sweep()
             except DatabaseError as exc:
-                logger.warning("job sweeper: %s; trying again in %.0f s", exc, self.interval)
+                logger.warning("job sweeper: %s; trying again in %.0f s", exc, relay_every)
             except Exception:
                 logger.exception("job sweeper pass failed")
             finally:

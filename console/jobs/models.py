@@ -37,6 +37,9 @@ class Job(models.Model):
     # for a queued job, when to send its message again if no worker has picked it up. Past it,
     # a worker's sweeper retries the job (console/jobs/leases.py).
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # When its message went to the broker; None while the outbox relay still has to send it
+    # (console/jobs/dispatch.py).
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     # Someone asked a running, cancellable job to stop; its handler checks at safe points.
     cancel_requested = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -39,12 +39,34 @@ class AttemptLost(Exception):
 # The domain action a failed job of a kind offers next (a shutdown the guest ignored: force off).
 OFFER_ON_FAILURE: dict[str, str] = {}
 
+# How to tell, after a job lost its footing half-way (an unexpected error, a connection that
+# broke), whether what it was asked to do happened anyway: the verifier reads the real state and
+# returns the job's result if the goal was reached, None if it cannot tell, or raises JobFailed
+# saying what the state really is.
+Verifier = Callable[["JobContext"], dict[str, Any] | None]
+VERIFY: dict[str, Verifier] = {}
+# Called (with the job, inside job_finish's transaction) when a job of the kind ends without
+# having done its work (failed, or cancelled once running), so that what it was making does not
+# stay "in progress" forever.
+NotDoneHook = Callable[["Job"], None]
+ON_NOT_DONE: dict[str, NotDoneHook] = {}
+
 
 def job_handler(
-    kind: str, *, permission: str | None = None, cancellable: bool = False, offer_on_failure: str = ""
+    kind: str,
+    *,
+    permission: str | None = None,
+    cancellable: bool = False,
+    offer_on_failure: str = "",
+    verify: Verifier | None = None,
+    on_not_done: NotDoneHook | None = None,
 ) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         HANDLERS[kind] = fn
+        if verify is not None:
+            VERIFY[kind] = verify
+        if on_not_done is not None:
+            ON_NOT_DONE[kind] = on_not_done
         if offer_on_failure:
             OFFER_ON_FAILURE[kind] = offer_on_failure
         if permission is not None:

@@ -18,7 +18,7 @@ import functools
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -30,7 +30,7 @@ from django.utils import timezone
 from redis.exceptions import LockError
 from redis.lock import Lock
 
-from agent.client import AgentError
+from agent.client import AgentError, is_transient
 from console.access.policy import explain, has_perm
 from console.jobs.events import job_event
 from console.jobs.models import Job
@@ -38,6 +38,7 @@ from console.jobs.registry import (
     CANCELLABLE,
     HANDLERS,
     REQUIRED,
+    VERIFY,
     AttemptLost,
     Handler,
     JobCancelled,
@@ -181,6 +182,26 @@ class JobContext:
         """Stop here (before another agent call) if another attempt has taken the job over."""
         if self._keeper is not None and self._keeper.lost.is_set():
             raise AttemptLost(self.job.pk)
+
+    @property
+    def deadline(self) -> datetime:
+        """Until when the job may wait out transient faults (an unreachable agent), counted from
+        its creation: the person who asked expects an outcome by then."""
+        return self.job.created_at + timedelta(seconds=settings.DOMUS_JOB_DEADLINE_SECONDS)
+
+    def seconds_left(self) -> float:
+        return (self.deadline - timezone.now()).total_seconds()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait, but return early when the job is cancelled, and stop (AttemptLost) when another
+        attempt has taken it over."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            self.ensure_owned()
+            if self.cancel_requested():
+                return
+            time.sleep(min(0.5, left))
+        self.ensure_owned()
 
 
 def domain_lock_key(domain_id: int) -> str:
@@ -341,13 +362,41 @@ def _execute(ctx: JobContext, handler: Handler) -> None:
     except JobFailed as exc:
         done = job_finish(job=job, status=Job.Status.FAILED, owner=owner, error=str(exc))
     except AgentError as exc:
-        host = job.host.name if job.host else "host"
-        done = job_finish(job=job, status=Job.Status.FAILED, owner=owner, error=f"{host}: {exc.detail}")
+        if is_transient(exc):  # the connection broke half-way: what happened is not known
+            done = _settle(ctx, exc, owner)
+        else:  # the agent's answer
+            host = job.host.name if job.host else "host"
+            done = job_finish(job=job, status=Job.Status.FAILED, owner=owner, error=f"{host}: {exc.detail}")
     except Exception as exc:
         logger.exception("job %s (%s) crashed", job.pk, job.kind)
-        error = f"Internal error ({type(exc).__name__}); see the worker log."
-        done = job_finish(job=job, status=Job.Status.FAILED, owner=owner, error=error)
+        done = _settle(ctx, exc, owner)
     else:
         done = job_finish(job=job, status=Job.Status.SUCCEEDED, owner=owner, result=result or {})
     if not done:
         logger.warning("job %s attempt %s ended after another attempt took it over", job.pk, job.attempts)
+
+
+def _settle(ctx: JobContext, exc: Exception, owner: Q) -> bool:
+    """The handler stopped on an error that says nothing of what happened on the host (a crash,
+    a connection that broke half-way): re-read the real state before saying how the job ended. A
+    guest that did shut off is a shutdown that succeeded, whatever broke on the way."""
+    job = ctx.job
+    what = f"{type(exc).__name__}: {getattr(exc, 'detail', None) or exc}"
+    failure = f"Internal error ({type(exc).__name__}); see the worker log."
+    if isinstance(exc, AgentError) and is_transient(exc):
+        failure = f"{job.host.name if job.host else 'The host'}: {exc.detail}"
+    verify = VERIFY.get(job.kind)
+    if verify is None:
+        return job_finish(job=job, status=Job.Status.FAILED, owner=owner, error=failure)
+    try:
+        result = verify(ctx)
+    except JobFailed as state:
+        return job_finish(job=job, status=Job.Status.FAILED, owner=owner, error=f"{failure} {state}")
+    except Exception as again:  # reading back failed too: say so, and that nothing is known
+        logger.warning("job %s: cannot read back the state after %s", job.pk, what, exc_info=True)
+        error = f"{failure} Its outcome could not be checked ({type(again).__name__}): check the state."
+        return job_finish(job=job, status=Job.Status.FAILED, owner=owner, error=error)
+    if result is None:
+        return job_finish(job=job, status=Job.Status.FAILED, owner=owner, error=failure)
+    ctx.log(f"Interrupted half-way ({what}); read back the state: {result.get('verified', 'done')}")
+    return job_finish(job=job, status=Job.Status.SUCCEEDED, owner=owner, result=result)

@@ -18,9 +18,10 @@ from django.utils import timezone
 from console.access.policy import explain, has_perm, has_site_perm
 from console.audit.services import Origin, audit_record
 from console.errors import Conflict, PermissionDenied
+from console.jobs.dispatch import dispatch_on_commit, send
 from console.jobs.events import job_event
 from console.jobs.models import Job
-from console.jobs.registry import REQUIRED, is_cancellable
+from console.jobs.registry import ON_NOT_DONE, REQUIRED, is_cancellable
 from console.realtime.events import publish, publish_on_commit
 
 
@@ -53,9 +54,8 @@ def job_enqueue(
     target_name: str = "",
     params: dict[str, Any] | None = None,
 ) -> Job:
-    """Record a job and hand it to a worker once the surrounding transaction commits."""
-    from console.jobs.tasks import run_job
-
+    """Record a job and hand it to a worker once the surrounding transaction commits (the outbox:
+    console/jobs/dispatch.py)."""
     job = Job.objects.create(
         kind=kind,
         actor=actor if getattr(actor, "is_authenticated", False) else None,
@@ -66,7 +66,7 @@ def job_enqueue(
         step="Waiting for a worker",
         lease_expires_at=resend_deadline(timezone.now()),
     )
-    transaction.on_commit(lambda: run_job.delay(job.pk))
+    dispatch_on_commit(job.pk)
     publish_on_commit(job_event(job))
     return job
 
@@ -170,6 +170,9 @@ def job_finish(
         for name, value in fields.items():
             setattr(job, name, value)
         job.log += line
+        not_done = status in (Job.Status.FAILED, Job.Status.CANCELLED)
+        if not_done and (hook := ON_NOT_DONE.get(job.kind)) is not None:
+            hook(job)
         outcome = "success" if status == Job.Status.SUCCEEDED else "failed"
         audit_record(
             action="job.finished",
@@ -193,8 +196,6 @@ def job_recover(*, job: Job, now: datetime | None = None, resend: bool = True) -
     Queue it again (and with `resend`, send it to the queue), or fail it once it has been
     started DOMUS_JOB_MAX_ATTEMPTS times, or finish it as cancelled if that was asked for.
     True when it was queued again; False when it ended or someone else got to it first."""
-    from console.jobs.tasks import run_job
-
     now = now or timezone.now()
     # The row as it was read: if it changed meanwhile (another sweeper, a late renewal, a
     # cancel request), this recovery does nothing.
@@ -232,13 +233,14 @@ def job_recover(*, job: Job, now: datetime | None = None, resend: bool = True) -
             status=Job.Status.QUEUED,
             step=step,
             lease_expires_at=resend_deadline(now),
+            dispatched_at=None,
             log=log_append(log_line(step, now)),
         )
         if not queued:
             return False
         job.refresh_from_db()
         if resend:
-            transaction.on_commit(lambda: run_job.delay(job.pk))
+            dispatch_on_commit(job.pk)
         publish_on_commit(job_event(job))
     return True
 
@@ -247,18 +249,16 @@ def job_resend(*, job_id: int, now: datetime | None = None) -> bool:
     """A queued job that no worker has touched for DOMUS_JOB_QUEUED_RESEND_SECONDS: its message
     may have been lost (Redis restarted empty), so send another. A duplicate is harmless: only
     one delivery can start the job."""
-    from console.jobs.tasks import run_job
-
     now = now or timezone.now()
     minutes = settings.DOMUS_JOB_QUEUED_RESEND_SECONDS / 60
     line = log_line(f"No worker took this job in {minutes:g} min; sent it to the queue again", now)
     resent = (
         stale_queued(now)
         .filter(pk=job_id)
-        .update(lease_expires_at=resend_deadline(now), log=log_append(line))
+        .update(lease_expires_at=resend_deadline(now), dispatched_at=None, log=log_append(line))
     )
     if resent:
-        run_job.delay(job_id)
+        send(job_id)
     return bool(resent)
 
 

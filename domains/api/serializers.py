@@ -25,6 +25,7 @@ class DomainSerializer(serializers.ModelSerializer[Domain]):
             "memory_mib",
             "state",
             "state_label",
+            "failure",
             "autostart",
             "disks",
             "spec",
@@ -116,3 +117,7 @@ class ResourcesSerializer(serializers.Serializer[Any]):
 
 class RenameSerializer(serializers.Serializer[Any]):
     name = serializers.CharField(max_length=63)
+
+
+class RetryCreateSerializer(serializers.Serializer[Any]):
+    start = serializers.BooleanField(default=False, help_text="start the domain once it is defined")

@@ -26,6 +26,7 @@ from domains.api.serializers import (
     DomainSerializer,
     RenameSerializer,
     ResourcesSerializer,
+    RetryCreateSerializer,
 )
 from domains.consoles import console_ticket_issue
 from domains.models import Domain
@@ -36,6 +37,7 @@ from domains.services import (
     domain_delete,
     domain_power,
     domain_rename,
+    domain_retry_create,
     domain_set_autostart,
     domain_set_resources,
 )
@@ -235,6 +237,18 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
         name = request.data.get("name") if isinstance(request.data, dict) else None
         return _accepted(
             domain_rename(actor=request.user, domain=domain, name=name, origin=origin_of(request))
+        )
+
+    @extend_schema(request=RetryCreateSerializer, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"], url_path="retry-create")
+    def retry_create(self, request: Request, pk: str | None = None) -> Response:
+        """Try a failed create (state `failed`, its reason in `failure`) again, with the same spec."""
+        domain = self.get_object()
+        serializer = RetryCreateSerializer(data=request.data if isinstance(request.data, dict) else {})
+        serializer.is_valid(raise_exception=True)
+        start = serializer.validated_data["start"]
+        return _accepted(
+            domain_retry_create(actor=request.user, domain=domain, start=start, origin=origin_of(request))
         )
 
     @extend_schema(request=ConsoleTicketRequestSerializer, responses={201: ConsoleTicketSerializer})

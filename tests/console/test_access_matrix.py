@@ -160,6 +160,24 @@ def test_domains_jobs_and_consoles(role: str, scope: str, world: World) -> None:
 
 
 @pytest.mark.parametrize(("role", "scope"), CASES)
+def test_retry_a_failed_create(role: str, scope: str, world: World) -> None:
+    """Retrying a failed create needs domain.create where the domain is; nobody else's is seen."""
+    user = make_subject(role, scope, world)
+    api = client_for(user)
+    Domain.objects.update(state=Domain.State.FAILED, failure="the agent said no")
+    for name, domain in world.domains.items():
+        reaches = scope_reaches_domain(scope, domain)
+        allowed = "domain.create" in ROLES[role]
+        response = api.post(f"/api/v1/domains/{domain.pk}/retry-create/", {}, format="json")
+        assert response.status_code == ((202 if allowed else 403) if reaches else 404), (
+            name,
+            response.content,
+        )
+        domain.refresh_from_db()
+        assert domain.state == (Domain.State.NEW if reaches and allowed else Domain.State.FAILED), name
+
+
+@pytest.mark.parametrize(("role", "scope"), CASES)
 def test_create_in_a_team(role: str, scope: str, world: World) -> None:
     api = client_for(make_subject(role, scope, world))
     body = {

@@ -18,8 +18,9 @@ from console.audit.models import AuditEvent
 from console.jobs.models import Job
 from console.jobs.runner import CANCELLABLE, HANDLERS, JobCancelled, JobContext, job_handler, job_run
 from console.jobs.services import job_cancel, job_enqueue
-from domains import jobs as domain_jobs
+from domains import jobs as domain_jobs  # noqa: F401  (registers the domain job handlers)
 from domains.models import Domain
+from hosts import agent as host_agent
 from hosts.models import Host
 from tests.conftest import grant
 
@@ -145,7 +146,7 @@ def test_cancelling_a_shutdown_stops_the_wait_and_says_the_request_was_sent(
         job_ids.append(job_id)
         return asyncio.run(op(agent))
 
-    monkeypatch.setattr(domain_jobs, "run_agent", fake_run_agent)
+    monkeypatch.setattr(host_agent, "run_agent", fake_run_agent)
     job = Job.objects.create(kind="domain.shutdown", actor=user, host=host, domain=domain)
     worker = threading.Thread(target=job_run_in_thread, args=(job.pk,))
     worker.start()
@@ -234,7 +235,7 @@ def test_cancelling_a_running_create_defines_it_whole_and_does_not_start_it(
             calls.append("start")
             return DomainInfo(uuid=domain.uuid, name="web", state="running", vcpus=1, memory_mib=64)
 
-    monkeypatch.setattr(domain_jobs, "run_agent", lambda host, op, **kw: asyncio.run(op(SlowDefine())))
+    monkeypatch.setattr(host_agent, "run_agent", lambda host, op, **kw: asyncio.run(op(SlowDefine())))
     job = Job.objects.create(
         kind="domain.create", actor=user, host=host, domain=domain, params={"start": True}
     )

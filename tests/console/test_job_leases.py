@@ -27,7 +27,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     from console.jobs.tasks import run_job
 
     ids: list[int] = []
-    monkeypatch.setattr(run_job, "delay", ids.append)
+    monkeypatch.setattr(run_job, "apply_async", lambda args, **options: ids.append(args[0]))
     return ids
 
 

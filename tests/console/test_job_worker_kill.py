@@ -29,7 +29,7 @@ from console.jobs.services import job_enqueue
 from domains.models import Domain
 from hosts.agent import run_agent
 from hosts.models import Host
-from tests.agent.conftest import RunningAgent, launch_agent, stop_agent
+from tests.agent.conftest import RunningAgent
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND = "test.pause_then_wait"
@@ -116,15 +116,6 @@ class Workers:
 
 
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[RunningAgent]:
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    running = launch_agent(uri="test:///default", pool_dir=pool, log_path=tmp_path / "agent.log")
-    yield running
-    stop_agent(running)
-
-
-@pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Workers]:
     group = Workers(tmp_path)
     yield group
@@ -141,9 +132,11 @@ def wait_until(check: Callable[[], bool], what: str, workers: Workers, timeout: 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_job_outlives_a_killed_worker_and_is_done_once(
-    tmp_path: Path, agent: RunningAgent, workers: Workers
+    tmp_path: Path, driver_agent: RunningAgent, workers: Workers
 ) -> None:
-    host = Host.objects.create(name="kill-test", url=agent.url, secret=agent.secret, state=Host.State.ONLINE)
+    host = Host.objects.create(
+        name="kill-test", url=driver_agent.url, secret=driver_agent.secret, state=Host.State.ONLINE
+    )
     found = next(d for d in run_agent(host, lambda client: client.list_domains()) if d.name == "test")
     assert found.state == "running"
     domain = Domain.objects.create(name="test", host=host, uuid=found.uuid, state=Domain.State.RUNNING)
@@ -169,7 +162,7 @@ def test_a_job_outlives_a_killed_worker_and_is_done_once(
 
     # ... and the agent paused the domain once: the retry's call was answered from memory.
     path = f"/v1/domains/{domain.uuid}/suspend"
-    agent_log = agent.log()
+    agent_log = driver_agent.log()
     assert agent_log.count(f"POST {path} 200") == 2, agent_log
     assert agent_log.count(f"replayed the answer to POST {path} (Idempotency-Key: job-{job.pk}:") == 1
     assert run_agent(host, lambda client: client.get_domain(domain.uuid)).state == "paused"

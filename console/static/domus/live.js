@@ -17,6 +17,10 @@
     document.querySelectorAll("#actions [data-when]").forEach((button) => {
       button.disabled = !button.dataset.when.split(" ").includes(state);
     });
+    // Forms that only make sense in one state (Retry create) are shown in it only.
+    document.querySelectorAll("#actions [data-when-form]").forEach((form) => {
+      form.hidden = !form.dataset.whenForm.split(" ").includes(state);
+    });
   }
   const actions = document.getElementById("actions");
   if (actions) applyActions(actions.dataset.state);
@@ -70,6 +74,11 @@
     document.querySelectorAll('[data-domain-state="' + d.id + '"]').forEach((el) => setState(el, d.state, d.state_label));
     if (list) applyListed(d);
     if (actions && actions.dataset.domain === String(d.id)) applyActions(d.state);
+    const failure = document.querySelector('[data-domain-failure="' + d.id + '"]');
+    if (failure) {
+      failure.hidden = d.state !== "failed";
+      failure.querySelector('[data-field="failure"]').textContent = d.failure || "";
+    }
     const term = document.getElementById("terminal");
     if (term && String(d.id) === term.dataset.domain) {
       term.dataset.state = d.state;
