@@ -37,42 +37,47 @@ def _answers(url: str) -> bool:
         return False
 
 
-def start(socket_path: Path) -> subprocess.Popen[bytes] | None:
-    """Start a server on `socket_path`; None when one already answers there."""
-    url = f"unix://{socket_path}"
-    if _answers(url):
-        return None
-    socket_path.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [
-            _server_binary(),
-            "--port",
-            "0",
-            "--unixsocket",
-            str(socket_path),
-            "--unixsocketperm",
-            "700",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(socket_path.parent),
-            "--loglevel",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,  # Ctrl-C goes to the launcher, which stops us last
-    )
-    deadline = time.monotonic() + 10
+def server_argv(socket_path: Path) -> list[str]:
+    """The command line of a server on `socket_path` that keeps nothing on disk."""
+    return [
+        _server_binary(),
+        *("--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700"),
+        *("--save", "", "--appendonly", "no", "--dir", str(socket_path.parent)),
+        *("--loglevel", "warning"),
+    ]
+
+
+def answers(socket_path: Path) -> bool:
+    return _answers(f"unix://{socket_path}")
+
+
+def wait_ready(socket_path: Path, proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _answers(url):
-            return proc
+        if answers(socket_path):
+            return
         if proc.poll() is not None:
             raise EmbeddedRedisError(f"embedded redis-server exited with {proc.returncode}")
         time.sleep(0.05)
-    proc.kill()
     raise EmbeddedRedisError(f"embedded redis-server did not answer on {socket_path}")
+
+
+def start(socket_path: Path) -> subprocess.Popen[bytes] | None:
+    """Start a server on `socket_path`; None when one already answers there."""
+    if answers(socket_path):
+        return None
+    socket_path.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        server_argv(socket_path),
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C goes to the caller, which stops us last
+    )
+    try:
+        wait_ready(socket_path, proc)
+    except EmbeddedRedisError:
+        proc.kill()
+        raise
+    return proc
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:

@@ -1,20 +1,23 @@
 """`make run`: the whole console on one machine, embedded default unless DATABASE_URL/REDIS_URL.
 
-Starts (and on Ctrl-C stops, in reverse order) the embedded Redis, a local agent attached to this
-machine's libvirt, the ASGI web server, one Celery worker and hostwatch; migrates the database,
-creates the `admin` user and enrols the local agent as host `local`.
+Starts the embedded Redis, a local agent attached to this machine's libvirt, the ASGI web server,
+one Celery worker and hostwatch; migrates the database, creates the `admin` user and enrols the
+local agent as host `local`. It supervises them (console/supervisor.py): a part that dies is
+restarted, and Ctrl-C, SIGTERM or SIGHUP stops them in order (web and worker first, the agent
+last); a killed launcher takes them with it.
 
 Environment: PORT (8000), DOMUS_LISTEN (127.0.0.1), DOMUS_AGENT_PORT (8901), DOMUS_LIBVIRT_URI
-(qemu:///system), DOMUS_ACCEL (auto), DOMUS_ADMIN_PASSWORD, DOMUS_DATA_DIR (./var).
+(qemu:///system), DOMUS_ACCEL (auto), DOMUS_ADMIN_PASSWORD, DOMUS_DATA_DIR (./var),
+DOMUS_STOP_TIMEOUT_SECONDS (60: how long a running job may take to finish when Domus stops).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -23,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from console import embedded_redis
+from console.supervisor import AlreadyRunning, Part, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -41,38 +45,9 @@ WEB_SOCKET_ARGS = (
 
 
 def log(message: str) -> None:
-    print(f"domus: {message}", flush=True)
-
-
-class Stack:
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.redis: subprocess.Popen[bytes] | None = None
-
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        # Own process group: Ctrl-C reaches only the launcher, which stops children in order.
-        proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
-        self.procs.append((name, proc))
-        return proc
-
-    def stop(self) -> None:
-        for _name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 10
-        for name, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log(f"{name} did not stop in time; killing it")
-                proc.kill()
-        embedded_redis.stop(self.redis)
-
-    def died(self) -> str | None:
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                return f"{name} exited with status {proc.returncode}"
-        return None
+    # After a hang-up (the terminal closed: SIGHUP) stdout may be gone; stopping must go on.
+    with contextlib.suppress(OSError):
+        print(f"domus: {message}", flush=True)
 
 
 def _agent_secret(data_dir: Path) -> Path:
@@ -102,14 +77,17 @@ def _local_agent_online() -> bool:
     return Host.objects.filter(name="local", state=Host.State.ONLINE).exists()
 
 
-def _wait_healthy(url: str, stack: Stack, timeout: float = 90) -> None:
+def _wait_healthy(url: str, supervisor: Supervisor, timeout: float = 90) -> None:
     """Until the console is healthy and hostwatch hears this machine's own agent (other hosts
-    may well be offline: they are the fleet's business, not this start's)."""
+    may well be offline: they are the fleet's business, not this start's). A part that dies
+    meanwhile is restarted as at any other time; one given up on ends the start."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     while time.monotonic() < deadline:
-        if problem := stack.died():
-            raise SystemExit(f"domus: {problem}; see its output above")
+        supervisor.poll()
+        if given_up := supervisor.given_up():
+            part = given_up[0]
+            raise SystemExit(f"domus: {part.name} keeps failing ({part.last_exit}); see its output above")
         try:
             with urllib.request.urlopen(url + "healthz", timeout=3) as resp:  # noqa: S310 - our own URL
                 if resp.status == 200 and _local_agent_online():
@@ -123,6 +101,23 @@ def _wait_healthy(url: str, stack: Stack, timeout: float = 90) -> None:
     raise SystemExit(f"domus: the console did not become healthy in {timeout:.0f} s: {last}")
 
 
+class Stopping:
+    """Signal handler: the first signal ends the run (KeyboardInterrupt), a second one hurries
+    the stop (what has not stopped yet is killed)."""
+
+    def __init__(self) -> None:
+        self.requested = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested += 1
+        if self.requested == 1:
+            raise KeyboardInterrupt
+        log("stopping now")
+
+    def urgent(self) -> bool:
+        return self.requested > 1
+
+
 def main() -> int:
     data_dir = Path(os.environ.get("DOMUS_DATA_DIR", ROOT / "var")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -131,22 +126,30 @@ def main() -> int:
     listen = os.environ.get("DOMUS_LISTEN", "127.0.0.1")
     agent_port = int(os.environ.get("DOMUS_AGENT_PORT", "8901"))
     uri = os.environ.get("DOMUS_LIBVIRT_URI", "qemu:///system")
-    for what, address, number in (("web", listen, port), ("agent", "127.0.0.1", agent_port)):
-        if problem := _port_taken(address, number):
-            log(f"cannot start the {what} server: {problem}")
-            return 1
-    stack = Stack()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    # SIGINT too: a shell starts background jobs with SIGINT ignored, which Python would inherit.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = float(os.environ.get("DOMUS_STOP_TIMEOUT_SECONDS", "60"))
+    supervisor = Supervisor(data_dir, cwd=ROOT, log=log)
     try:
+        supervisor.acquire()  # and stops what a killed launcher left running
+    except AlreadyRunning as exc:
+        log(f"cannot start: {exc}")
+        return 1
+    stopping = Stopping()
+    try:
+        for what, address, number in (("web", listen, port), ("agent", "127.0.0.1", agent_port)):
+            if problem := _port_taken(address, number):
+                log(f"cannot start the {what} server: {problem}")
+                return 1
+        # SIGINT too: a shell starts background jobs with SIGINT ignored, which Python would
+        # inherit. SIGHUP: the terminal or ssh session that ran `make run` closed.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, stopping)
         if not os.environ.get("REDIS_URL"):
             socket_path = data_dir / "redis.sock"
-            stack.redis = embedded_redis.start(socket_path)
+            socket_path.unlink(missing_ok=True)
+            redis = supervisor.add(Part("redis", embedded_redis.server_argv(socket_path), stage=3))
+            supervisor.start(redis)
+            assert redis.proc is not None
+            embedded_redis.wait_ready(socket_path, redis.proc)
             os.environ["REDIS_URL"] = f"unix://{socket_path}"
             log(f"embedded Redis on {socket_path}")
         import django
@@ -155,6 +158,7 @@ def main() -> int:
         django.setup()
         from django.conf import settings
         from django.core.management import call_command
+        from django.db import connections
 
         from console.setup import admin_ensure, database_ensure, local_host_ensure
 
@@ -166,51 +170,49 @@ def main() -> int:
         secret_file = _agent_secret(data_dir)
         agent_url = f"http://127.0.0.1:{agent_port}"
         local_host_ensure(url=agent_url, secret=secret_file.read_text().strip())
+        connections.close_all()
 
         accel = os.environ.get("DOMUS_ACCEL", "auto")
         agent_args = [
             *("--uri", uri, "--listen", "127.0.0.1", "--port", str(agent_port), "--accel", accel),
             *("--secret-file", str(secret_file), "--state-dir", str(data_dir / "agent")),
         ]
-        stack.spawn("agent", [PY, "-m", "agent", *agent_args])
-        web_args = " ".join(("--log-level warning --no-access-log", *WEB_SOCKET_ARGS))
-        stack.spawn(
-            "web",
-            [
-                PY,
-                "-m",
-                "uvicorn",
-                "console.asgi:application",
-                "--host",
-                listen,
-                "--port",
-                str(port),
-                *web_args.split(),
-            ],
-        )
+        web_args = [
+            *("console.asgi:application", "--host", listen, "--port", str(port)),
+            *("--log-level", "warning", "--no-access-log", *WEB_SOCKET_ARGS),
+        ]
         # Threads: a job mostly waits on an agent, and a long shutdown must not hold up the others.
-        worker_args = "--quiet worker --pool threads --concurrency 4 --loglevel WARNING"
-        stack.spawn(
-            "worker", [PY, "-m", "celery", "-A", "console", *worker_args.split(), "-n", f"domus-{port}@%h"]
-        )
-        stack.spawn("hostwatch", [PY, "manage.py", "hostwatch"])
+        worker_args = [
+            *("--quiet", "worker", "--pool", "threads", "--concurrency", "4"),
+            *("--loglevel", "WARNING", "-n", f"domus-{port}@%h"),
+        ]
+        # Stop order (stages): the web and the worker first (its warm shutdown lets a running job
+        # finish, against a live agent), then hostwatch, then the agent, and Redis last.
+        for part in (
+            Part("agent", [PY, "-m", "agent", *agent_args], stage=2),
+            Part("web", [PY, "-m", "uvicorn", *web_args], stage=0),
+            Part("worker", [PY, "-m", "celery", "-A", "console", *worker_args], stage=0, stop_timeout=stop),
+            Part("hostwatch", [PY, "manage.py", "hostwatch"], stage=1),
+        ):
+            supervisor.start(supervisor.add(part))
         url = f"http://{'127.0.0.1' if listen in ('0.0.0.0', '::') else listen}:{port}/"  # noqa: S104
-        _wait_healthy(url, stack)
+        _wait_healthy(url, supervisor)
         log(f"console ready at {url}")
         if password:
             log(f"login: admin / {password}  (shown once; change it with `manage.py changepassword admin`)")
         else:
             log("login: admin (password from DOMUS_ADMIN_PASSWORD or printed at the first run)")
         log("Ctrl-C stops everything")
-        while not (problem := stack.died()):
-            time.sleep(0.5)
-        log(f"{problem}; stopping")
-        return 1
+        while True:
+            supervisor.poll()
+            time.sleep(0.2)
     except KeyboardInterrupt:
         log("stopping")
         return 0
     finally:
-        stack.stop()
+        supervisor.stop(urgent=stopping.urgent)
+        if stopping.requested:
+            log("stopped")
 
 
 if __name__ == "__main__":

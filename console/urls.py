@@ -15,6 +15,8 @@ from domains.api.views import DomainViewSet
 from hosts import views as host_views
 from hosts.api.views import HostViewSet
 
+handler500 = "console.outage.server_error"
+
 router = DefaultRouter()
 router.register("hosts", HostViewSet, basename="host")
 router.register("domains", DomainViewSet, basename="domain")
