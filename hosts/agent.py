@@ -62,8 +62,10 @@ def run_agent_for_job(ctx: JobContext, host: Host, op: Callable[[AgentClient], A
     waited = False
     while True:
         ctx.ensure_owned()
+        # A call that hangs (a stopped agent) ends with the job's deadline, not long after it.
+        timeout = min(AGENT_TIMEOUT_SECONDS, max(ctx.seconds_left(), RETRY_FIRST_SECONDS * 5))
         try:
-            result = run_agent(host, op, job_id=ctx.job.pk)
+            result = run_agent(host, op, timeout=timeout, job_id=ctx.job.pk)
         except AgentError as exc:
             if not is_transient(exc):
                 raise
