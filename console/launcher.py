@@ -1,7 +1,7 @@
 """`make run`: the whole console on one machine, embedded default unless DATABASE_URL/REDIS_URL.
 
 Starts the embedded Redis, a local agent attached to this machine's libvirt, the ASGI web server,
-one Celery worker and hostwatch; migrates the database, creates the `admin` user and enrols the
+one Celery worker, hostwatch and the scheduler (periodic upkeep); migrates the database, creates the `admin` user and enrols the
 local agent as host `local`. It supervises them (console/supervisor.py): a part that dies is
 restarted, and Ctrl-C, SIGTERM or SIGHUP stops them in order (web and worker first, the agent
 last); a killed launcher takes them with it.
@@ -193,6 +193,7 @@ def main() -> int:
             Part("web", [PY, "-m", "uvicorn", *web_args], stage=0),
             Part("worker", [PY, "-m", "celery", "-A", "console", *worker_args], stage=0, stop_timeout=stop),
             Part("hostwatch", [PY, "manage.py", "hostwatch"], stage=1),
+            Part("scheduler", [PY, "manage.py", "scheduler"], stage=1),
         ):
             supervisor.start(supervisor.add(part))
         url = f"http://{'127.0.0.1' if listen in ('0.0.0.0', '::') else listen}:{port}/"  # noqa: S104

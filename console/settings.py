@@ -218,6 +218,7 @@ DOMUS_JOB_SWEEP_SECONDS = float(os.environ.get("DOMUS_JOB_SWEEP_SECONDS", "10"))
 # A queued job no worker has touched for this long lost its message (e.g. Redis restarted
 # empty): it is sent again.
 DOMUS_JOB_QUEUED_RESEND_SECONDS = float(os.environ.get("DOMUS_JOB_QUEUED_RESEND_SECONDS", "300"))
+DOMUS_AUDIT_RETENTION_DAYS = int(os.environ.get("DOMUS_AUDIT_RETENTION_DAYS", "365"))
 # How long a job may wait out transient faults (its host's agent unreachable), from its creation.
 DOMUS_JOB_DEADLINE_SECONDS = float(os.environ.get("DOMUS_JOB_DEADLINE_SECONDS", "600"))
 # How often each worker sends the jobs whose message did not reach the broker (it was away).

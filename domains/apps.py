@@ -5,4 +5,4 @@ class DomainsConfig(AppConfig):
     name = "domains"
 
     def ready(self) -> None:
-        from domains import jobs  # noqa: F401  (registers the job handlers)
+        from domains import jobs, tasks  # noqa: F401  (registers the job handlers, the periodic upkeep)

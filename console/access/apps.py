@@ -6,6 +6,6 @@ class AccessConfig(AppConfig):
     label = "access"
 
     def ready(self) -> None:
-        from console.access import access_events, schema, signals  # noqa: F401  (OpenAPI auth scheme, audit of sign-ins)
+        from console.access import access_events, schema, signals, tasks  # noqa: F401  (OpenAPI auth scheme, audit of sign-ins, expired sessions)
 
         access_events.connect()

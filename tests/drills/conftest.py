@@ -115,19 +115,20 @@ class DrillStack:
         return pid
 
     def leftovers(self) -> list[str]:
-        """Processes still running that belong to this stack (their command line or working
-        files name its data directory or ports)."""
-        marks = (str(self.data_dir), f"--port {self.env['PORT']}", f"--port {self.env['DOMUS_AGENT_PORT']}")
+        """Processes still running that belong to this stack: the launcher gives every part
+        its DOMUS_DATA_DIR, and the embedded Redis has its socket there."""
+        mark = f"DOMUS_DATA_DIR={self.data_dir}".encode()
         found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                environ = (entry / "environ").read_bytes()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
                 continue
-            if any(mark in cmdline for mark in marks) and "pytest" not in cmdline:
-                found.append(f"{entry.name}: {cmdline.strip()}")
+            if mark in environ.split(b"\0") or str(self.data_dir).encode() in cmdline:
+                found.append(f"{entry.name}: {cmdline.decode(errors='replace').strip()}")
         return found
 
     # -- the console ------------------------------------------------------------------------
