@@ -478,3 +478,13 @@ class PairResult(BaseModel):
 
 class RotateRequest(_Strict):
     secret: Annotated[str, Field(min_length=32, max_length=256)]
+
+
+def volume_name(spec: DomainSpec, index: int, *, logical: bool = False) -> str:
+    """`<name>-<first 8 hex of the uuid>-disk<N>.qcow2` (`.img` for raw; no suffix on LVM): a
+    retry of the same spec finds its own volume again, but a new domain reusing an old (deleted,
+    disks kept) name never picks up the old domain's disk."""
+    base = f"{spec.name}-{spec.uuid.hex[:8]}-disk{index}"
+    if logical:
+        return base
+    return f"{base}.{'qcow2' if spec.disks[index].format == 'qcow2' else 'img'}"

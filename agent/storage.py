@@ -15,7 +15,16 @@ from lxml import etree
 from agent.cloudinit import build_seed_iso
 from agent.domxml import ResolvedBoot, ResolvedDisk
 from agent.errors import Conflict, InvalidSpec, from_libvirt
-from agent.protocol import CdromBoot, DiskBoot, DiskSpec, DomainSpec, IsoBoot, KernelBoot, NetworkInstall
+from agent.protocol import (
+    CdromBoot,
+    DiskBoot,
+    DiskSpec,
+    DomainSpec,
+    IsoBoot,
+    KernelBoot,
+    NetworkInstall,
+    volume_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +123,6 @@ def write_seed_iso(conn: libvirt.virConnect, spec: DomainSpec, default_dir: str)
         with contextlib.suppress(libvirt.libvirtError):  # so that the pool lists it as a volume
             conn.storagePoolLookupByName(DEFAULT_POOL).refresh(0)
     return path
-
-
-def volume_name(spec: DomainSpec, index: int, *, logical: bool = False) -> str:
-    """`<name>-<first 8 hex of the uuid>-disk<N>.qcow2` (`.img` for raw; no suffix on LVM): a
-    retry of the same spec finds its own volume again, but a new domain reusing an old (deleted,
-    disks kept) name never picks up the old domain's disk."""
-    base = f"{spec.name}-{spec.uuid.hex[:8]}-disk{index}"
-    if logical:
-        return base
-    return f"{base}.{'qcow2' if spec.disks[index].format == 'qcow2' else 'img'}"
 
 
 def _pool_type(pool: libvirt.virStoragePool) -> str:

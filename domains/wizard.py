@@ -17,8 +17,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from agent.domxml import ResolvedBoot, ResolvedDisk, render_domain_xml
-from agent.protocol import DomainSpec
-from agent.storage import volume_name
+from agent.protocol import DomainSpec, volume_name
 from console.access.policy import has_site_perm
 from console.access.selectors import team_list
 from console.audit.services import origin_of
