@@ -1,10 +1,10 @@
 """`make run`: the whole console on one machine, embedded default unless DATABASE_URL/REDIS_URL.
 
 Starts the embedded Redis, a local agent attached to this machine's libvirt, the ASGI web server,
-one Celery worker, hostwatch and the scheduler (periodic upkeep); migrates the database, creates the `admin` user and enrols the
-local agent as host `local`. It supervises them (console/supervisor.py): a part that dies is
-restarted, and Ctrl-C, SIGTERM or SIGHUP stops them in order (web and worker first, the agent
-last); a killed launcher takes them with it.
+one Celery worker, hostwatch and the scheduler (periodic upkeep); migrates the database, creates
+the `admin` user and enrols the local agent as host `local`. It supervises them
+(console/supervisor.py): a part that dies is restarted, and Ctrl-C, SIGTERM or SIGHUP stops
+them in order (web and worker first, the agent last); a killed launcher takes them with it.
 
 Environment: PORT (8000), DOMUS_LISTEN (127.0.0.1), DOMUS_AGENT_PORT (8901), DOMUS_LIBVIRT_URI
 (qemu:///system), DOMUS_ACCEL (auto), DOMUS_ADMIN_PASSWORD, DOMUS_DATA_DIR (./var),
