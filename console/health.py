@@ -84,6 +84,12 @@ def _signed_in(request: HttpRequest) -> bool:
         return False
 
 
+def livez(request: HttpRequest) -> JsonResponse:
+    """GET /livez: this web process answers (it asks nothing else): a container's health check.
+    /healthz is the console's health, which a web replica alone cannot fix."""
+    return JsonResponse({"ok": True})
+
+
 def healthz(request: HttpRequest) -> JsonResponse:
     checks = {"database": _database(), "redis": _redis(), "worker": _worker()}
     database_ok = checks["database"]["ok"]

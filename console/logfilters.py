@@ -8,4 +8,4 @@ class NotHealthzFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         request = getattr(record, "request", None)
-        return getattr(request, "path", None) != "/healthz"
+        return getattr(request, "path", None) not in ("/healthz", "/livez")

@@ -7,7 +7,7 @@ from console.access import views as access_views
 from console.access.api.views import ApiTokenViewSet, GrantViewSet, RoleViewSet, TeamViewSet, WhyView
 from console.audit import views as audit_views
 from console.audit.api.views import AuditEventViewSet
-from console.health import healthz
+from console.health import healthz, livez
 from console.jobs.api.views import JobViewSet
 from domains import views as domain_views
 from domains import wizard as domain_wizard
@@ -29,6 +29,7 @@ router.register("audit", AuditEventViewSet, basename="audit")
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("livez", livez, name="livez"),
     path("", include("console.access.login.urls")),  # login/, login/code/, account/2fa/, oidc/
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),

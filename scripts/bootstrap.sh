@@ -25,9 +25,12 @@ pkgs=(libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-syst
       libvirt-dev pkg-config gcc busybox-static cpio chromium libxml2-utils
       isolinux syslinux-common xorriso  # tests/guest/build.sh: the test guest's bootable ISO
       iproute2 util-linux)  # ip, nsenter, unshare: the fleet tests give each host its own namespaces
-# tests/deploy: the agent's .deb on a Debian host in a container (dockerd; the debian:bookworm
-# base image is debootstrapped from Debian's mirror when no registry is reachable).
-pkgs+=(docker.io debootstrap)
+# tests/deploy: the agent's .deb on a Debian host in a container, and docker/compose.yaml
+# (dockerd; the debian:bookworm base image is debootstrapped from Debian's mirror when no registry
+# is reachable; Debian's docker-compose where the Docker CLI has no `compose`).
+pkgs+=(docker.io debootstrap docker-compose)
+# tests/drills: PostgreSQL restarted mid-job, on a server of the drill's own (initdb, pg_ctl).
+pkgs+=(postgresql)
 # python3-venv: Debian splits ensurepip out of python3, so `python3 -m venv` fails without it.
 python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)
 # Node from anywhere (nvm, nodesource...) is fine; only install Debian's when absent.

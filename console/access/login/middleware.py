@@ -40,5 +40,11 @@ class SecondFactorMiddleware:
 
     @staticmethod
     def _exempt(path: str) -> bool:
-        exempt = (reverse("login-code"), reverse("logout"), reverse("healthz"), settings.STATIC_URL)
+        exempt = (
+            reverse("login-code"),
+            reverse("logout"),
+            reverse("healthz"),
+            reverse("livez"),
+            settings.STATIC_URL,
+        )
         return any(path.startswith(prefix) for prefix in exempt if prefix)
