@@ -211,11 +211,13 @@ class AgentClient:
             why = str(err) or type(err).__name__
         return AgentUnreachable(0, "unreachable", f"agent at {self.base_url} is unreachable: {why}")
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async def _request(
+        self, method: str, path: str, *, key_suffix: str = "", **kwargs: Any
+    ) -> tuple[int, Any]:
         if self.idempotency_key and method in _MUTATING:
             kwargs["headers"] = {
                 **kwargs.get("headers", {}),
-                "Idempotency-Key": f"{self.idempotency_key}:{method} {path}",
+                "Idempotency-Key": f"{self.idempotency_key}:{method} {path}{key_suffix}",
             }
         status, raw = await self._raw_request(method, path, **kwargs)
         try:
@@ -281,8 +283,12 @@ class AgentClient:
     async def start(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/start")
 
-    async def shutdown(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
-        return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/shutdown")
+    async def shutdown(self, domain_uuid: uuid_mod.UUID, *, press: int = 1) -> DomainInfo:
+        """Press the ACPI power button. A guest still in its firmware or early boot loses the
+        press, so a job presses again; each press after the first is its own request (its own
+        idempotency key), or the agent would answer it from its memory of the first."""
+        suffix = f" press {press}" if press > 1 else ""
+        return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/shutdown", key_suffix=suffix)
 
     async def suspend(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/suspend")

@@ -99,6 +99,13 @@ def _destroy_if_active(dom: libvirt.virDomain) -> None:
                 raise
 
 
+def _still_running(dom: libvirt.virDomain) -> bool:
+    try:
+        return dom.state()[0] in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED)
+    except libvirt.libvirtError:
+        return False
+
+
 class DomainService:
     def __init__(
         self,
@@ -301,8 +308,17 @@ class DomainService:
     def _shutdown_sync(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         dom = self._lookup(conn, domain_uuid)
         state = dom.state()[0]
-        if state != libvirt.VIR_DOMAIN_SHUTOFF:
-            dom.shutdown()  # ACPI request; the guest decides, events report the outcome
+        if state == libvirt.VIR_DOMAIN_PAUSED:
+            raise Conflict(f"{dom.name()} is paused, so it cannot hear the power button: resume it first")
+        if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
+            try:
+                dom.shutdown()  # ACPI request; the guest decides, events report the outcome
+            except libvirt.libvirtError as err:
+                # "domain is not running": it began to power off (or did) since state() above;
+                # a job pressing again while the guest shuts down lands here.
+                if err.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or _still_running(dom):
+                    raise
+        # SHUTDOWN (powering off already), SHUTOFF, CRASHED: nothing to press.
         return self._info_now(dom)
 
     def _destroy_sync(self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID) -> DomainInfo:

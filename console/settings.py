@@ -208,6 +208,9 @@ SPECTACULAR_SETTINGS = {
 DOMUS_CONSOLE_TICKET_TTL_SECONDS = 30
 DOMUS_HOST_OFFLINE_AFTER_SECONDS = float(os.environ.get("DOMUS_HOST_OFFLINE_AFTER_SECONDS", "6"))
 DOMUS_SHUTDOWN_TIMEOUT_SECONDS = float(os.environ.get("DOMUS_SHUTDOWN_TIMEOUT_SECONDS", "60"))
+# A guest in its firmware or early boot loses an ACPI power-button press: press again this often
+# while waiting (OpenStack nova: [compute] shutdown_retry_interval, 10 s).
+DOMUS_SHUTDOWN_RESEND_SECONDS = float(os.environ.get("DOMUS_SHUTDOWN_RESEND_SECONDS", "10"))
 
 # --- Jobs that outlive their worker (console/jobs/leases.py) ---
 # A running job's worker renews its lease every RENEW seconds; a job whose lease lapsed (its

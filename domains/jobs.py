@@ -200,21 +200,44 @@ def domain_autostart_job(ctx: JobContext) -> None:
     verify=_verify_state("shutoff", verb="shut down"),
 )
 def domain_shutdown_job(ctx: JobContext) -> None:
+    """Press the ACPI power button, and press it again every DOMUS_SHUTDOWN_RESEND_SECONDS while
+    waiting: a guest still in its firmware or early boot (just started, or just rebooted) has no
+    handler for the button yet, and loses the press without a trace (libvirt and QEMU report
+    success, the guest keeps running). OpenStack nova does the same (shutdown_retry_interval)."""
     domain = _domain(ctx)
     timeout = settings.DOMUS_SHUTDOWN_TIMEOUT_SECONDS
+    resend = settings.DOMUS_SHUTDOWN_RESEND_SECONDS
     ctx.progress(10, f"Asking {domain.name} to shut down (ACPI power button)")
+    started = time.monotonic()
+    deadline = started + timeout
+    press = 0
+    while True:
+        press += 1
 
-    async def request_and_wait(client: AgentClient) -> DomainInfo:
-        info = await client.shutdown(domain.uuid)
-        deadline = time.monotonic() + timeout
-        while info.state not in ("shutoff", "crashed") and time.monotonic() < deadline:
-            if ctx.cancel_requested():
-                break
-            await asyncio.sleep(1.0)
-            info = await client.get_domain(domain.uuid)
-        return info
+        async def ask(client: AgentClient, press: int = press) -> DomainInfo:
+            return await client.shutdown(domain.uuid, press=press)
 
-    info = _agent(ctx, domain, request_and_wait)
+        info = _agent(ctx, domain, ask)
+        if press == 1:
+            ctx.log(f"Asked; waiting up to {timeout:.0f} s for {domain.name} to power off")
+        else:
+            ctx.log(
+                f"Pressed the power button again ({press}) after {time.monotonic() - started:.0f} s: "
+                "a guest that was still starting up does not hear it"
+            )
+        until = min(deadline, time.monotonic() + resend)
+
+        async def wait(client: AgentClient, info: DomainInfo = info, until: float = until) -> DomainInfo:
+            while info.state not in ("shutoff", "crashed") and time.monotonic() < until:
+                if ctx.cancel_requested():
+                    break
+                await asyncio.sleep(1.0)
+                info = await client.get_domain(domain.uuid)
+            return info
+
+        info = _agent(ctx, domain, wait)
+        if info.state in ("shutoff", "crashed") or ctx.cancel_requested() or time.monotonic() >= deadline:
+            break
     _observe(domain, info, ctx)
     if info.state not in ("shutoff", "crashed") and ctx.cancel_requested():
         raise JobCancelled(
@@ -223,8 +246,8 @@ def domain_shutdown_job(ctx: JobContext) -> None:
         )
     if info.state not in ("shutoff", "crashed"):
         raise JobFailed(
-            f"{domain.name} did not power off within {timeout:.0f} s: the guest ignored the ACPI "
-            "shutdown request. Use Force off to stop it."
+            f"{domain.name} did not power off within {timeout:.0f} s, asked {press} times: the guest "
+            "ignores the ACPI shutdown request. Use Force off to stop it."
         )
 
 

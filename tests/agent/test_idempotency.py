@@ -58,6 +58,10 @@ class FakeDomains:
         self.calls.append("suspend")
         return self._info("paused")
 
+    async def shutdown(self, domain_uuid: uuid.UUID) -> DomainInfo:
+        self.calls.append("shutdown")
+        return self._info("running")
+
     async def get(self, domain_uuid: uuid.UUID) -> DomainInfo:
         self.calls.append("get")
         return self._info("running")
@@ -114,6 +118,17 @@ async def test_different_keys_do_the_work_each_time(agent: tuple[str, FakeDomain
     async with AgentClient(url, SECRET_A, idempotency_key="job-7") as client:
         await client.suspend(DOMAIN)  # same job, another operation: another key
     assert domains.calls == ["start", "start", "suspend"]
+
+
+async def test_each_press_of_the_power_button_is_its_own_request(agent: tuple[str, FakeDomains]) -> None:
+    """A shutdown job presses again while it waits (a booting guest loses a press): each press
+    reaches libvirt, and a retried job's presses are still answered from memory."""
+    url, domains = agent
+    for _attempt in range(2):  # the job, then the same job retried after its worker died
+        async with AgentClient(url, SECRET_A, idempotency_key="job-9") as client:
+            for press in (1, 2, 3):
+                await client.shutdown(DOMAIN, press=press)
+    assert domains.calls == ["shutdown", "shutdown", "shutdown"]
 
 
 async def test_reads_are_not_remembered(agent: tuple[str, FakeDomains]) -> None:
