@@ -120,7 +120,7 @@
   if (paste) paste.addEventListener("click", pasteClipboard);
   document.addEventListener("domus:domain-state", (e) => {
     if (e.detail.state === "running") connect();
-    else if (!ws) say("the domain is " + (e.detail.state_label || e.detail.state).toLowerCase());
+    else if (!ws) say(e.detail.state === "failed" ? "the domain was never created" : "the domain is " + (e.detail.state_label || e.detail.state).toLowerCase());
   });
   connect();
 })();

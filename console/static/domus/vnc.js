@@ -165,7 +165,7 @@
   document.addEventListener("domus:domain-state", (e) => {
     screen.dataset.state = e.detail.state;
     if (e.detail.state === "running") connect();
-    else if (!rfb) say("the domain is " + (e.detail.state_label || e.detail.state).toLowerCase());
+    else if (!rfb) say(e.detail.state === "failed" ? "the domain was never created" : "the domain is " + (e.detail.state_label || e.detail.state).toLowerCase());
   });
   window.domusVnc = { get rfb() { return rfb; }, get inControl() { return inControl; } }; // for tests
 })();
