@@ -176,3 +176,13 @@ def driver_agent(tmp_path: Any) -> Any:
     running = launch_agent(uri="test:///default", pool_dir=pool, log_path=tmp_path / "agent.log")
     yield running
     stop_agent(running)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Passwords hashed with one round of a fast hasher in the test process: what is tested is who
+    may sign in and when, not PBKDF2's cost (600,000 rounds, ~0.3 s a hash here, paid by every
+    user a test makes). Stacks the tests start (make run's, the drills', compose) hash as in
+    production."""
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

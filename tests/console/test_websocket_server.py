@@ -411,8 +411,12 @@ async def test_once_the_browser_has_gone_the_pipe_s_bytes_go_back_to_receive() -
 
 
 def test_production_serves_consoles_as_make_run_does() -> None:
-    """The README's production command passes the launcher's WebSocket options: without this
-    protocol, consoles still work, at ~20% more CPU per byte."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    command = " ".join(readme.replace("\\\n", " ").split())
-    assert " ".join(WEB_SOCKET_ARGS) in command
+    """Production's web role (README and docker/compose.yaml: `python -m console.roles web`)
+    passes the launcher's WebSocket options: without this protocol, consoles still work, at ~20%
+    more CPU per byte."""
+    from console.roles import command
+
+    root = Path(__file__).resolve().parents[2]
+    assert "python -m console.roles web" in (root / "README.md").read_text()
+    assert '"python", "-m", "console.roles"' in (root / "docker" / "console" / "Dockerfile").read_text()
+    assert " ".join(WEB_SOCKET_ARGS) in " ".join(command("web", [], {}))
