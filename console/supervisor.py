@@ -105,7 +105,7 @@ class Part:
     last_exit: str = ""
     started_at: float = 0.0
     next_start: float = 0.0
-    backoff: float = BACKOFF_FIRST_SECONDS
+    backoff: float = field(default_factory=lambda: BACKOFF_FIRST_SECONDS)
     exits: deque[float] = field(default_factory=deque)
 
     def summary(self) -> dict[str, Any]:
@@ -206,9 +206,9 @@ class Supervisor:
         if len(part.exits) >= CRASH_LOOP_EXITS:
             part.state = "given up"
             self.log(
-                f"{part.name} {part.last_exit}, its {len(part.exits)}th exit in "
-                f"{CRASH_LOOP_SECONDS:.0f} s: giving up on it (its output is above). The rest keeps "
-                "running; fix the cause and start Domus again."
+                f"{part.name} {part.last_exit} ({len(part.exits)} exits in {CRASH_LOOP_SECONDS:.0f} s): "
+                "giving up on it (its output is above). The rest keeps running; fix the cause and "
+                "start Domus again."
             )
         else:
             part.state = "restarting"
