@@ -1,5 +1,6 @@
 import gc
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -8,12 +9,33 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.core.signals import request_finished  # noqa: E402
+from django.db import connections  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from console.access.websocket import ApiTokenWebSocketMiddleware  # noqa: E402
 from console.realtime.consumers import EventsConsumer  # noqa: E402
 from console.realtime.origin import BrowserOriginValidator  # noqa: E402
 from domains.consumers import ConsoleConsumer  # noqa: E402
+
+
+def close_request_connections(sender: Any, **kwargs: Any) -> None:
+    """Close the database connections of an HTTP request that has finished.
+
+    Django runs each ASGI request's sync code on a thread of its own (asgiref's
+    ThreadSensitiveContext), which ends with the request, so a connection kept for reuse
+    (CONN_MAX_AGE, for the long-lived threads of event sockets, hostwatch and the worker) can
+    never be reused: left open, it waited for the garbage collector (a connection is a reference
+    cycle), two or three file descriptors each and a PostgreSQL backend meanwhile, 125
+    descriptors in the web process a few soak waves in (bench/soak_bench.py). The signal runs
+    on the request's own thread, as connections must be closed."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close()
+
+
+request_finished.connect(close_request_connections, sender=ASGIHandler, dispatch_uid="domus-close-request-db")
 
 websocket_urlpatterns = [
     path("ws/events/", EventsConsumer.as_asgi()),

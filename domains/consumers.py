@@ -15,6 +15,7 @@ from agent.client import AgentClient, AgentError
 from agent.console_pipe import ConsolePipe
 from agent.sharing import request_type
 from console.audit.services import audit_record
+from console.realtime.consumers import LeavesNothingBehind
 from console.realtime.dispatch import SkipsDbCleanup
 from console.realtime.events import ACCESS_CHANGED, ACCESS_GROUP, SESSION_ENDED
 from console.websocket_server import EXTENSION as FRAMES_EXTENSION
@@ -27,7 +28,7 @@ CLOSE_REFUSED = 4403
 CLOSE_AGENT = 4502
 
 
-class ConsoleConsumer(SkipsDbCleanup, AsyncWebsocketConsumer):  # type: ignore[misc]
+class ConsoleConsumer(LeavesNothingBehind, SkipsDbCleanup, AsyncWebsocketConsumer):  # type: ignore[misc]
     """/ws/console/?ticket=...: pipes bytes between the browser and the agent's console socket.
 
     Bytes never go through the channel layer: this consumer holds its own WebSocket to the agent.
@@ -103,7 +104,7 @@ class ConsoleConsumer(SkipsDbCleanup, AsyncWebsocketConsumer):  # type: ignore[m
             self.agent_ws.attach(sink)
         # Access changes and sign-outs reach this socket: it closes when its user may no longer
         # use this console, or the session (or token) that opened it ends.
-        await self.channel_layer.group_add(ACCESS_GROUP, self.channel_name)
+        await self.join_group(ACCESS_GROUP)
         self.pump = asyncio.create_task(self._agent_to_browser())
 
     async def domus_event(self, message: dict[str, Any]) -> None:
@@ -180,7 +181,7 @@ class ConsoleConsumer(SkipsDbCleanup, AsyncWebsocketConsumer):  # type: ignore[m
             await self.close(code=CLOSE_AGENT, reason=f"console lost: {exc}"[:120])
 
     async def disconnect(self, code: int) -> None:
-        await self.channel_layer.group_discard(ACCESS_GROUP, self.channel_name)
+        await self.leave_groups()
         if self.pump is not None and self.pump is not asyncio.current_task():
             self.pump.cancel()
         await self._close_client()

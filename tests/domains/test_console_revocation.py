@@ -22,6 +22,7 @@ from domains import consumers
 from domains.consoles import console_ticket_issue
 from domains.models import Domain
 from hosts.models import Host
+from tests.asgi_socket import GoingSocket
 from tests.conftest import grant
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -229,3 +230,61 @@ async def test_typing_costs_no_database_cleanup_per_keystroke(
     assert db_cleanups == []
     await communicator.disconnect()
     assert db_cleanups == ["cleanup"]  # the disconnect still has it
+
+
+async def test_consoles_closing_as_an_access_change_reaches_them_leave_nothing_in_the_channel_layer(
+    django_user_model: Any,
+) -> None:
+    """An open console listens for access changes on its own channel of the pub/sub layer (a
+    queue in this process and a Redis subscription). One that closed just as such an event
+    reached it left both behind for ever (see tests/console/test_events_socket.py)."""
+    from channels.layers import get_channel_layer
+
+    user, domain = await database_sync_to_async(_world)(django_user_model)
+    _client, cookie = await database_sync_to_async(_cookie)(user)
+    layer = get_channel_layer()
+    assert layer is not None
+    before = set(layer.channels)
+    consoles = []
+    for _ in range(5):
+        _ticket, key = await database_sync_to_async(console_ticket_issue)(
+            user=user, domain=domain, kind="serial"
+        )
+        consoles.append(await _open(f"/ws/console/?ticket={key}&domain={domain.pk}", [(b"cookie", cookie)]))
+    channels = set(layer.channels) - before
+    assert len(channels) == len(consoles)
+    event = layer.serialize({"type": "domus.event", "event": {"type": "access.changed"}})
+    for channel in channels:  # the event has reached each console ...
+        layer.channels[channel].put_nowait(event)
+    await asyncio.gather(*(c.disconnect() for c in consoles))  # ... as each closes
+    assert channels & set(layer.channels) == set()
+
+
+async def test_a_console_whose_browser_has_gone_still_lets_go_of_the_agent(django_user_model: Any) -> None:
+    """Closing a console whose browser has just gone raises (uvicorn's ClientDisconnected,
+    which it then swallows). An access change cutting such a console ended its consumer there,
+    before it let go of the agent's console socket (kept open for ever: the agent answers the
+    pings) and before its disconnect() left the access group."""
+    from channels.layers import get_channel_layer
+
+    from console.realtime.events import ACCESS_GROUP
+
+    user, domain = await database_sync_to_async(_world)(django_user_model)
+    _client, cookie = await database_sync_to_async(_cookie)(user)
+    _ticket, key = await database_sync_to_async(console_ticket_issue)(user=user, domain=domain, kind="serial")
+    layer = get_channel_layer()
+    assert layer is not None
+    before = set(layer.channels)
+    FakeAgentConsole.opened.clear()
+    socket = GoingSocket("/ws/console/", f"ticket={key}&domain={domain.pk}", [(b"cookie", cookie), ORIGIN])
+    await socket.connect()
+    await asyncio.sleep(0.3)  # the pub/sub layer subscribes the group in the background
+    (channel,) = set(layer.channels) - before
+    (opened,) = FakeAgentConsole.opened
+
+    socket.gone = True  # the browser has gone; its grant is withdrawn before the close reaches the console
+    await database_sync_to_async(Grant.objects.filter(user=user).delete)()
+    await asyncio.sleep(1)
+    await socket.close()
+    assert opened["console"].closed
+    assert channel not in layer.groups.get(f"{layer.prefix}__group__{ACCESS_GROUP}", set())
