@@ -16,19 +16,19 @@ from agent.console_pipe import ConsolePipe
 from agent.sharing import request_type
 from console.audit.services import audit_record
 from console.realtime.consumers import LeavesNothingBehind
+from console.realtime.credentials import CLOSE_REFUSED, EndsWithItsCredential
 from console.realtime.dispatch import SkipsDbCleanup
-from console.realtime.events import ACCESS_CHANGED, ACCESS_GROUP, SESSION_ENDED
+from console.realtime.events import ACCESS_GROUP
 from console.websocket_server import EXTENSION as FRAMES_EXTENSION
 from domains.consoles import TicketRefused, console_still_allowed, console_ticket_redeem
 from domains.models import ConsoleTicket
 
 logger = logging.getLogger(__name__)
 
-CLOSE_REFUSED = 4403
 CLOSE_AGENT = 4502
 
 
-class ConsoleConsumer(LeavesNothingBehind, SkipsDbCleanup, AsyncWebsocketConsumer):  # type: ignore[misc]
+class ConsoleConsumer(EndsWithItsCredential, LeavesNothingBehind, SkipsDbCleanup, AsyncWebsocketConsumer):  # type: ignore[misc]
     """/ws/console/?ticket=...: pipes bytes between the browser and the agent's console socket.
 
     Bytes never go through the channel layer: this consumer holds its own WebSocket to the agent.
@@ -105,26 +105,22 @@ class ConsoleConsumer(LeavesNothingBehind, SkipsDbCleanup, AsyncWebsocketConsume
         # Access changes and sign-outs reach this socket: it closes when its user may no longer
         # use this console, or the session (or token) that opened it ends.
         await self.join_group(ACCESS_GROUP)
+        self.watch_credential()
         self.pump = asyncio.create_task(self._agent_to_browser())
 
     async def domus_event(self, message: dict[str, Any]) -> None:
-        event = message.get("event", {})
         if self.ticket_id is None or self.agent_ws is None:
             return
-        if event.get("type") == SESSION_ENDED:
-            session = self.scope.get("session")
-            if session is not None and session.session_key == event.get("session"):
-                await self._cut("signed out")
-        elif event.get("type") == ACCESS_CHANGED:
-            why = await database_sync_to_async(self._why_not_allowed)()
-            if why:
-                await self._cut(why)
+        await self.ended_by(message.get("event", {}))
 
-    def _why_not_allowed(self) -> str:
+    def why_it_must_end(self) -> str:
         ticket = self._ticket()
         if ticket is None:
             return "the domain was deleted"
-        return console_still_allowed(ticket=ticket, token=self.scope.get("auth"))
+        return super().why_it_must_end() or console_still_allowed(ticket=ticket)
+
+    async def end_for(self, reason: str) -> None:
+        await self._cut(reason)
 
     def _ticket(self) -> ConsoleTicket | None:
         if self.ticket_id is None:

@@ -27,10 +27,11 @@ def _changed(sender: Any, **kwargs: Any) -> None:
 
 
 def _signed_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
-    """A sign-out ends the consoles that session opened."""
+    """A sign-out ends the sockets that session opened: consoles and event sockets."""
     session_key = getattr(getattr(request, "session", None), "session_key", None)
     if session_key:
         publish_on_commit({"type": SESSION_ENDED, "session": session_key}, ACCESS_GROUP)
+        publish_on_commit({"type": SESSION_ENDED, "session": session_key})
 
 
 def connect() -> None:

@@ -9,34 +9,44 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from console.access.policy import Reach, is_signed_in, reach
+from console.realtime.credentials import EndsWithItsCredential
 from console.realtime.dispatch import SkipsDbCleanup
-from console.realtime.events import ACCESS_CHANGED, EVENTS_GROUP
+from console.realtime.events import ACCESS_CHANGED, EVENTS_GROUP, SESSION_ENDED
 
-# What each user may see is computed once per process and shared by all their sockets; an
-# "access.changed" event (grants, roles, teams, members, reserved hosts, users) clears it at
-# once, and the TTL bounds what a change made outside those paths (raw SQL, say) can miss.
+# What each credential may see is computed once per process and shared by all its sockets: a
+# user's, or an API token's narrowed to some permissions (two sockets of one user may differ).
+# An "access.changed" event (grants, roles, teams, members, reserved hosts, users, tokens) clears
+# it at once, and the TTL bounds what a change made outside those paths (raw SQL, say) can miss.
 REACH_TTL_SECONDS = 60.0
+
+CacheKey = tuple[int, frozenset[str] | None]
+
+
+def reach_key(user: Any) -> CacheKey:
+    """Who sees what: the user, and the permissions the token that authenticated them is
+    narrowed to (None: all of the user's)."""
+    return user.pk, getattr(user, "_domus_token_permissions", None)
 
 
 class ReachCache:
-    """Per process: user id -> (domain.view, host.view) reaches, with the time computed."""
+    """Per process: reach_key -> (domain.view, host.view) reaches, with the time computed."""
 
     def __init__(self) -> None:
-        self.entries: dict[int, tuple[float, tuple[Reach, Reach]]] = {}
+        self.entries: dict[CacheKey, tuple[float, tuple[Reach, Reach]]] = {}
         self.generation = 0  # bumped by each access change: a reach computed across one is dropped
-        # One computation per user at a time: when an entry expires, every socket of that user
-        # misses together, and they all await the same one.
-        self.pending: dict[int, asyncio.Task[tuple[Reach, Reach]]] = {}
+        # One computation per credential at a time: when an entry expires, every socket of that
+        # credential misses together, and they all await the same one.
+        self.pending: dict[CacheKey, asyncio.Task[tuple[Reach, Reach]]] = {}
 
-    def get(self, user_id: int) -> tuple[Reach, Reach] | None:
-        entry = self.entries.get(user_id)
+    def get(self, key: CacheKey) -> tuple[Reach, Reach] | None:
+        entry = self.entries.get(key)
         if entry is None or time.monotonic() - entry[0] > REACH_TTL_SECONDS:
             return None
         return entry[1]
 
-    def put(self, user_id: int, reaches: tuple[Reach, Reach], *, since: float, generation: int) -> None:
+    def put(self, key: CacheKey, reaches: tuple[Reach, Reach], *, since: float, generation: int) -> None:
         if generation == self.generation:
-            self.entries[user_id] = (since, reaches)
+            self.entries[key] = (since, reaches)
 
     def invalidate(self) -> None:
         self.generation += 1
@@ -52,14 +62,24 @@ def _reaches_of(user: Any) -> tuple[Reach, Reach]:
 
 
 async def _compute_reaches(user: Any) -> tuple[Reach, Reach]:
+    key = reach_key(user)
     since, generation = time.monotonic(), reach_cache.generation
     try:
         reaches: tuple[Reach, Reach] = await database_sync_to_async(_reaches_of)(user)
     finally:
-        if reach_cache.pending.get(user.pk) is asyncio.current_task():
-            del reach_cache.pending[user.pk]
-    reach_cache.put(user.pk, reaches, since=since, generation=generation)
+        if reach_cache.pending.get(key) is asyncio.current_task():
+            del reach_cache.pending[key]
+    reach_cache.put(key, reaches, since=since, generation=generation)
     return reaches
+
+
+def narrowed(before: Reach, after: Reach) -> bool:
+    """Whether `after` lost anything `before` reached."""
+    if before.site and not after.site:
+        return True
+    if after.site:
+        return False
+    return bool(before.teams - after.teams or before.hosts - after.hosts or before.domains - after.domains)
 
 
 def may_see(event: dict[str, Any], domains: Reach, hosts: Reach, user_id: int) -> bool:
@@ -137,29 +157,36 @@ class LeavesNothingBehind:
             await self.channel_layer.group_discard(group, self.channel_name)  # type: ignore[attr-defined]
 
 
-class EventsConsumer(LeavesNothingBehind, SkipsDbCleanup, AsyncJsonWebsocketConsumer):  # type: ignore[misc]
-    """/ws/events/: live state for a signed-in browser, each event only to those who may see its
-    object. After a reconnect the page re-fetches a snapshot."""
+class EventsConsumer(EndsWithItsCredential, LeavesNothingBehind, SkipsDbCleanup, AsyncJsonWebsocketConsumer):  # type: ignore[misc]
+    """/ws/events/: live state for a signed-in browser (or a script with a token), each event
+    only to those who may see its object. After a reconnect the page re-fetches a snapshot.
+
+    It closes (CLOSE_REFUSED, with the reason: console.realtime.credentials) when what opened
+    it ends, and when its user loses sight of anything it showed: the page then says so
+    rather than keep rows its user may no longer see."""
 
     no_db_cleanup = frozenset({"domus.event"})  # see console.realtime.dispatch
+    reaches: tuple[Reach, Reach] | None = None  # what it was showing by, since the last check
 
     async def connect(self) -> None:
         user = self.scope.get("user")
         if not is_signed_in(user):
             await self.close()  # before accept: the handshake is refused with 403
             return
-        await self._refresh()
+        self.reaches = await self._refresh()
         await self.join_group(EVENTS_GROUP)
         await self.accept()
+        self.watch_credential()
 
     async def _refresh(self) -> tuple[Reach, Reach]:
         user = self.scope["user"]
-        if (cached := reach_cache.get(user.pk)) is not None:
+        key = reach_key(user)
+        if (cached := reach_cache.get(key)) is not None:
             return cached
-        task = reach_cache.pending.get(user.pk)
+        task = reach_cache.pending.get(key)
         if task is None:
             task = asyncio.create_task(_compute_reaches(user))
-            reach_cache.pending[user.pk] = task
+            reach_cache.pending[key] = task
         # Shielded: a socket closing while it waits must not cancel the others' computation.
         return await asyncio.shield(task)
 
@@ -170,7 +197,18 @@ class EventsConsumer(LeavesNothingBehind, SkipsDbCleanup, AsyncJsonWebsocketCons
         event = message["event"]
         if event.get("type") == ACCESS_CHANGED:
             reach_cache.invalidate()  # every socket of the process hears it; repeating is harmless
+        if await self.ended_by(event):
+            return
+        if event.get("type") in (ACCESS_CHANGED, SESSION_ENDED):
+            if event["type"] == ACCESS_CHANGED:
+                await self._check_reach()
             return
         domains, hosts = await self._refresh()
         if may_see(event, domains, hosts, self.scope["user"].pk):
             await self.send_json(event)
+
+    async def _check_reach(self) -> None:
+        now = await self._refresh()
+        before, self.reaches = self.reaches, now
+        if before is not None and any(narrowed(b, a) for b, a in zip(before, now, strict=True)):
+            await self.end_for("your access was changed")

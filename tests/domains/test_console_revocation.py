@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -14,6 +15,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
+from django.utils import timezone
 
 from console.access.models import Grant
 from console.access.services import api_token_issue, api_token_revoke
@@ -165,6 +167,22 @@ async def test_revoking_the_token_closes_its_console(django_user_model: Any) -> 
     await database_sync_to_async(api_token_revoke)(token=token, actor=user)
     code, reason = await _closed_with(communicator)
     assert code == 4403 and "revoked" in reason
+
+
+async def test_a_console_opened_with_a_token_closes_when_the_token_expires(django_user_model: Any) -> None:
+    """An expiry makes no event: the console wakes at its token's expiry, and lets go of the
+    agent's console too."""
+    user, domain = await database_sync_to_async(_world)(django_user_model)
+    expires = timezone.now() + timedelta(seconds=1.5)
+    _token, secret = await database_sync_to_async(lambda: api_token_issue(user=user, expires_at=expires))()
+    _ticket, key = await database_sync_to_async(console_ticket_issue)(user=user, domain=domain, kind="serial")
+    FakeAgentConsole.opened.clear()
+    communicator = await _open(
+        f"/ws/console/?ticket={key}&domain={domain.pk}", [(b"authorization", f"Token {secret}".encode())]
+    )
+    assert await _closed_with(communicator) == (4403, "the API token expired")
+    assert timezone.now() >= expires
+    assert FakeAgentConsole.opened[0]["console"].closed
 
 
 @pytest.mark.parametrize(("kind", "passed_on"), [("serial", []), ("vnc", [b"\x03\x00"])])

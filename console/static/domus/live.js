@@ -230,12 +230,13 @@
     return [resp, body];
   };
 
-  function flash(text, kind) {
+  function flash(text, kind, stays) {
     const div = document.createElement("div");
     div.className = "flash " + kind;
     div.textContent = text;
     document.querySelector("main").prepend(div);
-    setTimeout(() => div.remove(), 8000);
+    if (!stays) setTimeout(() => div.remove(), 8000);
+    return div;
   }
 
   // Power actions go through the API, so the page (and the console's scrollback) stays.
@@ -263,7 +264,17 @@
       else if (ev.type === "job.updated") applyJob(ev.job);
       else if (ev.type === "host.state") applyHost(ev.host);
     };
-    ws.onclose = () => {
+    ws.onclose = (e) => {
+      if (e.code === 4403) { // what opened it ended (signed out, access changed): say so, stay closed
+        if (indicator) { indicator.classList.remove("on"); indicator.title = "Live updates stopped"; }
+        const div = flash("Live updates stopped: " + (e.reason || "access withdrawn") + ". ", "error", true);
+        div.dataset.live = "stopped";
+        const again = document.createElement("a");
+        again.href = location.href;
+        again.textContent = "Reload";
+        div.append(again);
+        return;
+      }
       if (indicator) { indicator.classList.remove("on"); indicator.title = "Live updates: reconnecting"; }
       setTimeout(connect, retry + Math.random() * retry);
       retry = Math.min(retry * 2, 10000);
