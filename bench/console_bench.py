@@ -62,7 +62,7 @@ from bench.console_serial import (
 )
 from bench.console_stack import ConsoleStack, StackError
 from bench.output import log, table
-from bench.session import begin, finish, header
+from bench.session import begin, finish, header, sized
 from console.launcher import WEB_SOCKET_ARGS
 
 TARGETS = {
@@ -339,12 +339,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output", type=Path, help="JSON file (default bench/results/console-<timestamp>.json)"
     )
-    args = parser.parse_args(argv)
-    defaults = QUICK if args.quick else FULL
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return sized(parser.parse_args(argv), QUICK, FULL)
 
 
 def run(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> None:

@@ -209,12 +209,14 @@ def create_viewer(username: str = "bench-viewer") -> Any:
 
 def login_sessions(user: Any, count: int) -> list[str]:
     """`count` signed-in sessions of `user` (as many browser tabs), their `sessionid` values."""
+    from importlib import import_module
+
+    from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.sessions.backends.db import SessionStore
 
     keys = []
     for _ in range(count):
-        session = SessionStore()
+        session = import_module(settings.SESSION_ENGINE).SessionStore()  # rows keyed by a hash
         session[SESSION_KEY] = str(user.pk)
         session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
         session[HASH_SESSION_KEY] = user.get_session_auth_hash()

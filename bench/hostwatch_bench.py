@@ -46,7 +46,7 @@ from bench.events_load import (
 from bench.inventory import inventory_bench
 from bench.output import log
 from bench.procstats import CpuWindow, machine_cpu_seconds, memory, summary_ms
-from bench.session import begin, finish, header
+from bench.session import begin, finish, header, sized
 from tests.fleet.testdriver import TestAgent, start_test_agents, stop_test_agents
 
 TARGETS = {
@@ -91,12 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output", type=Path, help="JSON file (default bench/results/hostwatch-<timestamp>.json)"
     )
-    args = parser.parse_args(argv)
-    defaults = QUICK if args.quick else FULL
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return sized(parser.parse_args(argv), QUICK, FULL)
 
 
 def _median(values: list[float]) -> float | None:

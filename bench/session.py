@@ -4,6 +4,7 @@ of the machine and the code measured, and the results written and printed."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -20,6 +21,15 @@ from bench.procstats import machine_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
+
+
+def sized(args: argparse.Namespace, quick: Mapping[str, Any], full: Mapping[str, Any]) -> argparse.Namespace:
+    """Each size the command line left unset (None) taken from `quick` with --quick, else from
+    `full`; returns `args`."""
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 @dataclass(frozen=True)
