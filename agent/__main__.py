@@ -15,9 +15,10 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from typing import cast
 
-from agent import __version__
+from agent import __version__, netinstall
 from agent.accel import AccelRequest
 from agent.identity import DEFAULT_STATE_DIR, PAIRING_TTL_SECONDS, AgentIdentity
 from agent.protocol import format_fingerprint
@@ -25,6 +26,8 @@ from agent.runtime import AgentConfig
 from agent.server import serve
 
 SECRET_ENV = "DOMUS_AGENT_SECRET"  # noqa: S105 -- a variable name, not a secret
+NETINSTALL_DENY_ENV = "DOMUS_AGENT_NETINSTALL_DENY"
+NETINSTALL_ALLOW_ENV = "DOMUS_AGENT_NETINSTALL_ALLOW"
 COMMANDS = ("serve", "init", "forget-consoles")
 
 
@@ -57,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--pool-path", default="/var/lib/libvirt/images")
     run.add_argument("--probe-timeout", type=float, default=180.0, help="seconds allowed for the KVM probe")
     run.add_argument("--log-level", default="INFO")
+    _netinstall_args(run)
 
     init = commands.add_parser("init", help="create the agent's certificate; print a pairing code")
     _state_dir_arg(init)
@@ -65,6 +69,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     forget = commands.add_parser("forget-consoles", help="unpair every console")
     _state_dir_arg(forget)
     return parser.parse_args(args)
+
+
+def _network(value: str) -> netinstall.IPNetwork:
+    try:
+        return netinstall.parse_network(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from err
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not above zero")
+    return number
+
+
+def _netinstall_args(parser: argparse.ArgumentParser) -> None:
+    """Where network installs may fetch from: see `agent.netinstall.NetinstallPolicy`."""
+    default = netinstall.NetinstallPolicy()
+    parser.add_argument(
+        "--netinstall-deny",
+        metavar="CIDR",
+        action="append",
+        type=_network,
+        default=[],
+        help="also refuse installer trees in this range, e.g. the management network (repeatable; "
+        f"added to ${NETINSTALL_DENY_ENV}, comma-separated). Always refused: loopback, link-local, "
+        "multicast, reserved and this host's own addresses",
+    )
+    parser.add_argument(
+        "--netinstall-allow",
+        metavar="CIDR",
+        action="append",
+        type=_network,
+        default=[],
+        help="fetch from this range even if refused otherwise, e.g. a lab mirror's address "
+        f"(repeatable; added to ${NETINSTALL_ALLOW_ENV}). Name the mirror, not a range holding services",
+    )
+    for kind, cap in (("kernel", default.kernel_max_bytes), ("initrd", default.initrd_max_bytes)):
+        parser.add_argument(
+            f"--netinstall-{kind}-max-mib",
+            metavar="MIB",
+            type=_positive,
+            default=cap // netinstall.MIB,
+            help=f"largest {kind} a network install may fetch (default {cap // netinstall.MIB})",
+        )
+    parser.add_argument(
+        "--netinstall-timeout",
+        type=_positive,
+        default=default.timeout_s,
+        metavar="SECONDS",
+        help=f"time a network install's whole fetch may take (default {default.timeout_s:g})",
+    )
+
+
+def netinstall_policy(args: argparse.Namespace, environ: Mapping[str, str]) -> netinstall.NetinstallPolicy:
+    """The network-install policy from the options and the environment (both count)."""
+    ranges: dict[str, tuple[netinstall.IPNetwork, ...]] = {}
+    for name, env in (("deny", NETINSTALL_DENY_ENV), ("allow", NETINSTALL_ALLOW_ENV)):
+        try:
+            from_env = netinstall.parse_networks([environ.get(env, "")])
+        except ValueError as err:
+            raise SystemExit(f"domus-agent: ${env}: {err}") from err
+        ranges[name] = from_env + tuple(getattr(args, f"netinstall_{name}"))
+    return netinstall.NetinstallPolicy(
+        deny=ranges["deny"],
+        allow=ranges["allow"],
+        kernel_max_bytes=int(args.netinstall_kernel_max_mib * netinstall.MIB),
+        initrd_max_bytes=int(args.netinstall_initrd_max_mib * netinstall.MIB),
+        timeout_s=args.netinstall_timeout,
+    )
 
 
 def read_secret(secret_file: str | None) -> str:
@@ -128,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
             f"domus-agent: no way for a console to authenticate: run `domus-agent init` to pair "
             f"consoles, or give a fixed secret (--secret-file or ${SECRET_ENV})"
         )
+    netinstall.configure(netinstall_policy(args, os.environ))
     config = AgentConfig(
         uri=args.uri,
         listen=args.listen,

@@ -30,6 +30,14 @@ class InvalidSpec(AgentProblem):
     code = "invalid_spec"
 
 
+class InstallSourceRefused(InvalidSpec):
+    """A network install's URL, or a redirect on the way, leads where the agent never connects
+    (this host, link-local, a management range). A code of its own, so that a refusal reads
+    differently from a mirror that answered 404."""
+
+    code = "install_source_refused"
+
+
 class NotFound(AgentProblem):
     status = 404
     code = "not_found"

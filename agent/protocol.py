@@ -160,8 +160,8 @@ class NetworkInstall(_Strict):
     @classmethod
     def _url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https", "ftp") or not parts.hostname:
-            raise ValueError("must be an http://, https:// or ftp:// URL of an installer tree")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL of an installer tree")
         if any(ch.isspace() or ord(ch) < 32 for ch in value):
             raise ValueError("must not contain spaces or control characters")
         return value

@@ -8,16 +8,18 @@ catalog (disk bus, NIC model, clock) so that the spec sent to the agent is expli
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 import secrets
 import uuid
 from collections import defaultdict
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from agent.protocol import DomainSpec, HostFacts, HostResources
+from agent.protocol import DomainSpec, HostFacts, HostResources, NetworkInstall
 from console.errors import InvalidInput
 from domains.oscatalog import OsVariant, os_variant
 from hosts.models import Host
@@ -204,7 +206,38 @@ def _check_host(spec: DomainSpec, host: Host, facts: HostFacts | None, variant: 
         _check_network(spec, host, resources, errors)
     if spec.boot.kind == "url" and not spec.disks:
         errors.add("disks", "a network install needs a disk to install onto")
+    if isinstance(spec.boot, NetworkInstall) and (problem := install_url_problem(spec.boot.url)):
+        errors.add("boot.url", problem)
     errors.raise_if_any("The spec does not fit this host.")
+
+
+def install_url_problem(url: str) -> str | None:
+    """Why the host's agent would refuse to fetch a network install from `url`, when that shows
+    in the URL itself: a scheme it does not fetch, or an address that is the host itself or
+    link-local. Only a cheap early answer: the agent checks every address a name resolves to,
+    and its own addresses and refused ranges, which the console cannot know."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL: the agent fetches installer trees over HTTP only"
+    host = (parts.hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return "must not name localhost: the host would fetch from itself, which the agent refuses"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: the agent resolves and checks it
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for kind, test in (
+        ("a loopback", address.is_loopback),
+        ("an unspecified", address.is_unspecified or address in ipaddress.ip_network("0.0.0.0/8")),
+        ("a link-local", address.is_link_local),
+        ("a multicast", address.is_multicast),
+        ("a reserved", address.is_reserved),
+    ):
+        if test:
+            return f"{address} is {kind} address: the agent refuses to fetch from it"
+    return None
 
 
 def _check_storage(spec: DomainSpec, host: Host, resources: HostResources, errors: _Errors) -> None:

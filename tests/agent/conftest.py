@@ -72,16 +72,18 @@ def launch_agent(
     state_dir: Path | None = None,
     port: int | None = None,
     secret: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> RunningAgent:
-    """Start `python -m agent`. With `tls`, it gets a certificate and a pairing code first and
-    serves HTTPS; without, it serves loopback HTTP with a fixed secret."""
+    """Start `python -m agent` (with `env` added to its environment). With `tls`, it gets a
+    certificate and a pairing code first and serves HTTPS; without, it serves loopback HTTP with
+    a fixed secret."""
     port = port or free_port()
     state_dir = state_dir or log_path.parent / f"state-{port}"
     fingerprint = code = ""
     if tls:
         fingerprint, code = agent_init(state_dir, f"https://127.0.0.1:{port}")
     secret = secrets.token_urlsafe(24) if secret is None else secret
-    env = dict(os.environ, DOMUS_AGENT_SECRET=secret, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **(env or {}), DOMUS_AGENT_SECRET=secret, PYTHONUNBUFFERED="1")
     log_file = log_path.open("a")
     proc = subprocess.Popen(
         [

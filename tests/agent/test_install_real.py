@@ -51,7 +51,16 @@ needs_iso = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
     log = tmp_path_factory.mktemp("install-agent") / "agent.log"
-    running = launch_agent(uri=URI, pool_dir=POOL_PATH, log_path=log, accel="tcg", ready_timeout=SLOW)
+    # The test's mirror is on loopback, which an agent refuses to fetch from unless allowed
+    # (agent/netinstall.py): as an operator allows a lab mirror's address.
+    running = launch_agent(
+        uri=URI,
+        pool_dir=POOL_PATH,
+        log_path=log,
+        accel="tcg",
+        ready_timeout=SLOW,
+        env={"DOMUS_AGENT_NETINSTALL_ALLOW": "127.0.0.1/32"},
+    )
     try:
         yield running
     finally:
