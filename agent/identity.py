@@ -21,6 +21,7 @@ import os
 import secrets
 import socket
 import ssl
+import stat
 import tempfile
 import time
 import uuid as uuid_mod
@@ -87,6 +88,22 @@ class AgentIdentity:
         self.cert_path = self.state_dir / "cert.pem"
         self.pairing_path = self.state_dir / "pairing.json"
         self.consoles_path = self.state_dir / "consoles.json"
+
+    def private_check(self) -> list[str]:
+        """Make the state directory (0700) and its files (0600) private again where they are not
+        (copied or restored with other modes, say); returns what was changed, to be said."""
+        if not self.state_dir.is_dir():
+            return []
+        fixed = []
+        for path in [self.state_dir, *sorted(self.state_dir.iterdir())]:
+            info = path.lstat()
+            mode = stat.S_IMODE(info.st_mode)
+            if stat.S_ISLNK(info.st_mode) or not mode & 0o077:
+                continue
+            wanted = 0o700 if stat.S_ISDIR(info.st_mode) else mode & 0o700
+            os.chmod(path, wanted)
+            fixed.append(f"{path} was readable by others (mode {mode:04o}); it is now {wanted:04o}")
+        return fixed
 
     # -- certificate ---------------------------------------------------------------------------
     def has_certificate(self) -> bool:

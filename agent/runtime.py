@@ -70,6 +70,9 @@ class AgentRuntime:
             self._domains.invalidate(None)
 
     async def start(self) -> None:
+        if self.identity is not None:
+            for fixed in self.identity.private_check():
+                log.warning("%s", fixed)
         self.conn.on_connected(self._on_connected)
         await self.conn.open()
         caps = self._caps

@@ -41,7 +41,7 @@ def server_argv(socket_path: Path) -> list[str]:
     """The command line of a server on `socket_path` that keeps nothing on disk."""
     return [
         _server_binary(),
-        *("--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700"),
+        *("--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "600"),
         *("--save", "", "--appendonly", "no", "--dir", str(socket_path.parent)),
         *("--loglevel", "warning"),
     ]
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
     proc = None
     if not os.environ.get("REDIS_URL"):
         data_dir = Path(os.environ.get("DOMUS_DATA_DIR", Path(__file__).parent.parent / "var"))
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         socket_path = data_dir.resolve() / "redis.sock"
         proc = start(socket_path)
         os.environ["REDIS_URL"] = f"unix://{socket_path}"

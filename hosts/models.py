@@ -4,6 +4,8 @@ from typing import Any
 
 from django.db import models
 
+from console.encryption.fields import EncryptedTextField
+
 
 class Host(models.Model):
     """A machine running the Domus agent. `facts` caches what the agent last reported."""
@@ -17,8 +19,9 @@ class Host(models.Model):
 
     name = models.CharField(max_length=63, unique=True)
     url = models.URLField(max_length=255, help_text="The agent's base URL, e.g. https://kvm1:8901")
-    # The console's credential towards this agent (it must be sent, so it is not hashed here).
-    secret = models.CharField(max_length=256)
+    # The console's credential towards this agent (it must be sent, so it is not hashed here:
+    # it is encrypted at rest instead).
+    secret = EncryptedTextField()
     # SHA-256 of the agent's certificate (lowercase hex), pinned at enrolment; empty only for
     # loopback agents reached over plain http.
     fingerprint = models.CharField(max_length=64, blank=True)

@@ -3,9 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.test import Client
-from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
 
+from console.access.login.models import AuthenticatorApp
 from console.audit.models import AuditEvent
 from tests.access_login.conftest import current_code, sign_in, signed_in, wrong_code
 
@@ -16,18 +16,18 @@ def test_enrol_shows_the_uri_and_qr_code_and_needs_one_code(user: Any, client: C
     assert page.status_code == 200
     text = page.content.decode()
     assert "otpauth://totp/Domus%3Aana?secret=" in text and 'src="data:image/svg+xml;base64,' in text
-    device = TOTPDevice.objects.get(user=user)
+    device = AuthenticatorApp.objects.get(user=user)
     assert not device.confirmed
     # Reloading keeps the same secret (the app may already have scanned it).
     client.get("/account/2fa/")
-    assert TOTPDevice.objects.get(user=user).key == device.key
+    assert AuthenticatorApp.objects.get(user=user).key == device.key
 
     refused = client.post("/account/2fa/", {"action": "enrol", "code": wrong_code(device)})
-    assert refused.status_code == 400 and not TOTPDevice.objects.get(user=user).confirmed
+    assert refused.status_code == 400 and not AuthenticatorApp.objects.get(user=user).confirmed
 
     done = client.post("/account/2fa/", {"action": "enrol", "code": current_code(device)})
     assert done.status_code == 302
-    assert TOTPDevice.objects.get(user=user).confirmed
+    assert AuthenticatorApp.objects.get(user=user).confirmed
     assert AuditEvent.objects.filter(action="auth.totp.enrol", actor=user).count() == 1
     # The session that enrolled has proved the code: it stays in.
     page = client.get("/account/2fa/")
@@ -36,11 +36,13 @@ def test_enrol_shows_the_uri_and_qr_code_and_needs_one_code(user: Any, client: C
 
 
 def test_an_unconfirmed_device_does_not_count(user: Any, client: Client) -> None:
-    TOTPDevice.objects.create(user=user, name="half", confirmed=False)
+    AuthenticatorApp.objects.create(user=user, name="half", confirmed=False)
     assert sign_in(client)["Location"] == "/" and signed_in(client)
 
 
-def test_sign_in_asks_for_the_code_after_the_password(user: Any, device: TOTPDevice, client: Client) -> None:
+def test_sign_in_asks_for_the_code_after_the_password(
+    user: Any, device: AuthenticatorApp, client: Client
+) -> None:
     response = sign_in(client)
     assert response.status_code == 302 and response["Location"] == "/login/code/"
     assert not signed_in(client)  # the password alone signs nobody in
@@ -60,12 +62,12 @@ def test_sign_in_asks_for_the_code_after_the_password(user: Any, device: TOTPDev
     assert AuditEvent.objects.filter(action="auth.login", actor=user).count() == 1
 
 
-def test_the_code_step_keeps_next(user: Any, device: TOTPDevice, client: Client) -> None:
+def test_the_code_step_keeps_next(user: Any, device: AuthenticatorApp, client: Client) -> None:
     client.post("/login/", {"username": "ana", "password": "s3cret-pass", "next": "/hosts/"})
     assert client.post("/login/code/", {"code": current_code(device)})["Location"] == "/hosts/"
 
 
-def test_wrong_codes_count_toward_the_lockout(user: Any, device: TOTPDevice, client: Client) -> None:
+def test_wrong_codes_count_toward_the_lockout(user: Any, device: AuthenticatorApp, client: Client) -> None:
     for _ in range(4):
         sign_in(client, password="wrong")
     sign_in(client)
@@ -77,14 +79,18 @@ def test_wrong_codes_count_toward_the_lockout(user: Any, device: TOTPDevice, cli
     assert sign_in(client).status_code == 429 and not signed_in(client)
 
 
-def test_a_pending_sign_in_expires(user: Any, device: TOTPDevice, client: Client, settings: Any) -> None:
+def test_a_pending_sign_in_expires(
+    user: Any, device: AuthenticatorApp, client: Client, settings: Any
+) -> None:
     settings.DOMUS_LOGIN_PENDING_SECONDS = -1
     sign_in(client)
     assert client.post("/login/code/", {"code": current_code(device)})["Location"] == "/login/"
     assert not signed_in(client)
 
 
-def test_a_session_without_the_code_reaches_no_page(user: Any, device: TOTPDevice, client: Client) -> None:
+def test_a_session_without_the_code_reaches_no_page(
+    user: Any, device: AuthenticatorApp, client: Client
+) -> None:
     """A session signed in some other way (SSO, or one older than the enrolment) must give the
     code before any page; the API treats it as anonymous."""
     client.force_login(user)
@@ -99,17 +105,19 @@ def test_a_session_without_the_code_reaches_no_page(user: Any, device: TOTPDevic
     assert client.get("/api/v1/domains/").status_code == 200
 
 
-def test_api_tokens_do_not_need_the_code(user: Any, device: TOTPDevice, api: APIClient) -> None:
+def test_api_tokens_do_not_need_the_code(user: Any, device: AuthenticatorApp, api: APIClient) -> None:
     assert api.get("/api/v1/domains/").status_code == 200
 
 
-def test_removing_the_device_needs_a_current_code(user: Any, device: TOTPDevice, client: Client) -> None:
+def test_removing_the_device_needs_a_current_code(
+    user: Any, device: AuthenticatorApp, client: Client
+) -> None:
     sign_in(client)
     client.post("/login/code/", {"code": current_code(device)})
     refused = client.post("/account/2fa/", {"action": "remove", "code": wrong_code(device)})
-    assert refused.status_code == 400 and TOTPDevice.objects.filter(user=user).exists()
+    assert refused.status_code == 400 and AuthenticatorApp.objects.filter(user=user).exists()
     done = client.post("/account/2fa/", {"action": "remove", "code": current_code(device)})
-    assert done.status_code == 302 and not TOTPDevice.objects.filter(user=user).exists()
+    assert done.status_code == 302 and not AuthenticatorApp.objects.filter(user=user).exists()
     assert AuditEvent.objects.filter(action="auth.totp.remove").count() == 1
     client.post("/logout/")
     assert sign_in(client)["Location"] == "/"

@@ -117,3 +117,16 @@ def test_forget_all(identity: AgentIdentity) -> None:
         identity.pair(proof=_proof(identity, code), secret=SECRET + code, label="c")
     assert identity.forget_all() == 2
     assert json.loads(identity.consoles_path.read_text()) == {}
+
+
+def test_a_state_directory_left_readable_is_made_private_again(identity: AgentIdentity) -> None:
+    identity.state_dir.chmod(0o755)
+    identity.key_path.chmod(0o644)  # restored from a backup with other modes, say
+    fixed = identity.private_check()
+    assert fixed == [
+        f"{identity.state_dir} was readable by others (mode 0755); it is now 0700",
+        f"{identity.key_path} was readable by others (mode 0644); it is now 0600",
+    ]
+    assert stat.S_IMODE(identity.state_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(identity.key_path.stat().st_mode) == 0o600
+    assert identity.private_check() == []

@@ -9,6 +9,7 @@ README tells operators behind such a proxy to do, and removed afterwards.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import secrets
@@ -153,6 +154,7 @@ def compose_stack(workdir: Path, **overrides: str) -> Iterator[ComposeStack]:
         "DOMUS_PUBLIC_URL": f"https://localhost:{proxy_port}",
         "DOMUS_PROXY_PORT": proxy_port,
         "DOMUS_SECRET_KEY": secrets.token_urlsafe(48),
+        "DOMUS_ENCRYPTION_KEYS": base64.urlsafe_b64encode(os.urandom(32)).decode(),
         "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
         "DOMUS_ADMIN_PASSWORD": secrets.token_urlsafe(16),
         "DOMUS_PG_PORT": str(_free_port()),
