@@ -14,6 +14,7 @@ from console.access.policy import explain, has_perm
 from console.audit.services import origin_of
 from console.errors import DomusError, InvalidInput, PermissionDenied
 from console.jobs.selectors import job_list
+from console.middleware import csp_inline_styles
 from domains.models import Domain
 from domains.selectors import DomainFilter, domain_filter_parse, domain_get, domain_jobs, domain_page
 from domains.services import (
@@ -93,6 +94,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@csp_inline_styles  # xterm.js writes <style> elements and style attributes
 def domain_detail(request: HttpRequest, domain_id: int) -> HttpResponse:
     domain = domain_get(user=request.user, domain_id=domain_id)
     return render(
