@@ -12,6 +12,11 @@ class DomusError(Exception):
         self.detail = detail
         self.fields = fields or {}
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the JSON body."""
+        return {}
+
 
 class InvalidInput(DomusError):
     status = 400
@@ -31,3 +36,18 @@ class Conflict(DomusError):
 class PermissionDenied(DomusError):
     status = 403
     code = "forbidden"
+
+
+class TooBusy(DomusError):
+    """Too much is already waiting: the caller should try again after `retry_after` seconds."""
+
+    status = 429
+    code = "too_busy"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

@@ -213,7 +213,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "console.api.exception_handler",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "console.api.ApiPagination",  # limit 1 to 500, offset checked
     "PAGE_SIZE": 100,
 }
 SPECTACULAR_SETTINGS = {

@@ -11,6 +11,7 @@ from django.utils.functional import cached_property
 from console.access.policy import restrict
 from console.errors import InvalidInput, NotFound
 from console.jobs.models import Job
+from console.params import MAX_ID, id_param, whole_number
 from domains.models import Domain
 
 # ?ordering= names and the columns behind them. Every ordering ends on a unique column, so that
@@ -76,16 +77,6 @@ class DomainFilter:
         return {key: value for key, value in params.items() if value}
 
 
-def _id_param(params: Mapping[str, str], name: str, errors: dict[str, list[str]]) -> int | None:
-    raw = (params.get(name) or "").strip()
-    if not raw:
-        return None
-    if not raw.isascii() or not raw.isdigit():
-        errors[name] = [f"must be an id (a number), not {raw[:40]!r}"]
-        return None
-    return int(raw)
-
-
 def domain_filter_parse(params: Mapping[str, str]) -> DomainFilter:
     """Build a filter from query parameters: ordering, host, team, state, q. Anything invalid is
     an InvalidInput naming each bad parameter and what it accepts."""
@@ -93,8 +84,8 @@ def domain_filter_parse(params: Mapping[str, str]) -> DomainFilter:
     ordering = (params.get("ordering") or "").strip() or "name"
     if ordering not in ORDERING_CHOICES:
         errors["ordering"] = [f"unknown ordering {ordering[:40]!r}: one of {', '.join(ORDERING_CHOICES)}"]
-    host = _id_param(params, "host", errors)
-    team = _id_param(params, "team", errors)
+    host = id_param(params, "host", errors)
+    team = id_param(params, "team", errors)
     state = (params.get("state") or "").strip()
     if state and state not in Domain.State.values:
         errors["state"] = [f"unknown state {state[:40]!r}: one of {', '.join(Domain.State.values)}"]
@@ -153,12 +144,13 @@ def domain_page(*, user: Any, filters: DomainFilter, number: str | None, per_pag
     """One page of `domain_search`: `number` counts from 1 (past the end: the last page). Two
     queries whatever the number of domains: the count (with the newest id), then the page."""
     raw = (number or "").strip() or "1"
-    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+    wanted = whole_number(raw, least=1, most=MAX_ID)
+    if wanted is None:
         raise InvalidInput("Invalid page.", fields={"page": [f"must be a page number, not {raw[:40]!r}"]})
     domains = domain_search(user=user, filters=filters)
     totals = domains.order_by().aggregate(count=Count("pk"), newest=Max("pk"))
     paginator = _CountedPaginator(domains, per_page, count=totals["count"])
-    page = paginator.page(min(int(raw), paginator.num_pages))
+    page = paginator.page(min(wanted, paginator.num_pages))
     return DomainPage(page=page, newest_id=totals["newest"] or 0)
 
 

@@ -16,6 +16,24 @@ from domains.models import Domain
 from hosts.models import Host
 
 
+def _within_parent(
+    parent: ApiToken, *, expires_at: datetime | None, read_only: bool, permissions: list[str]
+) -> datetime | None:
+    """The expiry a token issued by a request authenticated with `parent` gets: never later than
+    the parent's (asking for a later one, or for none, gets the parent's). Raises
+    PermissionDenied when it asks for more than the parent may do."""
+    if parent.permissions and not (permissions and set(permissions) <= set(parent.permissions)):
+        raise PermissionDenied(
+            "A token limited to some permissions can only issue tokens limited to them "
+            f"({', '.join(parent.permissions)})."
+        )
+    if parent.read_only and not read_only:
+        raise PermissionDenied("A read-only token can only issue read-only tokens.")
+    if parent.expires_at is not None and (expires_at is None or expires_at > parent.expires_at):
+        return parent.expires_at
+    return expires_at
+
+
 @transaction.atomic
 def api_token_issue(
     *,
@@ -24,10 +42,17 @@ def api_token_issue(
     expires_at: datetime | None = None,
     read_only: bool = False,
     permissions: list[str] | None = None,
+    parent: ApiToken | None = None,
     origin: Origin | None = None,
 ) -> tuple[ApiToken, str]:
     """Create a token and return it with its key, which is not stored and cannot be shown again.
-    `permissions` narrows what the token may do to a subset of its user's permissions."""
+    `permissions` narrows what the token may do to a subset of its user's permissions.
+
+    `parent` is the token the request asking for this one was authenticated with (None for a
+    signed-in person). A child never outlives nor outdoes its parent: its expiry is capped at the
+    parent's (one asking for a later expiry, or for none, gets the parent's, so the caller tells
+    that the cap applied by `token.expires_at != expires_at`), and it may do at most what the
+    parent may (PermissionDenied otherwise)."""
     errors: dict[str, list[str]] = {}
     if not name.strip() or len(name) > 100:
         errors["name"] = ["1 to 100 characters"]
@@ -38,23 +63,32 @@ def api_token_issue(
         errors["permissions"] = [f"unknown permission(s): {', '.join(unknown)}"]
     if errors:
         raise InvalidInput("Invalid token.", fields=errors)
+    granted = expires_at
+    if parent is not None:
+        granted = _within_parent(
+            parent, expires_at=expires_at, read_only=read_only, permissions=list(permissions or [])
+        )
     key = ApiToken.new_key()
     token = ApiToken.objects.create(
         user=user,
         name=name,
         prefix=key[:TOKEN_PREFIX_LENGTH],
         key_hash=hash_key(key),
-        expires_at=expires_at,
+        expires_at=granted,
         read_only=read_only,
         permissions=sorted(set(permissions or [])),
     )
     changes: dict[str, Any] = {
         "name": name,
         "prefix": token.prefix,
-        "expires_at": expires_at.isoformat() if expires_at else None,
+        "expires_at": granted.isoformat() if granted else None,
         "read_only": read_only,
         "permissions": token.permissions,
     }
+    if parent is not None:
+        changes["issued_by_token"] = parent.prefix
+        if granted != expires_at:
+            changes["expires_at_asked"] = expires_at.isoformat() if expires_at else None
     audit_record(action="token.issue", actor=user, origin=origin, obj=token, changes=changes)
     return token, key
 
@@ -105,6 +139,7 @@ def team_create(
 
 
 QUOTA_FIELDS = ("max_domains", "max_vcpus", "max_memory_mib", "max_disk_gib")
+MAX_QUOTA = 2**31 - 1  # what the quota columns hold (PositiveIntegerField) on every database
 
 
 def _quota_fields(quotas: dict[str, Any]) -> dict[str, int | None]:
@@ -112,9 +147,9 @@ def _quota_fields(quotas: dict[str, Any]) -> dict[str, int | None]:
     if unknown:
         raise InvalidInput("Unknown quota.", fields={k: ["unknown quota"] for k in sorted(unknown)})
     bad = {
-        k: ["a whole number from 0, or null for no limit"]
+        k: [f"a whole number from 0 to {MAX_QUOTA}, or null for no limit"]
         for k, v in quotas.items()
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_QUOTA)
     }
     if bad:
         raise InvalidInput("Invalid quota.", fields=bad)
@@ -181,6 +216,10 @@ def role_create(
         errors["name"] = ["1 to 64 characters"]
     elif Role.objects.filter(name=name).exists():
         errors["name"] = [f"a role named {name!r} exists"]
+    if len(description) > 255:
+        errors["description"] = ["at most 255 characters"]
+    if not all(isinstance(p, str) for p in permissions):
+        raise InvalidInput("Invalid role.", fields={**errors, "permissions": ["a list of permission names"]})
     unknown = sorted(set(permissions) - set(PERMISSIONS))
     if unknown or not permissions:
         errors["permissions"] = [f"unknown: {', '.join(unknown)}" if unknown else "at least one permission"]

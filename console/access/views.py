@@ -17,16 +17,24 @@ from console.access.quotas import team_usage
 from console.access.selectors import team_list
 from console.access.services import api_token_issue, api_token_revoke
 from console.audit.services import origin_of
-from console.errors import DomusError
+from console.errors import DomusError, InvalidInput
+from console.params import whole_number
+
+# The longest lifetime the page offers (about 100 years); for longer, leave the expiry empty.
+MAX_TOKEN_DAYS = 36500
 
 
 @login_required
 def token_list_page(request: HttpRequest) -> HttpResponse:
-    new_key = None
+    new_key, refused = None, False
     if request.method == "POST":
         days = request.POST.get("expires_days", "").strip()
         try:
-            expires_at = timezone.now() + timedelta(days=int(days)) if days else None
+            lifetime = whole_number(days, least=1, most=MAX_TOKEN_DAYS) if days else None
+            if days and lifetime is None:
+                why = f"a whole number of days from 1 to {MAX_TOKEN_DAYS}, or empty for never"
+                raise InvalidInput("Invalid expiry.", fields={"expires_days": [why]})
+            expires_at = timezone.now() + timedelta(days=lifetime) if lifetime else None
             _, new_key = api_token_issue(
                 user=request.user,  # type: ignore[arg-type]
                 name=request.POST.get("name", "").strip(),
@@ -35,16 +43,14 @@ def token_list_page(request: HttpRequest) -> HttpResponse:
                 permissions=request.POST.getlist("permissions"),
                 origin=origin_of(request),
             )
-        except ValueError:
-            messages.error(request, "Expiry: a whole number of days.")
         except DomusError as exc:
+            refused = True
             messages.error(
                 request, "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.fields.items()) or exc.detail
             )
     tokens = ApiToken.objects.filter(user_id=int(request.user.pk or 0)).order_by("-created_at")
-    return render(
-        request, "access/tokens.html", {"tokens": tokens, "new_key": new_key, "permissions": PERMISSIONS}
-    )
+    context = {"tokens": tokens, "new_key": new_key, "permissions": PERMISSIONS, "max_days": MAX_TOKEN_DAYS}
+    return render(request, "access/tokens.html", context, status=400 if refused else 200)
 
 
 @login_required

@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 
 from console.errors import InvalidInput
 from console.jobs.models import Job
+from console.params import id_param
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,7 @@ class JobFilter:
 
 def job_filter_parse(params: Mapping[str, str]) -> JobFilter:
     errors: dict[str, list[str]] = {}
-    ids: dict[str, int | None] = {}
-    for name in ("domain", "host"):
-        raw = (params.get(name) or "").strip()
-        ids[name] = int(raw) if raw.isdigit() else None
-        if raw and not raw.isdigit():
-            errors[name] = ["must be an id (a number)"]
+    ids = {name: id_param(params, name, errors) for name in ("domain", "host")}
     status = (params.get("status") or "").strip()
     if status and status not in Job.Status.values:
         errors["status"] = [f"one of {', '.join(Job.Status.values)}"]

@@ -4,6 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from console.jobs.api.serializers import JobSerializer
 from domains.models import Domain
 
 
@@ -121,3 +122,15 @@ class RenameSerializer(serializers.Serializer[Any]):
 
 class RetryCreateSerializer(serializers.Serializer[Any]):
     start = serializers.BooleanField(default=False, help_text="start the domain once it is defined")
+
+
+class JobAcceptedSerializer(serializers.Serializer[Any]):
+    """202: the job that will do it (follow it at /api/v1/jobs/{id}/ or by its events)."""
+
+    job = JobSerializer()
+
+
+class DomainAcceptedSerializer(JobAcceptedSerializer):
+    """202: the domain as recorded (state `new`), and the job that defines it on its host."""
+
+    domain = DomainSerializer()

@@ -7,13 +7,13 @@ from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from console.access.models import Team
 from console.access.policy import explain, has_perm
 from console.access.selectors import team_list
+from console.api import ApiPagination
 from console.audit.services import origin_of
 from console.errors import InvalidInput, NotFound, PermissionDenied
 from console.jobs.api.serializers import JobSerializer
@@ -22,8 +22,10 @@ from domains.api.serializers import (
     AutostartSerializer,
     ConsoleTicketRequestSerializer,
     ConsoleTicketSerializer,
+    DomainAcceptedSerializer,
     DomainCreateSerializer,
     DomainSerializer,
+    JobAcceptedSerializer,
     RenameSerializer,
     ResourcesSerializer,
     RetryCreateSerializer,
@@ -59,31 +61,6 @@ def _accepted(job: Job, **extra: Any) -> Response:
     return Response({**extra, "job": JobSerializer(job).data}, status=status.HTTP_202_ACCEPTED)
 
 
-class DomainPagination(LimitOffsetPagination):
-    """?limit= (1 to 500, default 100; more is served as 500) and ?offset=; anything else that is
-    not a number is a 400 naming the parameter, rather than silently the first page."""
-
-    default_limit = 100
-    max_limit = 500
-
-    def _number(self, request: Request, name: str, *, least: int) -> int | None:
-        raw = request.query_params.get(name)
-        if raw is None or raw.strip() == "":
-            return None
-        raw = raw.strip()
-        if not raw.isascii() or not raw.isdigit() or int(raw) < least:
-            what = "a whole number from 1" if least else "a whole number from 0"
-            raise InvalidInput(f"Invalid {name}.", fields={name: [f"must be {what}, not {raw[:40]!r}"]})
-        return int(raw)
-
-    def get_limit(self, request: Request) -> int:
-        limit = self._number(request, self.limit_query_param, least=1)
-        return self.default_limit if limit is None else min(limit, self.max_limit)
-
-    def get_offset(self, request: Request) -> int:
-        return self._number(request, self.offset_query_param, least=0) or 0
-
-
 LIST_PARAMETERS = [
     OpenApiParameter(
         "ordering", str, enum=ORDERING_CHOICES, description="sort key, '-' for descending (default name)"
@@ -97,7 +74,7 @@ LIST_PARAMETERS = [
 
 class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
     serializer_class = DomainSerializer
-    pagination_class = DomainPagination
+    pagination_class = ApiPagination
 
     @extend_schema(parameters=LIST_PARAMETERS)
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -115,7 +92,7 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
         if not has_perm(self.request.user, action_name, domain):
             raise PermissionDenied(explain(self.request.user, action_name, domain))
 
-    @extend_schema(request=DomainCreateSerializer, responses={202: DomainSerializer})
+    @extend_schema(request=DomainCreateSerializer, responses={202: DomainAcceptedSerializer})
     def create(self, request: Request) -> Response:
         if not isinstance(request.data, dict):
             raise InvalidInput("The body must be a JSON object.")
@@ -143,6 +120,10 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
         )
         return _accepted(job, domain=DomainSerializer(domain).data)
 
+    @extend_schema(
+        parameters=[OpenApiParameter("delete_disks", bool, description="delete its volumes too")],
+        responses={202: JobAcceptedSerializer},
+    )
     def destroy(self, request: Request, pk: str | None = None) -> Response:
         domain = self.get_object()
         self._require("domain.delete", domain)
@@ -164,22 +145,22 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
             domain_power(actor=request.user, domain=domain, action=name, origin=origin_of(request))
         )
 
-    @extend_schema(request=None, responses={202: JobSerializer})
+    @extend_schema(request=None, responses={202: JobAcceptedSerializer})
     @action(detail=True, methods=["post"])
     def start(self, request: Request, pk: str | None = None) -> Response:
         return self._power(request, "start")
 
-    @extend_schema(request=None, responses={202: JobSerializer})
+    @extend_schema(request=None, responses={202: JobAcceptedSerializer})
     @action(detail=True, methods=["post"])
     def shutdown(self, request: Request, pk: str | None = None) -> Response:
         return self._power(request, "shutdown")
 
-    @extend_schema(request=None, responses={202: JobSerializer})
+    @extend_schema(request=None, responses={202: JobAcceptedSerializer})
     @action(detail=True, methods=["post"], url_path="force-off")
     def force_off(self, request: Request, pk: str | None = None) -> Response:
         return self._power(request, "force-off")
 
-    @extend_schema(request=AutostartSerializer, responses={202: JobSerializer})
+    @extend_schema(request=AutostartSerializer, responses={202: JobAcceptedSerializer})
     @action(detail=True, methods=["post"])
     def autostart(self, request: Request, pk: str | None = None) -> Response:
         """Start the domain with its host, or not."""
@@ -193,24 +174,24 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
         )
         return _accepted(job)
 
-    @extend_schema(request=None, responses={202: JobSerializer})
+    @extend_schema(request=None, responses={202: JobAcceptedSerializer})
     @action(detail=True, methods=["post"])
     def reboot(self, request: Request, pk: str | None = None) -> Response:
         """Ask the guest to reboot (ACPI); it keeps running throughout."""
         return self._power(request, "reboot")
 
-    @extend_schema(request=None, responses={202: JobSerializer})
+    @extend_schema(request=None, responses={202: JobAcceptedSerializer})
     @action(detail=True, methods=["post"])
     def pause(self, request: Request, pk: str | None = None) -> Response:
         """Freeze the guest's vCPUs in memory."""
         return self._power(request, "pause")
 
-    @extend_schema(request=None, responses={202: JobSerializer})
+    @extend_schema(request=None, responses={202: JobAcceptedSerializer})
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str | None = None) -> Response:
         return self._power(request, "resume")
 
-    @extend_schema(request=ResourcesSerializer, responses={202: JobSerializer})
+    @extend_schema(request=ResourcesSerializer, responses={202: JobAcceptedSerializer})
     @action(detail=True, methods=["post"])
     def resources(self, request: Request, pk: str | None = None) -> Response:
         """New memory and/or vCPUs: applied to the running guest where libvirt can, otherwise
@@ -229,7 +210,7 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
         )
         return _accepted(job)
 
-    @extend_schema(request=RenameSerializer, responses={202: JobSerializer})
+    @extend_schema(request=RenameSerializer, responses={202: JobAcceptedSerializer})
     @action(detail=True, methods=["post"])
     def rename(self, request: Request, pk: str | None = None) -> Response:
         """Rename a shut-off domain."""
@@ -239,7 +220,7 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
             domain_rename(actor=request.user, domain=domain, name=name, origin=origin_of(request))
         )
 
-    @extend_schema(request=RetryCreateSerializer, responses={202: JobSerializer})
+    @extend_schema(request=RetryCreateSerializer, responses={202: JobAcceptedSerializer})
     @action(detail=True, methods=["post"], url_path="retry-create")
     def retry_create(self, request: Request, pk: str | None = None) -> Response:
         """Try a failed create (state `failed`, its reason in `failure`) again, with the same spec."""

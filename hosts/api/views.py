@@ -7,6 +7,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from console.api import ApiPagination
 from console.audit.services import origin_of
 from hosts.api.serializers import HostAddSerializer, HostSerializer, MaintenanceSerializer
 from hosts.enrolment import host_enrol, host_remove, host_rotate_secret
@@ -17,6 +18,7 @@ from hosts.services import host_refresh, host_register, host_set_maintenance, re
 
 class HostViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet[Host]):
     serializer_class = HostSerializer
+    pagination_class = ApiPagination
 
     def get_queryset(self) -> QuerySet[Host]:
         return host_list(user=self.request.user)

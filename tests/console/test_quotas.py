@@ -71,3 +71,49 @@ def test_a_host_reserved_to_another_team_is_refused(team_api: tuple[Team, APICli
     assert response.status_code == 400
     assert "host" in response.json()["fields"]  # not even visible to the blue team
     assert not Domain.objects.exists()
+
+
+EXISTING = f"{ISO['iso'].rsplit('/', 1)[0]}/data.qcow2"
+
+
+def test_a_domain_on_an_existing_volume_counts_as_a_disk_of_unknown_size(
+    team_api: tuple[Team, APIClient], host: Host, client: Any
+) -> None:
+    """Issue 18: its spec's `size_gib: null` made every use of the team's usage raise TypeError
+    (the teams list and page, adding members, every create in the team)."""
+    team, api = team_api
+    disks = [{"existing": EXISTING, "size_gib": None, "format": "qcow2"}, {"size_gib": 4, "existing": None}]
+    Domain.objects.create(name="a", host=host, team=team, vcpus=1, memory_mib=256, spec={"disks": disks})
+
+    listed = api.get("/api/v1/teams/")
+    assert listed.status_code == 200, listed.content
+    usage = listed.json()["results"][0]["usage"]
+    assert usage["disk_gib"] == 4.0 and usage["disks_of_unknown_size"] == 1
+
+    tess = Membership.objects.get(team=team).user
+    client.force_login(tess)
+    page = client.get("/teams/")
+    assert page.status_code == 200 and "1 existing disk of unknown size" in page.content.decode()
+
+    Membership.objects.create(
+        user=type(tess).objects.create_user("new"), team=team, role=builtin_role("Viewer")
+    )
+    added = api.post(f"/api/v1/teams/{team.pk}/members/", {"user": "new", "role": "Operator"}, format="json")
+    assert added.status_code == 201, added.content
+    # creates in the team work again, and the quota counts what it knows: 4 GiB used of 10
+    assert create(api, host, "b", vcpus=1, memory_mib=256, disks=[{"size_gib": 6}]).status_code == 202
+    over = create(api, host, "c", vcpus=1, memory_mib=64, disks=[{"size_gib": 0.5}])
+    assert over.status_code == 400 and "10 GiB" in over.json()["fields"]["disks"][0]
+
+
+def test_a_domain_found_on_its_host_counts_its_disks_as_unknown(
+    team_api: tuple[Team, APIClient], host: Host
+) -> None:
+    team, api = team_api
+    reported = [
+        {"target": "vda", "device": "disk", "path": "/var/lib/libvirt/images/f.qcow2"},
+        {"target": "sda", "device": "cdrom", "path": "/var/lib/libvirt/images/x.iso"},
+    ]
+    Domain.objects.create(name="found", host=host, team=team, spec={}, disks=reported)
+    usage = api.get(f"/api/v1/teams/{team.pk}/").json()["usage"]
+    assert usage["disk_gib"] == 0 and usage["disks_of_unknown_size"] == 1

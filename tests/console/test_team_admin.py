@@ -41,7 +41,13 @@ def test_site_admin_creates_a_team_with_quotas_and_sees_usage(api: APIClient, ho
     )
     data = api.get(f"/api/v1/teams/{team.pk}/").json()
     assert data["max_vcpus"] == 8
-    assert data["usage"] == {"domains": 1, "vcpus": 2, "memory_mib": 512, "disk_gib": 4.0}
+    assert data["usage"] == {
+        "domains": 1,
+        "vcpus": 2,
+        "memory_mib": 512,
+        "disk_gib": 4.0,
+        "disks_of_unknown_size": 0,
+    }
 
 
 def test_team_admin_manages_members_without_escalating(teams: tuple[Team, Team]) -> None:

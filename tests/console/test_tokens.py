@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 
 from console.access.models import ApiToken
 from console.access.services import api_token_issue
+from console.audit.models import AuditEvent
 from domains.models import Domain
 from hosts.models import Host
 
@@ -92,3 +93,103 @@ def test_one_cannot_revoke_or_see_another_users_tokens(api: APIClient, django_us
     assert api.delete(f"/api/v1/tokens/{token.pk}/").status_code == 404
     token.refresh_from_db()
     assert token.revoked_at is None
+
+
+def test_a_token_never_mints_one_that_outlives_it(user: Any) -> None:
+    """Issue 18: a token expiring in 10 minutes created one expiring in 2099."""
+    parent, key = api_token_issue(user=user, name="short", expires_at=timezone.now() + timedelta(minutes=10))
+    asked = {"name": "long", "expires_at": "2099-01-01T00:00:00Z"}
+    created = client(key).post("/api/v1/tokens/", asked, format="json")
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert body["expiry_capped"] is True
+    child = ApiToken.objects.get(name="long")
+    assert child.expires_at == parent.expires_at
+    assert body["expires_at"].startswith(parent.expires_at.strftime("%Y-%m-%dT%H:%M"))
+    issued = AuditEvent.objects.get(action="token.issue", object_id=str(child.pk))
+    assert issued.changes["expires_at_asked"].startswith("2099") and issued.changes["issued_by_token"]
+
+
+def test_a_token_that_expires_never_mints_one_that_does_not(user: Any) -> None:
+    parent, key = api_token_issue(user=user, name="short", expires_at=timezone.now() + timedelta(minutes=10))
+    for body in ({"name": "forever"}, {"name": "forever2", "expires_at": None}):
+        created = client(key).post("/api/v1/tokens/", body, format="json")
+        assert created.status_code == 201 and created.json()["expiry_capped"] is True
+        assert ApiToken.objects.get(name=body["name"]).expires_at == parent.expires_at
+
+
+def test_a_sooner_expiry_is_kept_and_not_called_capped(user: Any) -> None:
+    _, key = api_token_issue(user=user, name="day", expires_at=timezone.now() + timedelta(days=1))
+    soon = timezone.now() + timedelta(hours=1)
+    created = client(key).post(
+        "/api/v1/tokens/", {"name": "hour", "expires_at": soon.isoformat()}, format="json"
+    )
+    assert created.status_code == 201 and created.json()["expiry_capped"] is False
+    assert ApiToken.objects.get(name="hour").expires_at == soon
+
+
+def test_without_a_parent_token_the_expiry_asked_for_is_kept(client: Any, user: Any, api: APIClient) -> None:
+    """A signed-in person (the page, or the API with a session) and a token without expiry are
+    not capped."""
+    created = api.post(
+        "/api/v1/tokens/", {"name": "far", "expires_at": "2099-01-01T00:00:00Z"}, format="json"
+    )
+    assert created.status_code == 201 and created.json()["expiry_capped"] is False
+    assert ApiToken.objects.get(name="far").expires_at.year == 2099
+    assert api.post("/api/v1/tokens/", {"name": "never"}, format="json").json()["expires_at"] is None
+    client.force_login(user)
+    session = client.post(
+        "/api/v1/tokens/",
+        {"name": "s", "expires_at": "2099-01-01T00:00:00Z"},
+        content_type="application/json",
+    )
+    assert session.status_code == 201 and session.json()["expiry_capped"] is False
+
+
+@pytest.mark.parametrize(
+    ("parent", "child"),
+    [
+        (["domain.view"], []),  # none listed: all the user's permissions
+        (["domain.view"], ["domain.view", "domain.power"]),
+        (["domain.view"], ["domain.power"]),
+    ],
+)
+def test_a_token_never_mints_one_with_more_permissions(
+    user: Any, parent: list[str], child: list[str]
+) -> None:
+    _, key = api_token_issue(user=user, name="parent", permissions=parent)
+    refused = client(key).post("/api/v1/tokens/", {"name": "child", "permissions": child}, format="json")
+    assert refused.status_code == 403, refused.content
+    assert refused.json()["error"] == "forbidden" and "domain.view" in refused.json()["detail"]
+    assert not ApiToken.objects.filter(name="child").exists()
+
+
+def test_a_token_mints_one_with_the_same_or_fewer_permissions(user: Any) -> None:
+    _, key = api_token_issue(user=user, name="parent", permissions=["domain.view", "domain.power"])
+    for name, permissions in (("same", ["domain.power", "domain.view"]), ("fewer", ["domain.view"])):
+        created = client(key).post(
+            "/api/v1/tokens/", {"name": name, "permissions": permissions}, format="json"
+        )
+        assert created.status_code == 201, created.content
+        assert ApiToken.objects.get(name=name).permissions == sorted(permissions)
+
+
+def test_the_service_holds_a_child_to_its_parent(user: Any) -> None:
+    """Whoever calls api_token_issue with a parent (not only the API view) gets the same limits."""
+    from console.errors import PermissionDenied
+
+    parent, _ = api_token_issue(
+        user=user,
+        name="p",
+        read_only=True,
+        permissions=["domain.view"],
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+    with pytest.raises(PermissionDenied):
+        api_token_issue(user=user, name="c", permissions=["domain.view"], parent=parent)  # not read-only
+    with pytest.raises(PermissionDenied):
+        api_token_issue(user=user, name="c", read_only=True, parent=parent)  # all permissions
+    child, _ = api_token_issue(
+        user=user, name="c", read_only=True, permissions=["domain.view"], parent=parent
+    )
+    assert child.expires_at == parent.expires_at

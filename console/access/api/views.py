@@ -6,7 +6,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -17,9 +17,15 @@ from console.access.api.serializers import (
     ApiTokenCreatedSerializer,
     ApiTokenCreateSerializer,
     ApiTokenSerializer,
+    GrantCreateSerializer,
     GrantSerializer,
+    MembershipSetSerializer,
+    RoleCreateSerializer,
     RoleSerializer,
+    TeamCreateSerializer,
+    TeamQuotasSerializer,
     TeamSerializer,
+    WhySerializer,
 )
 from console.access.models import ApiToken, Grant, Role, Team
 from console.access.permissions import PERMISSIONS
@@ -37,8 +43,10 @@ from console.access.services import (
     team_create,
     team_set_quotas,
 )
+from console.api import ApiPagination
 from console.audit.services import origin_of
-from console.errors import InvalidInput, NotFound, PermissionDenied
+from console.errors import InvalidInput, NotFound
+from console.params import id_param, is_id
 from domains.models import Domain
 from domains.selectors import domain_list
 from hosts.models import Host
@@ -49,6 +57,7 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     """Your own API tokens: list, issue (the key is shown once), revoke (DELETE)."""
 
     serializer_class = ApiTokenSerializer
+    pagination_class = ApiPagination
 
     def get_queryset(self) -> QuerySet[ApiToken]:
         if not self.request.user.is_authenticated:
@@ -57,28 +66,23 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     @extend_schema(request=ApiTokenCreateSerializer, responses={201: ApiTokenCreatedSerializer})
     def create(self, request: Request) -> Response:
+        """Issue a token. Asked with a token, the new one may do no more than that token, and
+        expires no later: a later expiry (or none) is capped at its expiry (`expiry_capped`)."""
         body = ApiTokenCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        permissions = list(body.validated_data["permissions"])
-        using = request.auth
-        # A token may only mint tokens that can do no more than itself.
-        if isinstance(using, ApiToken):
-            if using.permissions and not (permissions and set(permissions) <= set(using.permissions)):
-                raise PermissionDenied(
-                    "A token limited to some permissions can only issue tokens limited to them."
-                )
-            if using.expires_at and not body.validated_data.get("expires_at"):
-                raise PermissionDenied("A token that expires can only issue tokens that expire.")
+        asked = body.validated_data.get("expires_at")
         token, key = api_token_issue(
             user=request.user,  # type: ignore[arg-type]
             name=body.validated_data["name"],
-            expires_at=body.validated_data.get("expires_at"),
+            expires_at=asked,
             read_only=body.validated_data["read_only"],
-            permissions=permissions,
+            permissions=list(body.validated_data["permissions"]),
+            parent=request.auth if isinstance(request.auth, ApiToken) else None,
             origin=origin_of(request),
         )
         data = ApiTokenCreatedSerializer(token).data
-        return Response({**data, "key": key}, status=status.HTTP_201_CREATED)
+        capped = token.expires_at != asked
+        return Response({**data, "key": key, "expiry_capped": capped}, status=status.HTTP_201_CREATED)
 
     def destroy(self, request: Request, pk: str | None = None) -> Response:
         token = api_token_revoke(token=self.get_object(), actor=request.user, origin=origin_of(request))
@@ -105,27 +109,38 @@ def _body(request: Request) -> dict[str, Any]:
     return dict(request.data)
 
 
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key, "")
+    if not isinstance(value, str):
+        raise InvalidInput(f"Invalid {key}.", fields={key: ["must be a string"]})
+    return value
+
+
 class TeamViewSet(viewsets.ReadOnlyModelViewSet[Team]):
     """Teams you belong to or hold a role on (all, for site admins), with quotas and usage."""
 
     serializer_class = TeamSerializer
+    pagination_class = ApiPagination
 
     def get_queryset(self) -> QuerySet[Team]:
         return team_list(user=self.request.user)
 
+    @extend_schema(request=TeamCreateSerializer, responses={201: TeamSerializer})
     def create(self, request: Request) -> Response:
         body = _body(request)
         quotas = {k: body[k] for k in QUOTA_FIELDS if k in body}
         team = team_create(
-            actor=request.user, name=str(body.get("name", "")), quotas=quotas, origin=origin_of(request)
+            actor=request.user, name=_text(body, "name"), quotas=quotas, origin=origin_of(request)
         )
         return Response(TeamSerializer(team).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(request=TeamQuotasSerializer, responses={200: TeamSerializer})
     def partial_update(self, request: Request, pk: str | None = None) -> Response:
         team = self.get_object()
         team_set_quotas(actor=request.user, team=team, quotas=_body(request), origin=origin_of(request))
         return Response(TeamSerializer(team).data)
 
+    @extend_schema(request=MembershipSetSerializer, responses={201: TeamSerializer})
     @action(detail=True, methods=["post"], url_path="members")
     def add_member(self, request: Request, pk: str | None = None) -> Response:
         body = _body(request)
@@ -139,6 +154,7 @@ class TeamViewSet(viewsets.ReadOnlyModelViewSet[Team]):
         )
         return Response(TeamSerializer(team).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(responses={200: TeamSerializer})
     @action(detail=True, methods=["delete"], url_path=r"members/(?P<username>[^/]+)")
     def remove_member(self, request: Request, pk: str | None = None, username: str = "") -> Response:
         team = self.get_object()
@@ -150,16 +166,18 @@ class TeamViewSet(viewsets.ReadOnlyModelViewSet[Team]):
 
 class RoleViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet[Role]):
     serializer_class = RoleSerializer
+    pagination_class = ApiPagination
     queryset = Role.objects.all()
 
+    @extend_schema(request=RoleCreateSerializer, responses={201: RoleSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         body = _body(request)
         permissions = body.get("permissions")
         role = role_create(
             actor=request.user,
-            name=str(body.get("name", "")),
+            name=_text(body, "name"),
             permissions=permissions if isinstance(permissions, list) else [],
-            description=str(body.get("description", "")),
+            description=_text(body, "description"),
             origin=origin_of(request),
         )
         return Response(RoleSerializer(role).data, status=status.HTTP_201_CREATED)
@@ -169,6 +187,7 @@ class GrantViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet[Grant
     """Grants: yours, plus every grant on scopes where you may manage access."""
 
     serializer_class = GrantSerializer
+    pagination_class = ApiPagination
 
     def get_queryset(self) -> QuerySet[Grant]:
         user = self.request.user
@@ -178,6 +197,7 @@ class GrantViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet[Grant
             return qs
         return qs.filter(Q(user_id=user.pk) | Q(team__in=manageable) | Q(domain__team__in=manageable))
 
+    @extend_schema(request=GrantCreateSerializer, responses={201: GrantSerializer})
     def create(self, request: Request) -> Response:
         body = _body(request)
         scope = body.get("scope", "site")
@@ -186,12 +206,12 @@ class GrantViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet[Grant
             "host": host_list,
             "domain": domain_list,
         }
-        if scope != "site" and scope not in selectors:
+        if not isinstance(scope, str) or (scope != "site" and scope not in selectors):
             raise InvalidInput("Unknown scope.", fields={"scope": ["one of: site, team, host, domain"]})
         target: Team | Host | Domain | None = None
         if scope != "site":
             target_id = body.get(scope)
-            if isinstance(target_id, int) and not isinstance(target_id, bool):
+            if is_id(target_id):
                 target = selectors[scope](user=request.user).filter(pk=target_id).first()
         if scope != "site" and target is None:
             raise InvalidInput("Unknown target.", fields={scope: [f"no {scope} with id {body.get(scope)!r}"]})
@@ -212,16 +232,30 @@ class GrantViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet[Grant
 class WhyView(APIView):
     """GET /api/v1/access/why/?action=domain.power&domain=5: may I, and if not, what is missing."""
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("action", str, required=True, enum=list(PERMISSIONS)),
+            *(
+                OpenApiParameter(kind, int, description=f"on this {kind}")
+                for kind in ("domain", "host", "team")
+            ),
+        ],
+        responses={200: WhySerializer},
+    )
     def get(self, request: Request) -> Response:
         action_name = request.query_params.get("action", "")
         if action_name not in PERMISSIONS:
             raise InvalidInput("Unknown action.", fields={"action": [f"one of: {', '.join(PERMISSIONS)}"]})
+        errors: dict[str, list[str]] = {}
+        ids = {kind: id_param(request.query_params, kind, errors) for kind in ("domain", "host", "team")}
+        if errors:
+            raise InvalidInput(f"Invalid {', '.join(errors)}.", fields=errors)
         obj: Any = None
         for kind, selector in (("domain", domain_list), ("host", host_list), ("team", team_list)):
-            if kind in request.query_params:
-                obj = selector(user=request.user).filter(pk=request.query_params[kind]).first()
+            if (pk := ids[kind]) is not None:
+                obj = selector(user=request.user).filter(pk=pk).first()
                 if obj is None:
-                    raise NotFound(f"No {kind} with id {request.query_params[kind]}.")
+                    raise NotFound(f"No {kind} with id {pk}.")
         allowed = has_perm(request.user, action_name, obj)
         return Response(
             {

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from console.access.policy import has_perm
+from console.api import ApiPagination
 from console.audit.api.serializers import AuditEventSerializer
 from console.audit.export import audit_csv_lines, audit_json_chunks
 from console.audit.filters import audit_filter_parse
@@ -45,6 +46,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet[AuditEvent]):
     """The audit trail, newest first. Read-only: events are appended by the services."""
 
     serializer_class = AuditEventSerializer
+    pagination_class = ApiPagination
     permission_classes = [permissions.IsAuthenticated, CanViewAudit]
     lookup_field = "seq"
 
@@ -60,9 +62,12 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet[AuditEvent]):
 
     @extend_schema(
         parameters=[OpenApiParameter("format", OpenApiTypes.STR, enum=["csv", "json"]), *FILTER_PARAMETERS],
-        responses={(200, "text/csv"): OpenApiTypes.STR, (200, "application/json"): OpenApiTypes.OBJECT},
+        responses={
+            (200, "text/csv"): OpenApiTypes.STR,
+            (200, "application/json"): AuditEventSerializer(many=True),
+        },
     )
-    @action(detail=False, methods=["get"])
+    @action(detail=False, methods=["get"], pagination_class=None)
     def export(self, request: Request, *args: Any, **kwargs: Any) -> StreamingHttpResponse:
         """All matching events (no pagination) as CSV with a header row or as a JSON array."""
         kind = request.query_params.get("format", "csv")

@@ -7,6 +7,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from console.api import ApiPagination
 from console.audit.services import origin_of
 from console.jobs.api.serializers import JobSerializer
 from console.jobs.filters import job_filter_parse
@@ -17,6 +18,7 @@ from console.jobs.services import job_cancel
 
 class JobViewSet(viewsets.ReadOnlyModelViewSet[Job]):
     serializer_class = JobSerializer
+    pagination_class = ApiPagination
 
     @extend_schema(
         parameters=[
