@@ -241,7 +241,8 @@ async def destroy_domain(request: web.Request) -> web.Response:
 
 async def delete_domain(request: web.Request) -> web.Response:
     delete_disks = _bool_param(request, "delete_disks")
-    result = await request.app[RUNTIME].domains.delete(_uuid(request), delete_disks=delete_disks)
+    keep = frozenset(request.query.getall("keep", []))  # disks the console says are not its to delete
+    result = await request.app[RUNTIME].domains.delete(_uuid(request), delete_disks=delete_disks, keep=keep)
     return model_response(result)
 
 

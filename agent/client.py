@@ -315,8 +315,12 @@ class AgentClient:
     async def destroy(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/destroy")
 
-    async def delete(self, domain_uuid: uuid_mod.UUID, delete_disks: bool) -> DeleteResult:
-        params = {"delete_disks": "true" if delete_disks else "false"}
+    async def delete(
+        self, domain_uuid: uuid_mod.UUID, delete_disks: bool, keep: list[str] | None = None
+    ) -> DeleteResult:
+        """Undefine it; with `delete_disks`, delete its disks too except those in `keep`."""
+        params: list[tuple[str, str]] = [("delete_disks", "true" if delete_disks else "false")]
+        params += [("keep", path) for path in keep or []]
         return await self._model(DeleteResult, "DELETE", f"/v1/domains/{domain_uuid}", params=params)
 
     # -- WebSockets --------------------------------------------------------------------------

@@ -487,7 +487,7 @@ class DomainService:
 
     # -- delete ------------------------------------------------------------------------------
     def _delete_sync(
-        self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, delete_disks: bool
+        self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, delete_disks: bool, keep: frozenset[str]
     ) -> DeleteResult:
         dom = self._lookup(conn, domain_uuid)
         disks = parse_disks(dom.XMLDesc(0))
@@ -514,7 +514,7 @@ class DomainService:
                     os.unlink(seed)
         result = DeleteResult(uuid=domain_uuid)
         for path in volumes:
-            if delete_disks and storage.delete_volume_by_path(conn, path):
+            if delete_disks and path not in keep and storage.delete_volume_by_path(conn, path):
                 result.deleted_volumes.append(path)
             else:
                 result.kept_volumes.append(path)
@@ -526,7 +526,10 @@ class DomainService:
         )
         return result
 
-    async def delete(self, domain_uuid: uuid_mod.UUID, *, delete_disks: bool) -> DeleteResult:
+    async def delete(
+        self, domain_uuid: uuid_mod.UUID, *, delete_disks: bool, keep: frozenset[str] = frozenset()
+    ) -> DeleteResult:
+        """Undefine it; with `delete_disks`, delete its disks too, except those in `keep`."""
         return await self._conn.call(
-            lambda c: self._delete_sync(c, domain_uuid, delete_disks), what="deleting domain"
+            lambda c: self._delete_sync(c, domain_uuid, delete_disks, keep), what="deleting domain"
         )

@@ -28,8 +28,7 @@ def _secret_key() -> str:
     # Generated once per data directory, so sessions survive a restart of `make run`.
     path = DATA_DIR / "secret_key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
+        return private_file_create(path, secrets.token_urlsafe(50)).strip()
     return path.read_text().strip()
 
 
@@ -254,6 +253,10 @@ DOMUS_JOB_RELAY_SECONDS = float(os.environ.get("DOMUS_JOB_RELAY_SECONDS", "1"))
 DOMUS_JOB_MAX_ATTEMPTS = int(os.environ.get("DOMUS_JOB_MAX_ATTEMPTS", "3"))
 # How soon a running, cancellable job's handler hears that someone cancelled it.
 DOMUS_JOB_CANCEL_CHECK_SECONDS = float(os.environ.get("DOMUS_JOB_CANCEL_CHECK_SECONDS", "1"))
+# Jobs waiting for a worker, at most, per domain and per user (console/jobs/services.py): more is
+# refused with 429 and Retry-After rather than queued behind hundreds that block the domain.
+DOMUS_JOBS_QUEUED_PER_DOMAIN = int(os.environ.get("DOMUS_JOBS_QUEUED_PER_DOMAIN", "10"))
+DOMUS_JOBS_QUEUED_PER_USER = int(os.environ.get("DOMUS_JOBS_QUEUED_PER_USER", "100"))
 
 # --- Sign-in (console/access/login): lockout, TOTP second factor, optional OpenID Connect ---
 # Failed sign-ins are counted in Redis per username and per client address (throttle.py).

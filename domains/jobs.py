@@ -13,7 +13,8 @@ from agent.client import AgentClient, AgentNotFound
 from agent.protocol import DomainInfo, DomainSpec, ResourcesResult
 from console.jobs.models import Job
 from console.jobs.runner import JobCancelled, JobContext, JobFailed, job_handler
-from domains.models import Domain
+from domains import volumes
+from domains.models import Domain, Volume
 from domains.services import domain_create_failed, domain_forget, domain_observe
 from hosts.agent import run_agent, run_agent_for_job
 
@@ -260,10 +261,13 @@ def domain_delete_job(ctx: JobContext) -> dict[str, Any]:
     delete_disks = bool(ctx.params.get("delete_disks"))
     what = "with its disks" if delete_disks else "keeping its disks"
     ctx.progress(20, f"Deleting {domain.name} from {domain.host.name}, {what}")
+    keep = volumes.kept_on_delete(domain) if delete_disks else []
+    for path in keep:
+        ctx.log(f"Keeping {path}: another team's, the site's library, or another domain's disk too")
 
     async def delete(client: AgentClient) -> dict[str, Any]:
         try:
-            result = await client.delete(domain.uuid, delete_disks=delete_disks)
+            result = await client.delete(domain.uuid, delete_disks=delete_disks, keep=keep)
         except AgentNotFound:
             return {
                 "deleted_volumes": [],
@@ -275,6 +279,7 @@ def domain_delete_job(ctx: JobContext) -> dict[str, Any]:
     result = _agent(ctx, domain, delete)
     for volume in result.get("deleted_volumes", []):
         ctx.log(f"Deleted volume {volume}")
+    Volume.objects.filter(host_id=domain.host_id, path__in=result.get("deleted_volumes", [])).delete()
     for volume in result.get("kept_volumes", []):
         ctx.log(f"Kept volume {volume}")
     domain_forget(domain=domain)

@@ -91,3 +91,30 @@ class ConsoleTicket(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} console ticket for {self.domain_id} ({self.user_id})"
+
+
+class Volume(models.Model):
+    """A volume (a file or block device in one of a host's pools) and who it belongs to, so that a
+    path in a request is checked against its owner, not only against where it lies
+    (domains.volumes). A volume a domain created or was first seen using belongs to that domain's
+    team; the site's library (ISOs, base images, read-only) belongs to none. A pool file with no
+    row is the site's: usable read-only (an ISO, a backing image) by anyone who may create, and
+    as a writable disk only by those who manage the host."""
+
+    host = models.ForeignKey("hosts.Host", on_delete=models.CASCADE, related_name="volumes")
+    path = models.CharField(max_length=1024)
+    team = models.ForeignKey(
+        "access.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="volumes"
+    )
+    # The domain that created it (or was first seen using it); kept as None once it is deleted.
+    domain = models.ForeignKey(
+        Domain, null=True, blank=True, on_delete=models.SET_NULL, related_name="volumes"
+    )
+    library = models.BooleanField(default=False)  # the site's shared, read-only media
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["host", "path"], name="volume_path_unique_per_host")]
+
+    def __str__(self) -> str:
+        return self.path

@@ -3,8 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from pydantic import ValidationError
 
-from agent.protocol import DOMAIN_NAME_RE, NAME_RULE, DomainInfo
+from agent.protocol import DOMAIN_NAME_RE, NAME_RULE, DomainInfo, DomainSpec
 from console.access.models import Team
 from console.access.policy import explain, has_perm, has_site_perm, restrict
 from console.access.quotas import quota_check
@@ -13,6 +14,7 @@ from console.errors import Conflict, InvalidInput, PermissionDenied
 from console.jobs.models import Job
 from console.jobs.services import job_enqueue
 from console.realtime.events import publish_on_commit
+from domains import volumes
 from domains.events import domain_deleted_event, domain_event
 from domains.models import Domain
 from domains.specs import build_spec, host_facts, parse_size_mib
@@ -39,6 +41,15 @@ def _refuse_failed(domain: Domain) -> None:
             f"{domain.name} was never created ({domain.failure or 'its create failed'}): retry the create "
             "or delete it."
         )
+
+
+def creating_team_guess(actor: Any, team: Team | None) -> Team | None:
+    """The team a create would put the domain in, or `team` when the create would be refused
+    for it (the wizard's checks before the create, which says why)."""
+    try:
+        return _creating_team(actor, team)
+    except (InvalidInput, PermissionDenied):
+        return team
 
 
 def _creating_team(actor: Any, team: Team | None) -> Team | None:
@@ -86,6 +97,8 @@ def domain_create(
             "Host reserved.", fields={"host": [f"host {host.name} is reserved to other teams"]}
         )
     spec = build_spec(data, host)
+    if refused := volumes.check_spec(actor=actor, host=host, team=team, spec=spec):
+        raise InvalidInput("Volumes you may not use.", fields=refused)
     if Domain.objects.filter(host=host, name=spec.name).exists():
         raise InvalidInput(
             "Name already used.",
@@ -151,6 +164,16 @@ def domain_retry_create(
         )
     if domain.host.maintenance:
         raise Conflict(f"Host {domain.host.name} is in maintenance and takes no new domains.")
+    try:  # checked again: its volumes may be others' by now
+        spec: DomainSpec | None = DomainSpec.model_validate(domain.spec)
+    except ValidationError:
+        spec = None  # not a spec the agent would take either: the job says so
+    if spec is not None:
+        refused = volumes.check_spec(
+            actor=actor, host=domain.host, team=domain.team, spec=spec, domain=domain
+        )
+        if refused:
+            raise InvalidInput("Volumes you may not use.", fields=refused)
     domain.state = Domain.State.NEW
     domain.failure = ""
     domain.save(update_fields=["state", "failure", "updated_at"])
@@ -177,6 +200,15 @@ def domain_power(*, actor: Any, domain: Domain, action: str, origin: Origin | No
     if domain.state == Domain.State.NEW and kind != "domain.start":
         raise Conflict(f"{domain.name} is still being defined.")
     _refuse_failed(domain)
+    Domain.objects.select_for_update().filter(pk=domain.pk).first()  # one power request at a time
+    # The same action as the last one still waiting would do nothing more: that job answers.
+    # (Not an earlier one: start, stop, start must end started.)
+    last = domain.jobs.filter(status=Job.Status.QUEUED).order_by("-created_at", "-pk").first()
+    if last is not None and last.kind == kind:
+        audit_record(
+            action=kind, actor=actor, origin=origin, obj=domain, changes={"job": last.pk, "coalesced": True}
+        )
+        return last
     job = job_enqueue(kind=kind, actor=actor, host=domain.host, domain=domain)
     audit_record(action=kind, actor=actor, origin=origin, obj=domain, changes={"job": job.pk})
     return job
@@ -324,15 +356,19 @@ def domain_observe(*, host: Host, info: DomainInfo) -> Domain:
             name = f"{name}-{str(info.uuid)[:8]}"
         domain = _discovered_row(host, info, name)
         domain.save(force_insert=True)
+        volumes.register_disks([domain])
         publish_on_commit(domain_event(domain))
         return domain
     new = observed(info)
     if info.name != domain.name and _may_take_name(domain, info):
         new["name"] = info.name  # renamed on the host (by Domus or behind its back)
     if any(getattr(domain, k) != v for k, v in new.items()):
+        disks_changed = domain.disks != new["disks"]
         for key, value in new.items():
             setattr(domain, key, value)
         domain.save(update_fields=[*new, "updated_at"])
+        if disks_changed:
+            volumes.register_disks([domain])
         publish_on_commit(domain_event(domain))
     return domain
 
@@ -360,7 +396,9 @@ def domains_discovered(*, host: Host, infos: list[DomainInfo]) -> None:
         name = info.name if info.name not in taken else f"{info.name}-{str(info.uuid)[:8]}"
         taken.add(name)
         rows.append(_discovered_row(host, info, name))
-    for domain in Domain.objects.bulk_create(rows, batch_size=500):
+    created = Domain.objects.bulk_create(rows, batch_size=500)
+    volumes.register_disks(created)
+    for domain in created:
         publish_on_commit(domain_event(domain))
 
 

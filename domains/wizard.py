@@ -24,8 +24,9 @@ from console.audit.services import origin_of
 from console.errors import DomusError, InvalidInput
 from domains.oscatalog import os_families, os_variants
 from domains.placement import free_memory_mib, host_place
-from domains.services import domain_create
+from domains.services import creating_team_guess, domain_create
 from domains.specs import build_spec, host_facts, parse_size_mib, vcpu_limit
+from domains.volumes import check_spec, visible_resources
 from hosts.models import Host
 from hosts.selectors import host_list
 
@@ -51,10 +52,11 @@ def _step_of(field: str) -> int:
     return REVIEW_STEP
 
 
-def _host_option(host: Host) -> dict[str, Any]:
-    """What the wizard needs to know about a host to offer only what it can do."""
+def _host_option(host: Host, user: Any) -> dict[str, Any]:
+    """What the wizard needs to know about a host to offer only what it can do (and only the
+    volumes `user`'s teams may use)."""
     facts = host_facts(host)
-    resources = host.resources
+    resources = visible_resources(user, host, host.resources) or {}
     caps = facts.capabilities if facts else None
     return {
         "id": host.pk,
@@ -103,7 +105,7 @@ def domain_new(request: HttpRequest) -> HttpResponse:
         "teams": teams,
         "site_wide": has_site_perm(request.user, "domain.create"),
         "wizard": {
-            "hosts": [_host_option(h) for h in hosts],
+            "hosts": [_host_option(h, request.user) for h in hosts],
             "os": catalog,
             "families": os_families(),
             # Which step owns each field, for the errors the server returns (STEP_FIELDS).
@@ -212,8 +214,11 @@ def domain_new_check(request: HttpRequest) -> JsonResponse:
     try:
         body = _request_body(request)
         step = _int(body.get("step", REVIEW_STEP), "step")
-        host, _team, data, _start = _resolve(request, body)
+        host, team, data, _start = _resolve(request, body)
         spec = build_spec(data, host)
+        team = creating_team_guess(request.user, team)
+        if refused := check_spec(actor=request.user, host=host, team=team, spec=spec):
+            raise InvalidInput("Volumes you may not use.", fields=refused)
     except DomusError as exc:
         fields = exc.fields or {"non_field_errors": [exc.detail]}
         shown = {f: m for f, m in fields.items() if _step_of(f) <= step}

@@ -11,6 +11,9 @@ from console.access.policy import has_site_perm
 from console.audit.services import origin_of
 from console.errors import DomusError
 from console.jobs.selectors import job_list
+from domains.models import Domain
+from domains.selectors import domain_list
+from domains.volumes import visible_resources
 from hosts.enrolment import host_enrol, host_remove, host_rotate_secret
 from hosts.models import Host
 from hosts.selectors import host_list
@@ -73,9 +76,11 @@ def host_detail_page(request: HttpRequest, host_id: int) -> HttpResponse:
             "host": host,
             "fingerprint": format_fingerprint(host.fingerprint) if host.fingerprint else "",
             "caps": host.facts.get("capabilities") or {},
-            "resources": host.resources,
+            "resources": visible_resources(request.user, host, host.resources),
             "may_manage": has_site_perm(request.user, "host.manage"),
-            "domains": host.domains.count(),
+            # The domains they may see: a shared host does not count other teams'.
+            "domains": domain_list(user=request.user).filter(host=host).count(),
+            "running": domain_list(user=request.user).filter(host=host, state=Domain.State.RUNNING).count(),
             "jobs": job_list(user=request.user).filter(host=host)[:10],
         },
     )

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from console.access.policy import explain, has_perm, has_site_perm
 from console.audit.services import Origin, audit_record
-from console.errors import Conflict, PermissionDenied
+from console.errors import Conflict, PermissionDenied, TooBusy
 from console.jobs.dispatch import dispatch_on_commit, send
 from console.jobs.events import job_event
 from console.jobs.models import Job
@@ -55,7 +55,9 @@ def job_enqueue(
     params: dict[str, Any] | None = None,
 ) -> Job:
     """Record a job and hand it to a worker once the surrounding transaction commits (the outbox:
-    console/jobs/dispatch.py)."""
+    console/jobs/dispatch.py). Refused (TooBusy) when its domain or its user already has as many
+    jobs waiting as they may."""
+    _refuse_when_too_many_wait(actor=actor, domain=domain)
     job = Job.objects.create(
         kind=kind,
         actor=actor if getattr(actor, "is_authenticated", False) else None,
@@ -69,6 +71,31 @@ def job_enqueue(
     dispatch_on_commit(job.pk)
     publish_on_commit(job_event(job))
     return job
+
+
+# What a caller refused for too many waiting jobs is told to wait: about what a worker takes to
+# get through a few (each power job is seconds).
+QUEUE_RETRY_AFTER_SECONDS = 10
+
+
+def _refuse_when_too_many_wait(*, actor: Any, domain: Any) -> None:
+    """A domain's jobs run one after another, so hundreds queued on one block it for hours (a
+    script in a loop, a stuck key); a user with hundreds queued starves everyone else's."""
+    queued = Job.objects.filter(status=Job.Status.QUEUED)
+    if domain is not None and domain.pk is not None:
+        limit = settings.DOMUS_JOBS_QUEUED_PER_DOMAIN
+        if queued.filter(domain=domain).count() >= limit:
+            raise TooBusy(
+                f"{domain} already has {limit} jobs waiting; try again when they have run.",
+                retry_after=QUEUE_RETRY_AFTER_SECONDS,
+            )
+    if getattr(actor, "is_authenticated", False):
+        limit = settings.DOMUS_JOBS_QUEUED_PER_USER
+        if queued.filter(actor=actor).count() >= limit:
+            raise TooBusy(
+                f"You already have {limit} jobs waiting; try again when they have run.",
+                retry_after=QUEUE_RETRY_AFTER_SECONDS,
+            )
 
 
 def job_cancel(*, job: Job, actor: Any, origin: Origin | None = None) -> Job:

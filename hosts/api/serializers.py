@@ -44,7 +44,21 @@ class HostSerializer(serializers.ModelSerializer[Host]):
 
     def get_resources(self, host: Host) -> dict[str, Any] | None:
         resources = host.facts.get("resources")
-        return dict(resources) if resources else None
+        return self._visible(host, dict(resources)) if resources else None
+
+    def _visible(self, host: Host, resources: dict[str, Any]) -> dict[str, Any] | None:
+        """Without the volumes of teams the caller cannot see (domains.volumes)."""
+        from domains.volumes import visible_resources
+
+        request = self.context.get("request")
+        return visible_resources(getattr(request, "user", None), host, resources)
+
+    def to_representation(self, instance: Host) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        facts = data.get("facts")
+        if isinstance(facts, dict) and isinstance(facts.get("resources"), dict):
+            data["facts"] = {**facts, "resources": data.get("resources")}  # the same, filtered
+        return data
 
 
 class HostAddSerializer(serializers.Serializer[Any]):

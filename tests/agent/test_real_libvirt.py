@@ -121,6 +121,25 @@ def kernel_guest(label: str, *, disks: list[DiskSpec] | None = None) -> tuple[Do
 
 
 @needs_guest
+async def test_a_delete_with_disks_keeps_those_it_is_told_to(real_agent: RunningAgent) -> None:
+    """The console names the disks that are not the domain's to delete (another team's, the
+    site's library, another domain's too: domains.volumes): the agent deletes the rest only."""
+    spec, kernel, initrd = kernel_guest(
+        uuid.uuid4().hex[:8], disks=[DiskSpec(size_gib=0.0625), DiskSpec(size_gib=0.0625)]
+    )
+    own, foreign = (POOL_PATH / f"{spec.name}-{spec.uuid.hex[:8]}-disk{i}.qcow2" for i in (0, 1))
+    try:
+        async with AgentClient(real_agent.url, real_agent.secret, timeout=SLOW) as client:
+            await client.define(spec)
+            assert own.exists() and foreign.exists()
+            result = await client.delete(spec.uuid, delete_disks=True, keep=[str(foreign)])
+            assert result.deleted_volumes == [str(own)] and result.kept_volumes == [str(foreign)]
+            assert not own.exists() and foreign.exists()
+    finally:
+        _force_cleanup(spec.uuid, [own, foreign, kernel, initrd])
+
+
+@needs_guest
 async def test_real_guest_serial_console(real_agent: RunningAgent) -> None:
     spec, kernel, initrd = kernel_guest(uuid.uuid4().hex[:8], disks=[DiskSpec(size_gib=0.0625)])
     name = spec.name

@@ -197,6 +197,58 @@ def test_create_in_a_team(role: str, scope: str, world: World) -> None:
         assert not Domain.objects.filter(name="new1").exists()
 
 
+B_DISK = "/var/lib/libvirt/images/b1-disk0.qcow2"  # b1's disk
+
+
+def path_fields(path: str) -> dict[str, dict[str, Any]]:
+    """Every path a create can carry, each naming `path`."""
+    return {
+        "disks.0.existing": {"disks": [{"existing": path}]},
+        "disks.0.backing": {"disks": [{"size_gib": 1, "backing": path}]},
+        "boot.iso": {"boot": {"kind": "iso", "iso": path}},
+        "boot.kernel": {"boot": {"kind": "kernel", "kernel": path}},
+        "boot.initrd": {"boot": {"kind": "kernel", "kernel": "/var/lib/libvirt/images/k", "initrd": path}},
+    }
+
+
+@pytest.mark.parametrize(("role", "scope"), CASES)
+def test_no_create_reaches_another_team_s_volume_by_path(role: str, scope: str, world: World) -> None:
+    """Every path-bearing field, for every role and scope: a domain of team A names one of team
+    B's volumes only for those who manage the host (Owner on the site or the host); another
+    domain's disk, nobody."""
+    from domains.models import Volume
+
+    b1 = world.domains["b1"]
+    b1.disks = [{"target": "vda", "device": "disk", "path": B_DISK}]
+    b1.save()
+    Volume.objects.create(host=b1.host, path=B_DISK, team=world.teams["B"], domain=b1)
+    api = client_for(make_subject(role, scope, world))
+    may_create = "domain.create" in ROLES[role] and scope in ("site", "team:A")
+    manages = "host.manage" in ROLES[role] and scope in ("site", "host:shared")
+    cases = [(field, spec, True) for field, spec in path_fields("").items()]
+    cases += [(field, spec, False) for field, spec in path_fields(B_DISK).items()]
+    for index, (field, spec, unused) in enumerate(cases):
+        if unused:  # a volume of B's no domain uses, one per case
+            path = f"/var/lib/libvirt/images/b-data{index}.qcow2"
+            Volume.objects.create(host=b1.host, path=path, team=world.teams["B"])
+            spec = path_fields(path)[field]
+        body = {
+            "name": f"new{index}",
+            "team": world.teams["A"].pk,
+            "host": world.hosts["shared"].pk,
+            "boot": {"iso": "/var/lib/libvirt/images/x.iso"},
+            **spec,
+        }
+        response = api.post("/api/v1/domains/", body, format="json")
+        if may_create and manages and unused:
+            assert response.status_code == 202, (field, response.content)
+            continue
+        assert response.status_code in (400, 403), (field, response.content)
+        assert not Domain.objects.filter(name=f"new{index}").exists(), field
+        if may_create:
+            assert list(response.json()["fields"]) == [field], (field, response.content)
+
+
 @pytest.mark.parametrize(("role", "scope"), CASES)
 def test_hosts(role: str, scope: str, world: World) -> None:
     api = client_for(make_subject(role, scope, world))
