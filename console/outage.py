@@ -14,7 +14,7 @@ import html
 import sys
 
 import redis
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -26,7 +26,9 @@ def what_is_down(exc: BaseException | None) -> str | None:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:  # the cause may be wrapped (Celery, Channels)
         seen.add(id(exc))
-        if isinstance(exc, DatabaseError):
+        # Lost or refused connections only: bad data (DataError, IntegrityError) and the
+        # transaction it aborted (InternalError) are errors of the request, not an outage.
+        if isinstance(exc, OperationalError | InterfaceError):
             return "the database"
         if isinstance(exc, (redis.RedisError, BrokerError)):
             return "Redis"

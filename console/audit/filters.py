@@ -48,15 +48,19 @@ class AuditFilter:
 
 
 def _parse_moment(raw: str) -> datetime | None:
+    """The moment `raw` names, in UTC (None: not one). In UTC because a database need not take
+    every offset ISO 8601 allows: PostgreSQL refuses +23:16, which Python parses."""
     try:
         moment = parse_datetime(raw)
         if moment is None and (day := parse_date(raw)) is not None:
             moment = datetime.combine(day, time.min)
-    except ValueError:
+        if moment is None:
+            return None
+        if timezone.is_naive(moment):
+            return moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # a date beyond year 9999 once in UTC
         return None
-    if moment is not None and timezone.is_naive(moment):
-        moment = moment.replace(tzinfo=UTC)
-    return moment
 
 
 def audit_filter_parse(params: Mapping[str, str]) -> AuditFilter:

@@ -255,3 +255,17 @@ def test_page_requires_audit_view(browser: Client, trail: None, monkeypatch: pyt
     response = browser.get("/audit/")
     assert response.status_code == 403
     assert "audit.view" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        # Python parses any offset; PostgreSQL refuses those beyond +-15:59: they are UTC first.
+        ({"since": "2025-06-18T15:09:12+23:16"}, 200),
+        ({"until": "2025-06-18T15:09:12-23:59"}, 200),
+        ({"since": "9999-12-31T23:00:00-05:00"}, 400),  # past year 9999 once in UTC
+    ],
+)
+def test_a_moment_with_any_offset_is_taken_in_utc(admin_api: Any, query: dict[str, str], status: int) -> None:
+    response = admin_api.get(URL, query)
+    assert response.status_code == status, response.content

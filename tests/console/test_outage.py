@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from django.db import OperationalError
+from django.db import DataError, IntegrityError, InternalError, OperationalError
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -75,6 +75,24 @@ def test_any_other_crash_in_the_api_is_a_json_500(user: Any, monkeypatch: pytest
     response = api.get("/api/v1/domains/")
     assert response.status_code == 500 and response.json()["error"] == "internal"
     assert "bug" not in response.content.decode()  # no internals to the caller
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        DataError('time zone displacement out of range: "2629-06-18 15:09:12+23:16"'),
+        IntegrityError("duplicate key value violates unique constraint"),
+        InternalError("current transaction is aborted, commands ignored until end of transaction block"),
+    ],
+)
+def test_bad_data_is_not_an_outage(user: Any, monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """A database that refuses a value is up: saying it is unreachable sends people looking for
+    an outage that is not there (and a client retrying what will never work)."""
+    _break_domain_list(monkeypatch, error)
+    api = APIClient(raise_request_exception=False)
+    api.force_authenticate(user)
+    response = api.get("/api/v1/domains/")
+    assert response.status_code == 500 and response.json()["error"] == "internal"
 
 
 def test_healthz_is_json_503_naming_redis_when_redis_is_down(
