@@ -98,6 +98,11 @@ class DrillStack:
     def tail(self, chars: int = 6000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
+    def logged(self) -> str:
+        """The whole log: what the launcher said may be followed by pages of the other parts'
+        tracebacks (every part that used a killed Redis says so), past what tail() shows."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
     def state(self) -> dict[str, Any]:
         try:
             return dict(json.loads((self.data_dir / "launcher.json").read_text()))

@@ -83,7 +83,7 @@ def test_sigkill_of_each_part_mid_job(drill_stack: DrillStack, part: str) -> Non
     assert stack.audit_finished(job["id"]) == 1
     wait_for(lambda: stack.state()["parts"][part]["state"] == "running", f"{part} running again")
     assert stack.state()["parts"][part]["restarts"] == 1
-    assert f"{part} killed by SIGKILL; restarting it" in stack.tail()
+    assert f"{part} killed by SIGKILL; restarting it" in stack.logged()
     assert_nothing_being_defined(stack)
     assert assert_unique_in_libvirt(stack.name_prefix) == {name}
     record(
