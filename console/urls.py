@@ -11,7 +11,7 @@ from console.health import healthz, livez
 from console.jobs.api.views import JobViewSet
 from domains import views as domain_views
 from domains import wizard as domain_wizard
-from domains.api.views import DomainViewSet
+from domains.api.views import DomainViewSet, VolumeViewSet
 from hosts import views as host_views
 from hosts.api.views import HostViewSet
 
@@ -20,6 +20,7 @@ handler500 = "console.outage.server_error"
 router = DefaultRouter()
 router.register("hosts", HostViewSet, basename="host")
 router.register("domains", DomainViewSet, basename="domain")
+router.register("volumes", VolumeViewSet, basename="volume")
 router.register("jobs", JobViewSet, basename="job")
 router.register("tokens", ApiTokenViewSet, basename="token")
 router.register("teams", TeamViewSet, basename="team")
@@ -46,6 +47,7 @@ urlpatterns = [
     path("hosts/add/", host_views.host_add_page, name="host-add"),
     path("hosts/<int:host_id>/", host_views.host_detail_page, name="host-detail"),
     path("hosts/<int:host_id>/<str:action>/", host_views.host_action, name="host-action"),
+    path("hosts/<int:host_id>/volumes/<int:volume_id>/", host_views.host_volume_page, name="host-volume"),
     path("teams/", access_views.team_list_page, name="team-list"),
     path("account/tokens/", access_views.token_list_page, name="token-list"),
     path("account/tokens/<int:token_id>/revoke/", access_views.token_revoke_page, name="token-revoke"),

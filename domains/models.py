@@ -99,7 +99,8 @@ class Volume(models.Model):
     (domains.volumes). A volume a domain created or was first seen using belongs to that domain's
     team; the site's library (ISOs, base images, read-only) belongs to none. A pool file with no
     row is the site's: usable read-only (an ISO, a backing image) by anyone who may create, and
-    as a writable disk only by those who manage the host."""
+    as a writable disk only by those who manage the host. Those who manage the host change the
+    owner, the library flag and the grants (domains.volumes.volume_update)."""
 
     host = models.ForeignKey("hosts.Host", on_delete=models.CASCADE, related_name="volumes")
     path = models.CharField(max_length=1024)
@@ -111,6 +112,9 @@ class Volume(models.Model):
         Domain, null=True, blank=True, on_delete=models.SET_NULL, related_name="volumes"
     )
     library = models.BooleanField(default=False)  # the site's shared, read-only media
+    # Teams that use it as its owner does (read-only media, or a disk no other domain writes),
+    # without owning it: a delete with disks by one of their domains keeps it.
+    granted_to = models.ManyToManyField("access.Team", blank=True, related_name="granted_volumes")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -12,7 +12,9 @@ from console.access.policy import restrict
 from console.errors import InvalidInput, NotFound
 from console.jobs.models import Job
 from console.params import MAX_ID, id_param, whole_number
-from domains.models import Domain
+from domains.models import Domain, Volume
+from domains.volumes import seen_q
+from hosts.selectors import host_list
 
 # ?ordering= names and the columns behind them. Every ordering ends on a unique column, so that
 # pages (LIMIT/OFFSET) neither repeat nor skip a row; "-x" is exactly the reverse of "x" (every
@@ -152,6 +154,22 @@ def domain_page(*, user: Any, filters: DomainFilter, number: str | None, per_pag
     paginator = _CountedPaginator(domains, per_page, count=totals["count"])
     page = paginator.page(min(wanted, paginator.num_pages))
     return DomainPage(page=page, newest_id=totals["newest"] or 0)
+
+
+def volume_list(*, user: Any, host_id: int | None = None) -> QuerySet[Volume]:
+    """The volumes `user` may see (domains.volumes.seen_q) on the hosts they see, by host and
+    path, with their owner and grants in the same few queries."""
+    volumes = Volume.objects.filter(host__in=host_list(user=user))
+    if host_id is not None:
+        volumes = volumes.filter(host_id=host_id)
+    seen = seen_q(user)
+    if seen is not None:
+        volumes = volumes.filter(seen)
+    return (
+        volumes.select_related("host", "team")
+        .prefetch_related("granted_to")
+        .order_by("host_id", "path", "id")
+    )
 
 
 def domain_get(*, user: Any, domain_id: int) -> Domain:

@@ -2,24 +2,34 @@
 
 Every path a spec can carry (an existing disk, a backing image, an ISO, a kernel or initrd) is
 resolved to a volume of the host and checked against what the domain's team may use: its own
-volumes, the site's library (read-only), or, for those who manage the host, anything. That a
-path lies in one of the host's pools (domains.specs) says nothing about whose it is: a team
-attached another team's disk by its path, and deleted it with the domain.
+volumes, those granted to it, the site's library (read-only), or, for those who manage the
+host, anything. That a path lies in one of the host's pools (domains.specs) says nothing about
+whose it is: a team attached another team's disk by its path, and deleted it with the domain.
 
 Who owns what (domains.models.Volume): the team of the domain that created a volume or was
 first seen using it; files no domain used yet (an ISO or base image put in a pool by hand) are
-the site's, read-only for teams. Ownership is recorded when the host reports a domain's disks.
+the site's, read-only for teams. Ownership is recorded when the host reports a domain's disks;
+those who manage the host hand a volume to another team, grant it to teams besides its owner, or
+put it in the library (volume_update, from the API's /api/v1/volumes/ and the host's page).
 """
 
 from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable
+from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
 
 from agent.protocol import DomainSpec
 from console.access.models import Team
-from console.access.policy import has_perm, reach
+from console.access.policy import explain, has_perm, reach
+from console.audit.services import Origin, audit_record
+from console.errors import InvalidInput, PermissionDenied
+from console.params import is_id
 from domains.models import Domain, Volume
 from hosts.models import Host
 
@@ -76,8 +86,8 @@ def refusal(
         return None if not writable else f"{REFUSED} (only those who manage the host attach it)"
     if row.library:
         return None if not writable else "is in the site's library, which is read-only"
-    if team is not None and row.team_id == team.pk:
-        return None
+    if team is not None and (row.team_id == team.pk or row.granted_to.filter(pk=team.pk).exists()):
+        return None  # its owner's, or granted to the team: used as its owner uses it
     return REFUSED
 
 
@@ -130,15 +140,31 @@ def kept_on_delete(domain: Domain) -> list[str]:
     return keep
 
 
+def seen_q(user: Any) -> Q | None:
+    """The volumes `user` sees on the hosts they see (None: all of them). Those who manage a host,
+    or see every domain on it, see all its volumes; others the site's (no team, or the library)
+    and those their teams own or are granted. The one rule for the host's resources (hidden_paths)
+    and the volume list (domains.selectors.volume_list)."""
+    manages, seen = reach(user, "host.manage"), reach(user, "domain.view")
+    if manages.site or seen.site:
+        return None
+    granted = Volume.granted_to.through.objects.filter(team_id__in=seen.teams).values("volume_id")
+    return (
+        Q(host__in=manages.hosts | seen.hosts)
+        | Q(team__isnull=True)
+        | Q(library=True)
+        | Q(team__in=seen.teams)
+        | Q(pk__in=granted)
+    )
+
+
 def hidden_paths(user: Any, host: Host) -> set[str]:
     """The volumes of `host` that belong to teams `user` cannot see: left out of the host's
     page, its API and the wizard."""
-    if has_perm(user, "host.manage", host):
+    seen = seen_q(user)
+    if seen is None:
         return set()
-    seen = reach(user, "domain.view")
-    if seen.site or host.pk in seen.hosts:
-        return set()
-    others = Volume.objects.filter(host=host, team__isnull=False, library=False).exclude(team__in=seen.teams)
+    others = Volume.objects.filter(host=host).exclude(seen)
     return set(others.values_list("path", flat=True))
 
 
@@ -154,3 +180,104 @@ def visible_resources(user: Any, host: Host, resources: dict[str, Any] | None) -
         for pool in resources.get("pools") or []
     ]
     return {**resources, "pools": pools}
+
+
+@dataclass(frozen=True)
+class VolumeUse:
+    """Whether some domain's disk a volume is, and that domain when the viewer may see it (one
+    they may not is not named, as in refusal)."""
+
+    in_use: bool = False
+    domain: Domain | None = None
+
+
+def volume_uses(volumes: Iterable[Volume], viewer: Any) -> dict[int, VolumeUse]:
+    """Each volume's use (its writer, as user_of finds it), by volume id, in one query for their
+    hosts' domains; a volume no domain writes is not in it."""
+    rows = list(volumes)
+    wanted = {(v.host_id, v.path): v.pk for v in rows}
+    sees = reach(viewer, "domain.view")
+    uses: dict[int, VolumeUse] = {}
+    domains = Domain.objects.filter(host_id__in={v.host_id for v in rows}).select_related("host")
+    for domain in domains.only("name", "host", "team", "disks", "spec").order_by("pk"):
+        named = _disk_paths(domain.disks) + [absolute(domain.host, p) for p in _spec_paths(domain.spec)]
+        for path in named:
+            pk = wanted.get((domain.host_id, path))
+            if pk is not None and pk not in uses:
+                shown = sees.reaches_domain(domain.pk, domain.host_id, domain.team_id)
+                uses[pk] = VolumeUse(in_use=True, domain=domain if shown else None)
+    return uses
+
+
+def teams_by_id(ids: Iterable[int], *, field: str) -> list[Team]:
+    """The teams `ids` name, in that order; an id no team has is an error naming `field`. Any
+    team of the site: the volumes of a host are its managers' to hand out."""
+    wanted = list(dict.fromkeys(ids))
+    found = {t.pk: t for t in Team.objects.filter(pk__in=[i for i in wanted if is_id(i)])}
+    unknown = [i for i in wanted if i not in found]
+    if unknown:
+        raise InvalidInput(f"Unknown {field}.", fields={field: [f"no team with id {i}" for i in unknown]})
+    return [found[i] for i in wanted]
+
+
+def require_volume_manage(actor: Any, volume: Volume) -> None:
+    """Who owns a volume, and who else may use it, is for those who manage its host."""
+    if not has_perm(actor, "host.manage", volume.host):
+        raise PermissionDenied(explain(actor, "host.manage", volume.host))
+
+
+def _described(volume: Volume) -> dict[str, Any]:
+    return {
+        "team": volume.team.name if volume.team is not None else None,
+        "library": volume.library,
+        "granted_to": sorted(t.name for t in volume.granted_to.all()),
+    }
+
+
+@transaction.atomic
+def volume_update(
+    *,
+    actor: Any,
+    volume: Volume,
+    team: Team | EllipsisType | None = ...,
+    library: bool | EllipsisType = ...,
+    granted_to: Iterable[Team] | EllipsisType = ...,
+    origin: Origin | None = None,
+) -> Volume:
+    """Hand `volume` to `team` (None: the site's), put it in the library or take it out, or set
+    the teams it is granted to (... leaves each as it is). A library volume is read-only for
+    every team, its owner's too; a granted team uses it as its owner does. Only what changed is
+    audited (`volume.update`); nothing changed, nothing recorded.
+
+    No live event: no socket shows volumes, and who may see what (access.changed) does not
+    depend on them; the host's page and the API read them afresh."""
+    require_volume_manage(actor, volume)
+    # Locked, and read afresh: two changes at once are recorded one after the other.
+    volume = Volume.objects.select_for_update(of=("self",)).select_related("host", "team").get(pk=volume.pk)
+    before = _described(volume)
+    fields: list[str] = []
+    if not isinstance(team, EllipsisType):
+        volume.team = team
+        fields.append("team")
+    if not isinstance(library, EllipsisType):
+        volume.library = library
+        fields.append("library")
+    if fields:
+        volume.save(update_fields=fields)
+    if not isinstance(granted_to, EllipsisType):
+        volume.granted_to.set(list(granted_to))
+    after = _described(volume)
+    changed = [key for key in after if after[key] != before[key]]
+    if changed:
+        audit_record(
+            action="volume.update",
+            actor=actor,
+            origin=origin,
+            obj=volume,
+            changes={
+                "host": volume.host.name,
+                "before": {k: before[k] for k in changed},
+                "after": {k: after[k] for k in changed},
+            },
+        )
+    return volume

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
@@ -7,13 +9,21 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from agent.protocol import format_fingerprint
-from console.access.policy import has_site_perm
+from console.access.models import Team
+from console.access.policy import has_perm, has_site_perm
 from console.audit.services import origin_of
-from console.errors import DomusError
+from console.errors import DomusError, InvalidInput
 from console.jobs.selectors import job_list
+from console.params import MAX_ID, whole_number
 from domains.models import Domain
-from domains.selectors import domain_list
-from domains.volumes import visible_resources
+from domains.selectors import domain_list, volume_list
+from domains.volumes import (
+    require_volume_manage,
+    teams_by_id,
+    visible_resources,
+    volume_update,
+    volume_uses,
+)
 from hosts.enrolment import host_enrol, host_remove, host_rotate_secret
 from hosts.models import Host
 from hosts.selectors import host_list
@@ -66,9 +76,34 @@ def _visible(request: HttpRequest, host_id: int) -> Host:
     return host
 
 
+VOLUMES_SHOWN = 200  # on the page; /api/v1/volumes/?host= pages through all
+
+
+def _volume_rows(request: HttpRequest, host: Host) -> tuple[list[dict[str, Any]], int]:
+    """The host's volumes the user may see (at most VOLUMES_SHOWN), each with its grants and
+    use, and how many there are."""
+    volumes = volume_list(user=request.user, host_id=host.pk)
+    shown = list(volumes[:VOLUMES_SHOWN])
+    uses = volume_uses(shown, request.user)
+    rows = []
+    for volume in shown:
+        granted = sorted(volume.granted_to.all(), key=lambda t: t.name)
+        rows.append(
+            {
+                "volume": volume,
+                "granted": granted,
+                "granted_ids": {t.pk for t in granted},
+                "use": uses.get(volume.pk),
+            }
+        )
+    return rows, len(shown) if len(shown) < VOLUMES_SHOWN else volumes.count()
+
+
 @login_required
 def host_detail_page(request: HttpRequest, host_id: int) -> HttpResponse:
     host = _visible(request, host_id)
+    volumes, volumes_total = _volume_rows(request, host)
+    manages_volumes = has_perm(request.user, "host.manage", host)
     return render(
         request,
         "hosts/detail.html",
@@ -82,8 +117,52 @@ def host_detail_page(request: HttpRequest, host_id: int) -> HttpResponse:
             "domains": domain_list(user=request.user).filter(host=host).count(),
             "running": domain_list(user=request.user).filter(host=host, state=Domain.State.RUNNING).count(),
             "jobs": job_list(user=request.user).filter(host=host)[:10],
+            "volumes": volumes,
+            "volumes_total": volumes_total,
+            "manages_volumes": manages_volumes,
+            "teams": list(Team.objects.all()) if manages_volumes else [],
         },
     )
+
+
+@login_required
+@require_POST
+def host_volume_page(request: HttpRequest, host_id: int, volume_id: int) -> HttpResponse:
+    """The host page's form for one volume: its owner, library flag and grants, all three (the
+    form always sends them), through the same service as the API's PATCH."""
+    host = _visible(request, host_id)
+    volume = volume_list(user=request.user, host_id=host.pk).filter(pk=volume_id).first()
+    if volume is None:
+        raise Http404("No such volume.")
+    try:
+        require_volume_manage(request.user, volume)  # before saying what is wrong with the form
+        team_ids = _team_ids(request.POST.getlist("team"), field="team")
+        granted_ids = _team_ids(request.POST.getlist("granted_to"), field="granted_to")
+        volume_update(
+            actor=request.user,
+            volume=volume,
+            team=teams_by_id(team_ids, field="team")[0] if team_ids else None,
+            library=request.POST.get("library") == "on",
+            granted_to=teams_by_id(granted_ids, field="granted_to"),
+            origin=origin_of(request),
+        )
+    except DomusError as exc:
+        problems = [f"{field}: {'; '.join(text)}" for field, text in exc.fields.items()]
+        messages.error(request, " ".join([exc.detail, *problems]))
+    else:
+        messages.success(request, f"Saved who may use {volume.path}.")
+    return redirect("host-detail", host.pk)
+
+
+def _team_ids(values: list[str], *, field: str) -> list[int]:
+    """A form's team ids ("" for none: the site's owner, no grant)."""
+    ids = []
+    for raw in filter(None, (v.strip() for v in values)):
+        number = whole_number(raw, least=1, most=MAX_ID)
+        if number is None:
+            raise InvalidInput(f"Unknown {field}.", fields={field: [f"no team with id {raw[:40]!r}"]})
+        ids.append(number)
+    return ids
 
 
 @login_required

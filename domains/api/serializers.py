@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from console.access.models import Team
 from console.jobs.api.serializers import JobSerializer
-from domains.models import Domain
+from console.params import MAX_ID
+from domains.models import Domain, Volume
+from domains.volumes import VolumeUse
 
 
 class DomainSerializer(serializers.ModelSerializer[Domain]):
@@ -134,3 +139,92 @@ class DomainAcceptedSerializer(JobAcceptedSerializer):
     """202: the domain as recorded (state `new`), and the job that defines it on its host."""
 
     domain = DomainSerializer()
+
+
+class TeamRefSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+
+
+class DomainRefSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+
+
+def _team_ref(team: Team) -> dict[str, Any]:
+    return {"id": team.pk, "name": team.name}
+
+
+class VolumeSerializer(serializers.ModelSerializer[Volume]):
+    """A volume and who may use it. `domain` is the domain whose disk it is, when you may see
+    that domain; `in_use` says whether some domain's disk it is at all (one you may not see, too)."""
+
+    # Each volume's use comes in the context (`uses`: domains.volumes.volume_uses), found for a
+    # whole page at once.
+
+    host_name = serializers.CharField(source="host.name", read_only=True)
+    name = serializers.SerializerMethodField()
+    team = serializers.SerializerMethodField()
+    granted_to = serializers.SerializerMethodField()
+    domain = serializers.SerializerMethodField()
+    in_use = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Volume
+        fields = [
+            "id",
+            "host",
+            "host_name",
+            "path",
+            "name",
+            "team",
+            "library",
+            "granted_to",
+            "domain",
+            "in_use",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_name(self, volume: Volume) -> str:
+        return posixpath.basename(volume.path)
+
+    @extend_schema_field(TeamRefSerializer(allow_null=True, help_text="its owner; null: the site's"))
+    def get_team(self, volume: Volume) -> dict[str, Any] | None:
+        return _team_ref(volume.team) if volume.team is not None else None
+
+    @extend_schema_field(TeamRefSerializer(many=True))
+    def get_granted_to(self, volume: Volume) -> list[dict[str, Any]]:
+        return [_team_ref(t) for t in sorted(volume.granted_to.all(), key=lambda t: t.name)]
+
+    def _use(self, volume: Volume) -> VolumeUse:
+        return (self.context.get("uses") or {}).get(volume.pk) or VolumeUse()
+
+    @extend_schema_field(DomainRefSerializer(allow_null=True, help_text="the domain whose disk it is"))
+    def get_domain(self, volume: Volume) -> dict[str, Any] | None:
+        domain = self._use(volume).domain
+        return {"id": domain.pk, "name": domain.name} if domain is not None else None
+
+    def get_in_use(self, volume: Volume) -> bool:
+        return self._use(volume).in_use
+
+
+class VolumeUpdateSerializer(serializers.Serializer[Any]):
+    """Any of the three; what is left out stays as it is."""
+
+    team = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=MAX_ID,
+        help_text="its owner; null: the site's",
+    )
+    library = serializers.BooleanField(
+        required=False, help_text="in the site's library: read-only media for every team"
+    )
+    granted_to = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
+        required=False,
+        max_length=1000,
+        help_text="the teams that use it as its owner does, besides its owner (replaces the list)",
+    )

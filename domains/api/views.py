@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
+from types import EllipsisType
 from typing import Any
 
 from django.db.models import QuerySet
@@ -18,6 +20,7 @@ from console.audit.services import origin_of
 from console.errors import InvalidInput, NotFound, PermissionDenied
 from console.jobs.api.serializers import JobSerializer
 from console.jobs.models import Job
+from console.params import id_param
 from domains.api.serializers import (
     AutostartSerializer,
     ConsoleTicketRequestSerializer,
@@ -29,11 +32,19 @@ from domains.api.serializers import (
     RenameSerializer,
     ResourcesSerializer,
     RetryCreateSerializer,
+    VolumeSerializer,
+    VolumeUpdateSerializer,
 )
 from domains.consoles import console_ticket_issue
-from domains.models import Domain
+from domains.models import Domain, Volume
 from domains.placement import host_place
-from domains.selectors import ORDERING_CHOICES, domain_filter_parse, domain_list, domain_search
+from domains.selectors import (
+    ORDERING_CHOICES,
+    domain_filter_parse,
+    domain_list,
+    domain_search,
+    volume_list,
+)
 from domains.services import (
     domain_create,
     domain_delete,
@@ -44,6 +55,7 @@ from domains.services import (
     domain_set_resources,
 )
 from domains.specs import parse_size_mib
+from domains.volumes import require_volume_manage, teams_by_id, volume_update, volume_uses
 from hosts.selectors import host_list
 
 
@@ -256,3 +268,71 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
             return super().get_object()
         except Http404 as exc:
             raise NotFound(f"No domain with id {self.kwargs.get('pk')}.") from exc
+
+
+class VolumeViewSet(viewsets.ReadOnlyModelViewSet[Volume]):
+    """Volumes and who may use them: those your teams own or are granted, the site's and its
+    library on the hosts you see, and every volume of the hosts you manage (or whose every domain
+    you see). Those who manage a volume's host change its owner, library flag and grants (PATCH)."""
+
+    serializer_class = VolumeSerializer
+    pagination_class = ApiPagination
+
+    def get_queryset(self) -> QuerySet[Volume]:
+        host_id = None
+        if self.action == "list":
+            errors: dict[str, list[str]] = {}
+            host_id = id_param(self.request.query_params, "host", errors)
+            if errors:
+                raise InvalidInput("Invalid host.", fields=errors)
+        return volume_list(user=self.request.user, host_id=host_id)
+
+    def _data(self, volumes: Iterable[Volume], *, many: bool) -> Any:
+        rows = list(volumes)
+        # Which domain's disk each is: one query for the page.
+        context = {**self.get_serializer_context(), "uses": volume_uses(rows, self.request.user)}
+        return VolumeSerializer(rows if many else rows[0], many=many, context=context).data
+
+    @extend_schema(parameters=[OpenApiParameter("host", int, description="only volumes of this host")])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(self._data(page or [], many=True))
+
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return Response(self._data([self.get_object()], many=False))
+
+    @extend_schema(request=VolumeUpdateSerializer, responses={200: VolumeSerializer})
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        """Hand the volume to another team (or to the site: null), put it in the library or take
+        it out, or set the teams it is granted to. Needs host.manage on its host."""
+        volume = self.get_object()
+        require_volume_manage(request.user, volume)
+        if not isinstance(request.data, dict):
+            raise InvalidInput("The body must be a JSON object.")
+        body = VolumeUpdateSerializer(data=request.data)
+        unknown = sorted(set(request.data) - set(body.fields))
+        if unknown:
+            raise InvalidInput("Unknown fields.", fields={str(k): ["unknown field"] for k in unknown})
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        team: Team | EllipsisType | None = ...
+        if "team" in data:
+            team = None if data["team"] is None else teams_by_id([data["team"]], field="team")[0]
+        granted: list[Team] | EllipsisType = ...
+        if "granted_to" in data:
+            granted = teams_by_id(data["granted_to"], field="granted_to")
+        volume = volume_update(
+            actor=request.user,
+            volume=volume,
+            team=team,
+            library=data.get("library", ...),
+            granted_to=granted,
+            origin=origin_of(request),
+        )
+        return Response(self._data([volume], many=False))
+
+    def get_object(self) -> Volume:
+        try:
+            return super().get_object()
+        except Http404 as exc:
+            raise NotFound(f"No volume with id {self.kwargs.get('pk')}.") from exc

@@ -249,6 +249,55 @@ def test_no_create_reaches_another_team_s_volume_by_path(role: str, scope: str, 
             assert list(response.json()["fields"]) == [field], (field, response.content)
 
 
+VOLUMES = {  # name: (host, owner team, library, granted to)
+    "a-shared": ("shared", "A", False, ()),
+    "b-shared": ("shared", "B", False, ()),
+    "b-granted-to-A": ("shared", "B", False, ("A",)),
+    "library": ("shared", None, True, ()),
+    "a-reserved": ("reserved-A", "A", False, ()),
+    "b-reserved": ("reserved-B", "B", False, ()),
+}
+
+
+def scope_sees_volume(scope: str, name: str, world: World) -> bool:
+    """A team's own and granted volumes, and the site's, on the hosts it sees; every volume of
+    a host to those who see (or manage) all of it; to one domain's grantee, none."""
+    host, team, library, granted = VOLUMES[name]
+    kind, _, scoped = scope.partition(":")
+    if kind in ("site", "host"):
+        return kind == "site" or host == scoped
+    if kind == "team":
+        ours = team is None or library or team == scoped or scoped in granted
+        return ours and scope_reaches_host(scope, world.hosts[host], "host.view")
+    return False
+
+
+@pytest.mark.parametrize(("role", "scope"), CASES)
+def test_volumes(role: str, scope: str, world: World) -> None:
+    """Who sees which volume, and who changes one: host.manage on its host (site or host grant)."""
+    from domains.models import Volume
+
+    rows = {}
+    for name, (host, team, library, granted) in VOLUMES.items():
+        owner = world.teams[team] if team else None
+        rows[name] = Volume.objects.create(
+            host=world.hosts[host], path=f"/v/{name}", team=owner, library=library
+        )
+        rows[name].granted_to.set([world.teams[t] for t in granted])
+    api = client_for(make_subject(role, scope, world))
+    listed = {v["path"] for v in api.get("/api/v1/volumes/").json()["results"]}
+    assert listed == {f"/v/{n}" for n in VOLUMES if scope_sees_volume(scope, n, world)}
+    manages = "host.manage" in ROLES[role] and scope in ("site", "host:shared")
+    for name, volume in rows.items():
+        sees = scope_sees_volume(scope, name, world)
+        response = api.patch(f"/api/v1/volumes/{volume.pk}/", {"library": not volume.library}, format="json")
+        assert response.status_code == ((200 if manages else 403) if sees else 404), (name, response.content)
+        if response.status_code == 403:
+            assert "host.manage" in response.json()["detail"]
+        volume.refresh_from_db()
+        assert volume.library == (VOLUMES[name][2] != (response.status_code == 200)), name
+
+
 @pytest.mark.parametrize(("role", "scope"), CASES)
 def test_hosts(role: str, scope: str, world: World) -> None:
     api = client_for(make_subject(role, scope, world))

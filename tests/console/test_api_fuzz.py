@@ -35,7 +35,7 @@ from console.access.models import Membership, Team
 from console.access.services import api_token_issue
 from console.audit.models import AuditEvent
 from console.jobs.services import job_enqueue
-from domains.models import Domain
+from domains.models import Domain, Volume
 from hosts.models import Host
 from tests.conftest import builtin_role, grant
 
@@ -108,7 +108,7 @@ class Fleet:
 @pytest.fixture
 def fleet(user: Any, host: Host, django_user_model: Any) -> Fleet:
     """A site admin (`user`, a site Owner), a team with an Operator, a domain of that team on
-    an existing volume (the case that broke quotas), its job, and a grant."""
+    an existing volume (the case that broke quotas) and that volume's record, its job, and a grant."""
     team = Team.objects.create(name="blue", max_domains=5, max_disk_gib=100)
     tess = django_user_model.objects.create_user("tess", password="x-pass-1234")
     Membership.objects.create(user=tess, team=team, role=builtin_role("Operator"))
@@ -120,12 +120,16 @@ def fleet(user: Any, host: Host, django_user_model: Any) -> Fleet:
         spec={"disks": [{"existing": "/var/lib/libvirt/images/vm1.qcow2", "size_gib": None}]},
     )
     job = job_enqueue(kind="domain.start", actor=user, host=host, domain=domain)
+    volume = Volume.objects.create(
+        host=host, path="/var/lib/libvirt/images/vm1.qcow2", team=team, domain=domain
+    )
     site_grant = grant(tess, "Viewer", domain)
     admin_token, admin_key = api_token_issue(user=user, name="fuzz")
     _, member_key = api_token_issue(user=tess, name="fuzz")
     audit = AuditEvent.objects.order_by("seq").last()
     ids = {
         "domains": domain.pk,
+        "volumes": volume.pk,
         "hosts": host.pk,
         "jobs": job.pk,
         "teams": team.pk,
@@ -222,6 +226,15 @@ def test_the_schema_fuzzed_is_the_one_served(api: APIClient) -> None:
             },
         ),
         ("POST", "/api/v1/tokens/", {"body": {"name": "ci"}}),
+        ("GET", "/api/v1/volumes/", {"query": {"host": "{hosts}"}}),
+        (
+            "PATCH",
+            "/api/v1/volumes/{id}/",
+            {
+                "path_parameters": {"id": "{volumes}"},
+                "body": {"team": None, "library": True, "granted_to": ["{teams}"]},
+            },
+        ),
     ],
 )
 def test_answers_match_the_schema(
@@ -232,6 +245,8 @@ def test_answers_match_the_schema(
     def real(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: real(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [real(v) for v in value]
         if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
             return fleet.ids[value[1:-1]]
         return value

@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +239,56 @@ def sign_in(page: Any, stack: Stack) -> None:
     page.click("button[type=submit]")
     page.wait_for_selector("text=Hosts")
     page.wait_for_selector('[data-host-state]:has-text("Online")')
+
+
+# -- the Content-Security-Policy, as the browser enforces it -------------------------------------
+# Runs in every document before its own scripts (an init script is not subject to the page's
+# CSP) and hands each violation to the test, which keeps them across navigations.
+_REPORT_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (e) => window.domusCspViolation({
+  page: location.href, directive: e.effectiveDirective, blocked: e.blockedURI,
+  source: e.sourceFile + ":" + e.lineNumber, sample: e.sample,
+}));
+"""
+
+
+@dataclass
+class Watch:
+    """What the browser said about the policy, and the pages it was sent."""
+
+    violations: list[Any] = field(default_factory=list)
+    documents: list[Any] = field(default_factory=list)
+
+    def assert_clean(self) -> None:
+        said = list(dict.fromkeys(map(str, self.violations)))  # each once, in the order said
+        assert not said, "\n".join(said)
+        unguarded = [
+            r.url
+            for r in self.documents
+            if "content-security-policy" not in r.all_headers() and r.status < 300
+        ]
+        assert not unguarded, f"pages without a Content-Security-Policy: {unguarded}"
+
+
+def watched_context(browser: Any, **options: Any) -> tuple[Any, Watch]:
+    """A browser context whose pages report every violation of the policy to the `Watch`."""
+    watch = Watch()
+    context = browser.new_context(**options)
+    context.expose_binding("domusCspViolation", lambda source, v: watch.violations.append(v))
+    context.add_init_script(_REPORT_VIOLATIONS)
+
+    def on_page(page: Any) -> None:
+        def on_console(message: Any) -> None:
+            # The console's own words too: a violation in a worker or a bad policy has no event.
+            if "Content Security Policy" in message.text:
+                watch.violations.append(f"{page.url}: {message.text}")
+
+        def on_response(response: Any) -> None:
+            if response.request.resource_type == "document":
+                watch.documents.append(response)
+
+        page.on("console", on_console)
+        page.on("response", on_response)
+
+    context.on("page", on_page)
+    return context, watch

@@ -3,23 +3,13 @@ API docs work under it, and the browser reports no violation of it anywhere on t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, Stack, sign_in
+from tests.e2e.conftest import ARTIFACTS, Stack, sign_in, watched_context
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.libvirt]
-
-# Runs in every document before its own scripts (an init script is not subject to the page's
-# CSP) and hands each violation to the test, which keeps them across navigations.
-_REPORT_VIOLATIONS = """
-document.addEventListener("securitypolicyviolation", (e) => window.domusCspViolation({
-  page: location.href, directive: e.effectiveDirective, blocked: e.blockedURI,
-  source: e.sourceFile + ":" + e.lineNumber, sample: e.sample,
-}));
-"""
 
 # How many pixels of the noVNC canvas are not black (0 before there is a canvas).
 _LIT_PIXELS = (
@@ -32,47 +22,6 @@ _TERMINAL_HAS = (
     " for (let i = 0; i < b.length; i++) if (b.getLine(i).translateToString(true).includes(text)) return true;"
     " return false; }"
 )
-
-
-@dataclass
-class Watch:
-    """What the browser said about the policy, and the pages it was sent."""
-
-    violations: list[Any] = field(default_factory=list)
-    documents: list[Any] = field(default_factory=list)
-
-    def assert_clean(self) -> None:
-        said = list(dict.fromkeys(map(str, self.violations)))  # each once, in the order said
-        assert not said, "\n".join(said)
-        unguarded = [
-            r.url
-            for r in self.documents
-            if "content-security-policy" not in r.all_headers() and r.status < 300
-        ]
-        assert not unguarded, f"pages without a Content-Security-Policy: {unguarded}"
-
-
-def _watched_context(browser: Any, **options: Any) -> tuple[Any, Watch]:
-    watch = Watch()
-    context = browser.new_context(**options)
-    context.expose_binding("domusCspViolation", lambda source, v: watch.violations.append(v))
-    context.add_init_script(_REPORT_VIOLATIONS)
-
-    def on_page(page: Any) -> None:
-        def on_console(message: Any) -> None:
-            # The console's own words too: a violation in a worker or a bad policy has no event.
-            if "Content Security Policy" in message.text:
-                watch.violations.append(f"{page.url}: {message.text}")
-
-        def on_response(response: Any) -> None:
-            if response.request.resource_type == "document":
-                watch.documents.append(response)
-
-        page.on("console", on_console)
-        page.on("response", on_response)
-
-    context.on("page", on_page)
-    return context, watch
 
 
 def _next(page: Any, step: int) -> None:
@@ -94,7 +43,7 @@ def _running(page: Any, stack: Stack) -> None:
 def test_pages_work_under_the_policy_with_no_violation(
     stack: Stack, guest_files: dict[str, str], domain_name: str, browser: Any
 ) -> None:
-    context, watch = _watched_context(browser, viewport={"width": 1280, "height": 1000})
+    context, watch = watched_context(browser, viewport={"width": 1280, "height": 1000})
     page = context.new_page()
 
     # Signed out: the sign-in page.
