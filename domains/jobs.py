@@ -261,13 +261,13 @@ def domain_delete_job(ctx: JobContext) -> dict[str, Any]:
     delete_disks = bool(ctx.params.get("delete_disks"))
     what = "with its disks" if delete_disks else "keeping its disks"
     ctx.progress(20, f"Deleting {domain.name} from {domain.host.name}, {what}")
-    keep = volumes.kept_on_delete(domain) if delete_disks else []
-    for path in keep:
-        ctx.log(f"Keeping {path}: another team's, the site's library, or another domain's disk too")
+    keep = volumes.kept_on_delete(domain) if delete_disks else {}
+    for path, why in keep.items():
+        ctx.log(f"Keeping {path}: {why}")
 
     async def delete(client: AgentClient) -> dict[str, Any]:
         try:
-            result = await client.delete(domain.uuid, delete_disks=delete_disks, keep=keep)
+            result = await client.delete(domain.uuid, delete_disks=delete_disks, keep=list(keep))
         except AgentNotFound:
             return {
                 "deleted_volumes": [],

@@ -126,17 +126,20 @@ def register_disks(domains: Iterable[Domain]) -> None:
         Volume.objects.bulk_create(rows, ignore_conflicts=True)
 
 
-def kept_on_delete(domain: Domain) -> list[str]:
-    """The disks of `domain` a delete "with its disks" must keep: those another team owns, the
-    site's library, and those another domain uses as well."""
+def kept_on_delete(domain: Domain) -> dict[str, str]:
+    """The disks of `domain` a delete "with its disks" must keep, each with why (for the job's
+    log, which the domain's people read: another domain is not named)."""
     paths = _disk_paths(domain.disks)
     rows = {v.path: v for v in Volume.objects.filter(host_id=domain.host_id, path__in=paths)}
-    keep = []
+    keep: dict[str, str] = {}
     for path in paths:
         row = rows.get(path)
-        foreign = row is not None and (row.library or row.team_id != domain.team_id)
-        if foreign or user_of(domain.host, path, besides=domain) is not None:
-            keep.append(path)
+        if row is not None and row.library:
+            keep[path] = "it is in the site's library"
+        elif row is not None and row.team_id != domain.team_id:
+            keep[path] = "it belongs to another team" if row.team_id is not None else "it is the site's"
+        elif user_of(domain.host, path, besides=domain) is not None:
+            keep[path] = "another domain uses it too"
     return keep
 
 

@@ -153,7 +153,7 @@ def test_a_granted_team_uses_a_volume_as_its_owner_does(world: World, api: APICl
     # A grant is to use, not to destroy: red's delete with its disks keeps blue's volume.
     reds = Domain.objects.get(name="reds")
     reds.disks = [{"target": "vda", "device": "disk", "path": BLUE_DATA}]
-    assert volumes.kept_on_delete(reds) == [BLUE_DATA]
+    assert volumes.kept_on_delete(reds) == {BLUE_DATA: "it belongs to another team"}
     # Withdrawn (an empty list), the grant no longer lets red name it.
     assert patch(api, blue, granted_to=[]).json()["granted_to"] == []
     reds.delete()

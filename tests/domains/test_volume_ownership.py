@@ -213,11 +213,16 @@ def test_a_delete_with_disks_keeps_what_is_not_the_domain_s(teams: dict[str, Any
     ]
     Volume.objects.create(host=shared_host, path=f"{POOL}/blue-data.qcow2", team=teams["blue"])
     volumes.register_disks([red_domain])
-    assert volumes.kept_on_delete(red_domain) == [f"{POOL}/blue-data.qcow2"]
+    assert volumes.kept_on_delete(red_domain) == {f"{POOL}/blue-data.qcow2": "it belongs to another team"}
     shared = Domain.objects.create(name="too", host=shared_host, team=teams["red"], spec={"name": "too"})
     shared.disks = [{"target": "vda", "device": "disk", "path": f"{POOL}/old-disk0.qcow2"}]
     shared.save()
-    assert volumes.kept_on_delete(red_domain) == [f"{POOL}/old-disk0.qcow2", f"{POOL}/blue-data.qcow2"]
+    assert volumes.kept_on_delete(red_domain) == {
+        f"{POOL}/old-disk0.qcow2": "another domain uses it too",
+        f"{POOL}/blue-data.qcow2": "it belongs to another team",
+    }
+    Volume.objects.filter(path=f"{POOL}/blue-data.qcow2").update(library=True)
+    assert volumes.kept_on_delete(red_domain)[f"{POOL}/blue-data.qcow2"] == "it is in the site's library"
 
 
 def test_disks_a_host_reports_become_their_domain_s_team_s(teams: dict[str, Any], shared_host: Host) -> None:
