@@ -52,27 +52,43 @@ def _spec_paths(spec: dict[str, Any]) -> list[str]:
     return [d["existing"] for d in spec.get("disks") or [] if isinstance(d, dict) and d.get("existing")]
 
 
-def user_of(host: Host, path: str, *, besides: Domain | None = None) -> Domain | None:
-    """The domain of this host (other than `besides`) that has `path` as a disk, or will have:
-    a create not done yet names it in its spec."""
-    others = Domain.objects.filter(host=host).only("name", "disks", "spec")
+def _writes(domain: Domain, host: Host) -> list[str]:
+    """The volumes `domain` writes: its disks as its host reports them, and the existing volumes
+    its spec names (a create not done yet)."""
+    return _disk_paths(domain.disks) + [absolute(host, p) for p in _spec_paths(domain.spec)]
+
+
+def writers_on(host: Host, *, besides: Domain | None = None) -> dict[str, Domain]:
+    """Each volume of `host` that a domain (other than `besides`) writes, with the first such
+    domain: one read of the host's domains, for every path a check or a delete asks about."""
+    others = Domain.objects.filter(host=host).only("name", "host", "team", "disks", "spec").order_by("pk")
     if besides is not None and besides.pk is not None:
         others = others.exclude(pk=besides.pk)
+    writers: dict[str, Domain] = {}
     for other in others:
-        named = _disk_paths(other.disks) + [absolute(host, p) for p in _spec_paths(other.spec)]
-        if path in named:
-            return other
-    return None
+        for path in _writes(other, host):
+            writers.setdefault(path, other)
+    return writers
 
 
 def refusal(
-    *, actor: Any, host: Host, team: Team | None, path: str, writable: bool, domain: Domain | None = None
+    *,
+    actor: Any,
+    host: Host,
+    team: Team | None,
+    path: str,
+    writable: bool,
+    domain: Domain | None = None,
+    writers: dict[str, Domain] | None = None,
 ) -> str | None:
     """Why `path` may not be used by a domain of `team` on `host` (None: it may). `writable`:
-    as a disk the guest writes; else as read-only media (an ISO, a kernel, a backing image)."""
+    as a disk the guest writes; else as read-only media (an ISO, a kernel, a backing image).
+    `writers`: writers_on(host, besides=domain), when the caller has it already."""
     path = absolute(host, path)
     manages = has_perm(actor, "host.manage", host)
-    other = user_of(host, path, besides=domain)
+    if writers is None:
+        writers = writers_on(host, besides=domain)
+    other = writers.get(path)
     if other is not None:
         # A writable disk is one domain's; media or a base image another domain writes is no
         # better (its content changes under the reader). The other domain is named only to
@@ -107,8 +123,9 @@ def check_spec(
             if value:
                 uses.append((f"boot.{key}", value, False))
     errors: dict[str, list[str]] = {}
+    writers = writers_on(host, besides=domain) if uses else {}
     for field, path, writable in uses:
-        why = refusal(actor=actor, host=host, team=team, path=path, writable=writable, domain=domain)
+        why = refusal(actor=actor, host=host, team=team, path=path, writable=writable, writers=writers)
         if why:
             errors[field] = [f"{path} {why}"]
     return errors
@@ -131,6 +148,7 @@ def kept_on_delete(domain: Domain) -> dict[str, str]:
     log, which the domain's people read: another domain is not named)."""
     paths = _disk_paths(domain.disks)
     rows = {v.path: v for v in Volume.objects.filter(host_id=domain.host_id, path__in=paths)}
+    writers = writers_on(domain.host, besides=domain)
     keep: dict[str, str] = {}
     for path in paths:
         row = rows.get(path)
@@ -138,7 +156,7 @@ def kept_on_delete(domain: Domain) -> dict[str, str]:
             keep[path] = "it is in the site's library"
         elif row is not None and row.team_id != domain.team_id:
             keep[path] = "it belongs to another team" if row.team_id is not None else "it is the site's"
-        elif user_of(domain.host, path, besides=domain) is not None:
+        elif path in writers:
             keep[path] = "another domain uses it too"
     return keep
 
@@ -195,16 +213,15 @@ class VolumeUse:
 
 
 def volume_uses(volumes: Iterable[Volume], viewer: Any) -> dict[int, VolumeUse]:
-    """Each volume's use (its writer, as user_of finds it), by volume id, in one query for their
-    hosts' domains; a volume no domain writes is not in it."""
+    """Each volume's use (its writer, as writers_on finds it), by volume id, in one query for
+    their hosts' domains; a volume no domain writes is not in it."""
     rows = list(volumes)
     wanted = {(v.host_id, v.path): v.pk for v in rows}
     sees = reach(viewer, "domain.view")
     uses: dict[int, VolumeUse] = {}
     domains = Domain.objects.filter(host_id__in={v.host_id for v in rows}).select_related("host")
     for domain in domains.only("name", "host", "team", "disks", "spec").order_by("pk"):
-        named = _disk_paths(domain.disks) + [absolute(domain.host, p) for p in _spec_paths(domain.spec)]
-        for path in named:
+        for path in _writes(domain, domain.host):
             pk = wanted.get((domain.host_id, path))
             if pk is not None and pk not in uses:
                 shown = sees.reaches_domain(domain.pk, domain.host_id, domain.team_id)
