@@ -17,6 +17,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import Error as DatabaseFault
 from django.utils import timezone
 
 from console.realtime.events import ACCESS_CHANGED, SESSION_ENDED
@@ -92,7 +93,7 @@ class EndsWithItsCredential:
             await asyncio.sleep(delay)
             try:
                 reason = await database_sync_to_async(self.why_it_must_end)()
-            except Exception:  # the database away: try again at the next check, never close for it
+            except DatabaseFault:  # the database away: try again at the next check, never close for it
                 logger.warning("could not check a socket's credential", exc_info=True)
                 continue
             if reason:
