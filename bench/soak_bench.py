@@ -83,6 +83,7 @@ FULL: dict[str, int] = {"waves": 100, "consoles": 100, "sockets": 1000, "jobs": 
 QUICK: dict[str, int] = {"waves": 6, "consoles": 20, "sockets": 100, "jobs": 2}
 PROCESSES = ("web", "worker", "hostwatch", "agent")  # judged; redis is read too, not judged
 JOB_TIMEOUT_S = 60.0
+PROBE_APP = "bench.soak_probe:application"
 TRAFFIC_TIMEOUT_S = 30.0
 
 
@@ -281,10 +282,17 @@ async def soak(
         curve.append(point)
         return point
 
-    await asyncio.sleep(args.settle)
-    sample(0, 0.0, {})
-    log("wave 0 (before any): " + _line(curve[-1]))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def probed(point: dict[str, Any]) -> None:
+            if args.probe:  # after /proc's reading, so that its own allocations are not in it
+                async with session.get(stack.url + "/_soak/probe") as resp:
+                    resp.raise_for_status()
+                    point["probe"] = await resp.json()
+
+        await asyncio.sleep(args.settle)
+        await probed(sample(0, 0.0, {}))
+        log("wave 0 (before any): " + _line(curve[-1]))
         for wave in range(1, args.waves + 1):
             wave_started = time.monotonic()
             detail: dict[str, Any] = {}
@@ -302,6 +310,7 @@ async def soak(
             took = time.monotonic() - wave_started
             await asyncio.sleep(args.settle)
             point = sample(wave, took, detail)
+            await probed(point)
             errors = sum(len(d.get("errors", [])) for d in detail.values())
             log(
                 f"wave {wave}/{args.waves} ({took:.1f} s"
@@ -398,6 +407,39 @@ def verdicts(curve: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def probe_summary(curve: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The web process's heap over the last half of the waves (--probe): the fitted slope per
+    wave of each figure bench/soak_probe.py reads, beside VmRSS's, and the types whose count grew
+    from the half's first wave to the last."""
+    waves = [p for p in curve if p["wave"] > 0 and "probe" in p]
+    if len(waves) < 2:
+        return None
+    half = waves[len(waves) // 2 :]
+    xs = [float(p["wave"]) for p in half]
+
+    def slope(values: list[float]) -> float:
+        return round(_fit(xs, values) or 0.0, 1)
+
+    figures: dict[str, list[float]] = {
+        "VmRSS KiB": [float(p["procs"]["web"]["VmRSS"]) for p in half],
+        "pymalloc blocks": [float(p["probe"]["pymalloc_blocks"]) for p in half],
+        "gc objects": [float(p["probe"]["gc_objects"]) for p in half],
+    }
+    if half[0]["probe"].get("malloc"):
+        for key in ("in_use", "free", "arena", "mmapped"):
+            figures[f"malloc {key} KiB"] = [p["probe"]["malloc"][key] / 1024 for p in half]
+    for kind in half[-1]["probe"].get("rss_kib", {}):
+        figures[f"rss {kind} KiB"] = [float(p["probe"].get("rss_kib", {}).get(kind, 0)) for p in half]
+    first, last = half[0]["probe"]["types"], half[-1]["probe"]["types"]
+    grew = {name: last[name] - first.get(name, 0) for name in last if last[name] > first.get(name, 0)}
+    return {
+        "waves": [half[0]["wave"], half[-1]["wave"]],
+        "per_wave": {name: slope(values) for name, values in figures.items()},
+        "first_last": {name: [round(values[0]), round(values[-1])] for name, values in figures.items()},
+        "types_grown": dict(sorted(grew.items(), key=lambda kv: -kv[1])[:15]),
+    }
+
+
 # -- report ----------------------------------------------------------------------------------------
 
 
@@ -478,6 +520,16 @@ def render(results: dict[str, Any]) -> str:
         f"{m['console_open']['p50_ms']} / {m['console_open']['p99_ms']} ms; job p50/p99"
         f" {m['job']['p50_ms']} / {m['job']['p99_ms']} ms",
     ]
+    probe = m.get("probe")
+    if probe:
+        lines += ["", f"web process's heap over waves {probe['waves'][0]}-{probe['waves'][1]} (--probe):"]
+        rows = [["figure", "first", "last", "fitted per wave"]]
+        for name, per_wave in probe["per_wave"].items():
+            first, last = probe["first_last"][name]
+            rows.append([name, f"{first:,}", f"{last:,}", str(per_wave)])
+        lines += table(rows)
+        grown = ", ".join(f"{name} +{n}" for name, n in probe["types_grown"].items()) or "none"
+        lines.append(f"  object types that grew: {grown}")
     return "\n".join(lines)
 
 
@@ -524,12 +576,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="console.asgi:application",
         help="ASGI application uvicorn serves (an experiment's wrapper module must be importable)",
     )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="serve bench/soak_probe.py's wrapper and read, after each wave, what the web process's"
+        " heap holds (glibc's bytes in use and free, pymalloc blocks, objects by type)",
+    )
     parser.add_argument("--workdir", type=Path, help="data directory (default /tmp/domus-bench-<timestamp>)")
     parser.add_argument("--output", type=Path, help="JSON file (default bench/results/soak-<timestamp>.json)")
     parser.add_argument(
         "--report", type=Path, metavar="JSON", help="print a saved run's report again (verdicts recomputed)"
     )
-    return sized(parser.parse_args(argv), QUICK, FULL)
+    args = parser.parse_args(argv)
+    if args.probe:
+        args.web_app = PROBE_APP
+    return sized(args, QUICK, FULL)
 
 
 def run(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> None:
@@ -599,6 +660,7 @@ def summarise(measured: dict[str, Any]) -> None:
             "p99_ms": round(max(tails), 2) if tails else None,
         }
 
+    measured["probe"] = probe_summary(curve)
     measured["console_open"] = merged("console_wave", "open")
     measured["job"] = merged("job_wave", "job")
 
@@ -619,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             "settle_s": args.settle,
             "malloc_arena_max": args.malloc_arena_max,
             "web_app": args.web_app,
+            "probe": args.probe,
         }
     )
     results = header(session, params, TARGETS, quiet_s=2)
