@@ -34,6 +34,7 @@ from console.supervisor import AlreadyRunning, Part, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+MALLOC_ARENA_MAX = "2"  # see main(); the production image sets the same
 # How uvicorn serves WebSockets, here and in production (README). Console frames are VNC
 # updates (already compressed) and terminal bytes: permessage-deflate, which every browser
 # offers, cost ~300 KiB of zlib state per socket and cut a console's throughput from ~730 to
@@ -133,6 +134,11 @@ def main() -> int:
         log(f"cannot start: {exc}")
         return 1
     os.environ["DOMUS_DATA_DIR"] = str(data_dir)
+    # glibc gives each thread that allocates its own heap arena (up to 8 per core); the web
+    # process runs Django's views on a changing pool of threads, and its arenas kept growing
+    # with free holes (bench/soak_bench.py --probe: bytes in use flat, free space and RSS
+    # climbing). Two arenas: the same soak plateaus. Inherited by everything started here.
+    os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
     port = int(os.environ.get("PORT", "8000"))
     listen = os.environ.get("DOMUS_LISTEN", "127.0.0.1")
     agent_port = int(os.environ.get("DOMUS_AGENT_PORT", "8901"))
