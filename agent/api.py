@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import socket
 import time
 import uuid as uuid_mod
@@ -19,17 +21,27 @@ from agent import __version__
 from agent.errors import AgentProblem, Conflict, InvalidSpec, NotFound, Unauthorized
 from agent.identity import AgentIdentity, ConsoleKeys
 from agent.protocol import (
+    POOL_NAME,
     PROBLEM_HEADER,
+    VOLUME_PAGE_DEFAULT,
+    VOLUME_PAGE_MAX,
     DomainInfo,
     DomainSpec,
     PairRequest,
     PairResult,
+    PoolAutostartRequest,
+    PoolDeleteRequest,
+    PoolSpec,
     Problem,
     RenameRequest,
     ResourcesRequest,
     RotateRequest,
+    VolumeCloneRequest,
+    VolumeCreateRequest,
+    VolumeResizeRequest,
 )
 from agent.runtime import AgentRuntime
+from agent.volumes import RangeNotSatisfiable, VolumeDownload, byte_range
 
 log = logging.getLogger("agent.http")
 
@@ -39,6 +51,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({("GET", "/v1/health"), ("POST", "/v1/pair")})
 DOMAIN_LIST = TypeAdapter(list[DomainInfo])
 CONSOLE_ID = web.RequestKey("console_id", str)  # which paired console is calling
+POOL_NAME_RE = re.compile(POOL_NAME)
+# A volume named in a URL: any name a pool lists (files copied in by hand need not follow
+# VOLUME_NAME, as new ones do), never a path: no '/', no control character, not hidden ('.').
+VOLUME_REF_RE = re.compile(r"^[^/.\x00-\x1f\x7f][^/\x00-\x1f\x7f]{0,254}$")
 
 
 def problem_response(status: int, code: str, detail: str) -> web.Response:
@@ -114,6 +130,13 @@ def _uuid(request: web.Request) -> uuid_mod.UUID:
         return uuid_mod.UUID(raw)
     except ValueError as err:
         raise NotFound(f"no domain with uuid {raw!r} (not a valid UUID)") from err
+
+
+def _pool_name(request: web.Request) -> str:
+    raw = request.match_info["name"]
+    if not POOL_NAME_RE.match(raw) or raw in (".", ".."):
+        raise NotFound(f"no storage pool {raw!r} (not a valid pool name)")
+    return raw
 
 
 def _bool_param(request: web.Request, name: str) -> bool:
@@ -246,6 +269,148 @@ async def delete_domain(request: web.Request) -> web.Response:
     return model_response(result)
 
 
+async def define_pool(request: web.Request) -> web.Response:
+    spec = await _model_body(request, PoolSpec)
+    result, created = await request.app[RUNTIME].pools.define(spec)
+    return model_response(result, status=201 if created else 200)
+
+
+async def start_pool(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].pools.start(_pool_name(request)))
+
+
+async def stop_pool(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].pools.stop(_pool_name(request)))
+
+
+async def refresh_pool(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].pools.refresh(_pool_name(request)))
+
+
+async def autostart_pool(request: web.Request) -> web.Response:
+    name = _pool_name(request)
+    body = await _model_body(request, PoolAutostartRequest)
+    return model_response(await request.app[RUNTIME].pools.set_autostart(name, body.autostart))
+
+
+async def delete_pool(request: web.Request) -> web.Response:
+    """A POST with a body rather than a DELETE (whose body intermediaries may drop): keyed and
+    replayed like every other mutation, the body included."""
+    name = _pool_name(request)
+    body = await _model_body(request, PoolDeleteRequest)
+    return model_response(await request.app[RUNTIME].pools.delete(name, delete_storage=body.delete_storage))
+
+
+# -- the volumes of a pool ---------------------------------------------------------------------
+def _volume_name(request: web.Request) -> str:
+    raw = request.match_info["volume"]
+    if not VOLUME_REF_RE.match(raw):
+        raise NotFound(f"no volume {raw!r} (not a valid volume name)")
+    return raw
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name, "")
+    if not raw:
+        return default
+    if len(raw) > 12 or not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidSpec(f"{name}: expected a whole number from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
+async def list_volumes(request: web.Request) -> web.Response:
+    name = _pool_name(request)
+    limit = _int_param(request, "limit", VOLUME_PAGE_DEFAULT, 1, VOLUME_PAGE_MAX)
+    offset = _int_param(request, "offset", 0, 0, 2**31)
+    return model_response(await request.app[RUNTIME].volumes.list(name, limit=limit, offset=offset))
+
+
+async def create_volume(request: web.Request) -> web.Response:
+    name = _pool_name(request)
+    body = await _model_body(request, VolumeCreateRequest)
+    result, created = await request.app[RUNTIME].volumes.create(name, body)
+    return model_response(result, status=201 if created else 200)
+
+
+async def resize_volume(request: web.Request) -> web.Response:
+    pool, name = _pool_name(request), _volume_name(request)
+    body = await _model_body(request, VolumeResizeRequest)
+    return model_response(await request.app[RUNTIME].volumes.resize(pool, name, body.capacity_bytes))
+
+
+async def clone_volume(request: web.Request) -> web.Response:
+    pool, name = _pool_name(request), _volume_name(request)
+    body = await _model_body(request, VolumeCloneRequest)
+    return model_response(await request.app[RUNTIME].volumes.clone(pool, name, body.name), status=201)
+
+
+async def delete_volume(request: web.Request) -> web.Response:
+    pool, name = _pool_name(request), _volume_name(request)
+    return model_response(await request.app[RUNTIME].volumes.delete(pool, name))
+
+
+async def download_volume(request: web.Request) -> web.StreamResponse:
+    """A volume's bytes: all of them (200), or the one range asked (206) to resume a download."""
+    pool, name = _pool_name(request), _volume_name(request)
+    download = await request.app[RUNTIME].volumes.open_download(pool, name)
+    try:
+        return await _send_volume(request, download)
+    finally:
+        await download.close()
+
+
+def _download_headers(download: VolumeDownload) -> dict[str, str]:
+    plain = re.sub(r"[^A-Za-z0-9._+-]", "_", download.name)  # for clients that ignore filename*
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": (
+            f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(download.name, safe='')}"
+        ),
+        "Accept-Ranges": "bytes",
+    }
+    if download.etag is not None:
+        headers["ETag"] = download.etag
+    if download.last_modified is not None:
+        headers["Last-Modified"] = download.last_modified
+    return headers
+
+
+async def _send_volume(request: web.Request, download: VolumeDownload) -> web.StreamResponse:
+    asked = request.headers.get("Range")
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range not in (download.etag, download.last_modified):
+        asked = None  # the volume changed since the part the client holds: all of it again
+    try:
+        part = byte_range(asked, download.size)
+    except RangeNotSatisfiable as err:
+        refused = problem_response(err.status, err.code, err.detail)
+        refused.headers["Content-Range"] = f"bytes */{download.size}"
+        return refused
+    start, length = part or (0, download.size)
+    response = web.StreamResponse(status=206 if part else 200, headers=_download_headers(download))
+    if part:
+        response.headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{download.size}"
+    response.content_length = length
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    try:
+        async with contextlib.aclosing(download.chunks(start, length)) as chunks:
+            async for chunk in chunks:
+                await response.write(chunk)
+    except ConnectionError:
+        log.info("download of volume %s stopped: the client went away", download.name)
+        return response
+    except (AgentProblem, OSError) as err:
+        # The status line is out: cut the connection, so the client sees a short body, not a whole one.
+        log.warning("download of volume %s failed after it began: %s", download.name, err)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/host", host)
@@ -265,3 +430,15 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/domains/{uuid}/autostart", autostart_domain)
     app.router.add_post("/v1/domains/{uuid}/resources", domain_resources)
     app.router.add_post("/v1/domains/{uuid}/rename", rename_domain)
+    app.router.add_post("/v1/pools", define_pool)
+    app.router.add_post("/v1/pools/{name}/start", start_pool)
+    app.router.add_post("/v1/pools/{name}/stop", stop_pool)
+    app.router.add_post("/v1/pools/{name}/refresh", refresh_pool)
+    app.router.add_post("/v1/pools/{name}/autostart", autostart_pool)
+    app.router.add_post("/v1/pools/{name}/delete", delete_pool)
+    app.router.add_get("/v1/pools/{name}/volumes", list_volumes)
+    app.router.add_post("/v1/pools/{name}/volumes", create_volume)
+    app.router.add_post("/v1/pools/{name}/volumes/{volume}/resize", resize_volume)
+    app.router.add_post("/v1/pools/{name}/volumes/{volume}/clone", clone_volume)
+    app.router.add_post("/v1/pools/{name}/volumes/{volume}/delete", delete_volume)
+    app.router.add_get("/v1/pools/{name}/volumes/{volume}/download", download_volume)

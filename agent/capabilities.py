@@ -8,7 +8,6 @@ blocking libvirt calls around it; callers run them off the event loop.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -19,8 +18,8 @@ from lxml import etree
 
 from agent.errors import is_connection_lost
 from agent.hostfacts import hypervisor_for
+from agent.pools import read_pool, supported_pool_types
 from agent.protocol import (
-    MAX_POOL_VOLUMES,
     Accel,
     GuestArch,
     HostCapabilities,
@@ -29,7 +28,6 @@ from agent.protocol import (
     ModeSupport,
     NetworkInfo,
     PoolInfo,
-    VolumeInfo,
 )
 
 log = logging.getLogger(__name__)
@@ -230,55 +228,13 @@ def _skip_vanished(err: libvirt.libvirtError, what: str) -> None:
     log.warning("skipping %s: %s", what, err.get_error_message() or err)
 
 
-_IMAGE_SUFFIXES = (".qcow2", ".img", ".raw")
-
-
-def _offered_volumes(pool: libvirt.virStoragePool, path: str) -> list[VolumeInfo]:
-    """ISOs and disk images by name: one call per pool (a volume's path in a dir or LVM pool is
-    the pool's path plus its name), not one per volume."""
-    with contextlib.suppress(libvirt.libvirtError):  # e.g. busy creating a volume: list what it knows
-        pool.refresh(0)  # files copied in by hand (an ISO) appear only after a refresh
-    try:
-        names = sorted(pool.listVolumes())
-    except libvirt.libvirtError as err:
-        _skip_vanished(err, "storage pool volumes")
-        return []
-    offered = []
-    for name in names:
-        lower = name.lower()
-        if name.startswith("."):
-            continue
-        where = f"{path.rstrip('/')}/{name}"
-        if lower.endswith(".iso"):
-            offered.append(VolumeInfo(name=name, path=where, kind="iso"))
-        elif lower.endswith(_IMAGE_SUFFIXES):
-            offered.append(VolumeInfo(name=name, path=where, kind="image"))
-    return offered[:MAX_POOL_VOLUMES]
-
-
-def _read_pools(conn: libvirt.virConnect) -> list[PoolInfo]:
+def _read_pools(conn: libvirt.virConnect, *, refresh: bool) -> list[PoolInfo]:
     pools = []
     for pool in conn.listAllStoragePools(0):
         try:
-            root = _parse(pool.XMLDesc(0))
-            active = bool(pool.isActive())
-            _state, capacity, allocation, available = pool.info()
+            pools.append(read_pool(pool, refresh=refresh))
         except libvirt.libvirtError as err:
             _skip_vanished(err, "storage pool")
-            continue
-        path = root.findtext("target/path")
-        pools.append(
-            PoolInfo(
-                volumes=_offered_volumes(pool, path) if active and path else [],
-                name=root.findtext("name") or str(pool.name()),
-                type=root.get("type") or "unknown",
-                active=active,
-                path=path,
-                capacity_bytes=int(capacity),
-                allocation_bytes=int(allocation),
-                available_bytes=int(available),
-            )
-        )
     return sorted(pools, key=lambda p: p.name)
 
 
@@ -335,17 +291,26 @@ def _libvirt_bridges(conn: libvirt.virConnect) -> list[str]:
     return sorted(set(bridges))
 
 
-def read_host_resources(conn: libvirt.virConnect, *, local: bool) -> HostResources:
-    """Blocking: storage pools, libvirt networks and host bridges a guest NIC can join.
+def read_host_resources(
+    conn: libvirt.virConnect, *, local: bool, refresh_pools: bool = True
+) -> HostResources:
+    """Blocking: storage pools (and the types this host can define), libvirt networks and host
+    bridges a guest NIC can join.
 
     `local` means libvirt runs on this machine, so sysfs is the truth about bridges; otherwise
     (and for the test driver, whose simulated host defines its own interfaces) libvirt's
-    interface API is asked."""
-    pools = _read_pools(conn)
+    interface API is asked. `refresh_pools` rescans directory-like pools first (files copied in
+    by hand); a read that answers a pool event does not, or its own refreshes would be events."""
+    pools = _read_pools(conn, refresh=refresh_pools)
     networks = _read_networks(conn)
     use_sysfs = local and str(conn.getType()).lower() != "test"
     candidates = sysfs_bridges() if use_sysfs else _libvirt_bridges(conn)
     # A NAT/route/isolated network owns its bridge (virbr0); a bridge-mode network only
     # points at a host bridge, which stays joinable directly.
     owned = {n.bridge for n in networks if n.bridge and n.forward != "bridge"}
-    return HostResources(pools=pools, networks=networks, bridges=[b for b in candidates if b not in owned])
+    return HostResources(
+        pools=pools,
+        pool_types=supported_pool_types(conn),
+        networks=networks,
+        bridges=[b for b in candidates if b not in owned],
+    )

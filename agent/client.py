@@ -17,8 +17,8 @@ import uuid as uuid_mod
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any, TypeVar
-from urllib.parse import unquote, urlencode, urlsplit
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import aiohttp
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -26,16 +26,26 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from agent.console_pipe import ConsolePipe, IdentityMismatch, PipeFailed, PipeRefused, open_pipe
 from agent.protocol import (
     PROBLEM_HEADER,
+    VOLUME_PAGE_DEFAULT,
     DeleteResult,
     DomainInfo,
     DomainSpec,
     HostFacts,
     PairRequest,
     PairResult,
+    PoolAutostartRequest,
+    PoolDeleteRequest,
+    PoolResult,
+    PoolSpec,
     Problem,
     ResourcesRequest,
     ResourcesResult,
     RotateRequest,
+    VolumeCloneRequest,
+    VolumeCreateRequest,
+    VolumeList,
+    VolumeResizeRequest,
+    VolumeResult,
     format_fingerprint,
 )
 
@@ -134,6 +144,18 @@ async def fetch_fingerprint(url: str, *, timeout: float = 10.0) -> str:
 
 
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# A volume copy, or a preallocation where the file system cannot reserve space at once, writes
+# the whole volume before it answers: minutes for a big one.
+_VOLUME_COPY_TIMEOUT = aiohttp.ClientTimeout(total=6 * 3600, sock_connect=30)
+
+
+def _error_for(status: int, raw: bytes) -> AgentError:
+    """The AgentError of an error answer, from its Problem body."""
+    try:
+        problem = Problem.model_validate_json(raw)
+    except ValidationError:
+        problem = Problem(error="http_error", detail=raw.decode(errors="replace")[:500] or f"HTTP {status}")
+    return _BY_STATUS.get(status, AgentError)(status, problem.error, problem.detail)
 
 
 class AgentClient:
@@ -235,12 +257,7 @@ class AgentClient:
         except (TimeoutError, aiohttp.ClientConnectionError) as err:
             raise self._unreachable(err) from err
         if status >= 400:
-            text = raw.decode(errors="replace")
-            try:
-                problem = Problem.model_validate_json(raw)
-            except ValidationError:
-                problem = Problem(error="http_error", detail=text[:500] or f"HTTP {status}")
-            raise _BY_STATUS.get(status, AgentError)(status, problem.error, problem.detail)
+            raise _error_for(status, raw)
         return status, raw
 
     async def _model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
@@ -322,6 +339,122 @@ class AgentClient:
         params: list[tuple[str, str]] = [("delete_disks", "true" if delete_disks else "false")]
         params += [("keep", path) for path in keep or []]
         return await self._model(DeleteResult, "DELETE", f"/v1/domains/{domain_uuid}", params=params)
+
+    # -- storage pools -----------------------------------------------------------------------
+    async def define_pool(self, spec: PoolSpec) -> PoolResult:
+        """Define a pool (and build, start, autostart it as `spec` says). The same pool defined
+        again is answered as it is; another pool under the same name is an AgentConflict."""
+        payload = json.loads(spec.model_dump_json())
+        return await self._model(PoolResult, "POST", "/v1/pools", json=payload)
+
+    async def pool_action(self, name: str, action: Literal["start", "stop", "refresh"]) -> PoolResult:
+        if action not in ("start", "stop", "refresh"):
+            raise ValueError(f"unknown storage pool action {action!r}")
+        return await self._model(PoolResult, "POST", f"/v1/pools/{quote(name, safe='')}/{action}")
+
+    async def set_pool_autostart(self, name: str, autostart: bool) -> PoolResult:
+        body = PoolAutostartRequest(autostart=autostart).model_dump()
+        # The value is part of the key: a job that turns it on, then off, makes two requests.
+        suffix = " on" if autostart else " off"
+        path = f"/v1/pools/{quote(name, safe='')}/autostart"
+        return await self._model(PoolResult, "POST", path, json=body, key_suffix=suffix)
+
+    async def delete_pool(self, name: str, delete_storage: bool = False) -> PoolResult:
+        """Stop it if it runs, delete its storage if asked, undefine it (AgentConflict while a
+        domain has a disk in it)."""
+        body = PoolDeleteRequest(delete_storage=delete_storage).model_dump()
+        return await self._model(PoolResult, "POST", f"/v1/pools/{quote(name, safe='')}/delete", json=body)
+
+    # -- the volumes of a pool ---------------------------------------------------------------
+    @staticmethod
+    def _volumes_path(pool: str, name: str | None = None) -> str:
+        # '.' and '..' survive quoting and the URL would be normalised into another route (a
+        # volume named '..' deleted as `/v1/pools/<pool>/delete`): never sent.
+        if pool in ("", ".", ".."):
+            raise AgentNotFound(404, "not_found", f"no storage pool {pool!r} (not a valid pool name)")
+        path = f"/v1/pools/{quote(pool, safe='')}/volumes"
+        if name is None:
+            return path
+        if name in ("", ".", ".."):
+            raise AgentNotFound(404, "not_found", f"no volume {name!r} (not a valid volume name)")
+        return f"{path}/{quote(name, safe='')}"
+
+    async def list_volumes(
+        self, pool: str, *, limit: int = VOLUME_PAGE_DEFAULT, offset: int = 0
+    ) -> VolumeList:
+        """`limit` volumes of the pool from `offset`, by name (`total` counts them all). The agent
+        rescans the pool first, so files copied in by hand are there."""
+        params = {"limit": str(limit), "offset": str(offset)}
+        return await self._model(VolumeList, "GET", self._volumes_path(pool), params=params)
+
+    async def create_volume(self, pool: str, request: VolumeCreateRequest) -> VolumeResult:
+        """Make a volume. The same one asked again is answered as it is; another volume under the
+        name is an AgentConflict; a preallocated one the pool has no room for is AgentInvalid."""
+        payload = json.loads(request.model_dump_json())
+        # The name is part of the key: a job that makes two volumes in one pool makes two requests.
+        return await self._model(
+            VolumeResult,
+            "POST",
+            self._volumes_path(pool),
+            json=payload,
+            key_suffix=f" {request.name}",
+            timeout=_VOLUME_COPY_TIMEOUT,
+        )
+
+    async def resize_volume(self, pool: str, name: str, capacity_bytes: int) -> VolumeResult:
+        """Grow a volume (AgentInvalid for a smaller or equal size): through the running domain
+        that writes it, whose guest then sees it at once, else the volume itself."""
+        body = VolumeResizeRequest(capacity_bytes=capacity_bytes).model_dump()
+        path = f"{self._volumes_path(pool, name)}/resize"
+        return await self._model(VolumeResult, "POST", path, json=body, key_suffix=f" to {capacity_bytes}")
+
+    async def clone_volume(self, pool: str, name: str, new_name: str) -> VolumeResult:
+        """Copy a volume under `new_name` in the same pool (AgentConflict while a running domain
+        writes it, or when the name is taken)."""
+        body = VolumeCloneRequest(name=new_name).model_dump()
+        path = f"{self._volumes_path(pool, name)}/clone"
+        return await self._model(
+            VolumeResult, "POST", path, json=body, key_suffix=f" as {new_name}", timeout=_VOLUME_COPY_TIMEOUT
+        )
+
+    async def delete_volume(self, pool: str, name: str) -> VolumeResult:
+        """Delete a volume (AgentConflict while a domain on the host uses it, or another volume is
+        layered on it)."""
+        return await self._model(VolumeResult, "POST", f"{self._volumes_path(pool, name)}/delete")
+
+    @asynccontextmanager
+    async def download_volume(
+        self, pool: str, name: str, *, offset: int = 0, if_range: str | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """`async with client.download_volume(pool, name) as resp:` then
+        `async for chunk in resp.content.iter_chunked(1 << 20): ...` — the bytes as they come,
+        never held whole. Its headers carry Content-Length, Content-Disposition (the file name),
+        ETag and Last-Modified (for a file). From `offset` on: 206 with Content-Range; but when
+        `if_range` (the ETag or Last-Modified of the part already held) no longer matches, the
+        volume changed and all of it comes again (200). Refusals raise AgentError subclasses
+        before anything is yielded (AgentConflict while a running domain writes the volume)."""
+        headers = {}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        if if_range:
+            headers["If-Range"] = if_range
+        # No bound on the whole (a volume takes as long as it takes); a stalled one fails.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self._timeout.total)
+        url = f"{self.base_url}{self._volumes_path(pool, name)}/download"
+        try:
+            resp = await self.session.get(url, headers=headers, timeout=timeout)
+        except (TimeoutError, aiohttp.ClientConnectionError) as err:
+            raise self._unreachable(err) from err
+        try:
+            if resp.status >= 400:
+                try:
+                    raw = await resp.read()
+                except (TimeoutError, aiohttp.ClientConnectionError) as err:
+                    raise self._unreachable(err) from err
+                raise _error_for(resp.status, raw)
+            yield resp
+        finally:
+            resp.release()
 
     # -- WebSockets --------------------------------------------------------------------------
     @asynccontextmanager

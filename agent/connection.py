@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ConnectedHook = Callable[[libvirt.virConnect], Awaitable[None]]
+DisconnectHook = Callable[[libvirt.virConnect], None]  # blocking; runs in a worker thread
 
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 10.0
@@ -39,6 +40,7 @@ class LibvirtConnection:
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
         self._hooks: list[ConnectedHook] = []
+        self._disconnect_hooks: list[DisconnectHook] = []
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
         self._attempt = 0
@@ -46,6 +48,11 @@ class LibvirtConnection:
     def on_connected(self, hook: ConnectedHook) -> None:
         """Run `hook` after every (re)connection, before requests are served on it."""
         self._hooks.append(hook)
+
+    def on_disconnecting(self, hook: DisconnectHook) -> None:
+        """Run `hook` on a lost connection before it is closed for a new one, e.g. to deregister
+        the event callbacks an `on_connected` hook registered on it (they would keep it alive)."""
+        self._disconnect_hooks.append(hook)
 
     @property
     def connected(self) -> bool:
@@ -91,8 +98,9 @@ class LibvirtConnection:
         if self._reconnect_task is None or self._reconnect_task.done():
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect(old))
 
-    @staticmethod
-    def _dispose(conn: libvirt.virConnect) -> None:
+    def _dispose(self, conn: libvirt.virConnect) -> None:
+        for hook in self._disconnect_hooks:
+            hook(conn)
         with contextlib.suppress(libvirt.libvirtError):
             conn.unregisterCloseCallback()
         with contextlib.suppress(libvirt.libvirtError):
@@ -133,6 +141,8 @@ class LibvirtConnection:
             self._reconnect_task.cancel()
         conn, self._conn = self._conn, None
         if conn is not None:
+            # No disconnect hooks here: the agent is stopping, and a connection really freed now
+            # would hand libvirt's event loop work after asyncio's loop has closed.
             try:
                 conn.unregisterCloseCallback()
                 conn.close()

@@ -1,4 +1,5 @@
-"""Event hub: libvirt lifecycle events fanned out to every /v1/events subscriber.
+"""Event hub: libvirt lifecycle events fanned out to every /v1/events subscriber, with heartbeats,
+periodic stats, and fresh resources soon after a storage pool changes.
 
 Each subscriber has a bounded queue; a subscriber whose queue is full is dropped (it gets a
 `None` sentinel and its socket is closed), so one slow reader never blocks the others.
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import libvirt
 from pydantic import BaseModel
 
-from agent.errors import AgentProblem
+from agent.errors import AgentProblem, is_connection_lost
 from agent.protocol import DomainEvent, DomainState, HeartbeatEvent, InventoryEvent, StatsEvent
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 2.0
 STATS_EVERY_S = 10.0
 SUBSCRIBER_QUEUE = 256
+# A storage pool event is answered by fresh resources this long after it; the events that come
+# meanwhile (a define, build, start and autostart in one go) share that one reading.
+POOL_DEBOUNCE_S = 0.5
 
 LIFECYCLE_NAMES = {
     libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
@@ -59,9 +63,21 @@ IMPLIED_STATE: dict[int, DomainState] = {
     libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
 }
 
+POOL_EVENT_NAMES = {
+    libvirt.VIR_STORAGE_POOL_EVENT_DEFINED: "defined",
+    libvirt.VIR_STORAGE_POOL_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_STORAGE_POOL_EVENT_STARTED: "started",
+    libvirt.VIR_STORAGE_POOL_EVENT_STOPPED: "stopped",
+    libvirt.VIR_STORAGE_POOL_EVENT_CREATED: "built",
+    libvirt.VIR_STORAGE_POOL_EVENT_DELETED: "storage deleted",
+}
+
 DomainListener = Callable[[DomainEvent], None]
 InventoryProvider = Callable[[], Awaitable[InventoryEvent]]
 StatsProvider = Callable[[], Awaitable[StatsEvent]]
+# Fresh figures after storage pool events; the argument says that they were only refreshes
+# (which the agent's own readings cause), and then None means "nothing a person would see changed".
+PoolStatsProvider = Callable[[bool], Awaitable[StatsEvent | None]]
 
 
 class Subscriber:
@@ -98,9 +114,15 @@ class EventHub:
         self._listeners: set[DomainListener] = set()
         self._raw: asyncio.Queue[tuple[libvirt.virDomain, int]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._callback_id: int | None = None
+        # (connection, "domain" or "pool", callback id) of every registration, to undo them.
+        self._registrations: list[tuple[libvirt.virConnect, str, int]] = []
         self.inventory: InventoryProvider | None = None
         self.stats: StatsProvider | None = None
+        self.pool_stats: PoolStatsProvider | None = None
+        self.pool_debounce_s = POOL_DEBOUNCE_S
+        self._pools_task: asyncio.Task[None] | None = None
+        self._pools_dirty = False
+        self._pools_changed = False  # a lifecycle event or an operation in the batch, not only refreshes
 
     # -- subscribers -------------------------------------------------------------------------
     def subscribe(self) -> Subscriber:
@@ -130,17 +152,44 @@ class EventHub:
 
     # -- libvirt side ------------------------------------------------------------------------
     async def attach(self, conn: libvirt.virConnect) -> None:
-        """Register for lifecycle events on a (new) connection; a hook of LibvirtConnection."""
-        self._callback_id = await asyncio.to_thread(
-            conn.domainEventRegisterAny,
-            None,
-            libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-            self._on_lifecycle,
-            None,
-        )
+        """Register for domain lifecycle and storage pool events on a (new) connection; a hook
+        of LibvirtConnection (`detach` undoes it before the connection is closed)."""
+        await asyncio.to_thread(self._register, conn)
         if self._subscribers and self.inventory is not None:
             # After a reconnect, events may have been missed: resend the whole picture.
             asyncio.get_running_loop().create_task(self._resend_inventory())
+
+    def _register(self, conn: libvirt.virConnect) -> None:
+        domain_id = conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+        )
+        self._registrations.append((conn, "domain", domain_id))
+        pool_callbacks = (
+            (libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, self._on_pool_lifecycle),
+            (libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH, self._on_pool_refresh),
+        )
+        for event_id, callback in pool_callbacks:
+            try:
+                pool_id = conn.storagePoolEventRegisterAny(None, event_id, callback, None)
+            except libvirt.libvirtError as err:
+                if is_connection_lost(err):
+                    raise
+                # A driver without storage events: pool changes then show in the periodic stats.
+                log.warning("no storage pool events from libvirt: %s", err.get_error_message() or err)
+                return
+            self._registrations.append((conn, "pool", pool_id))
+
+    def detach(self, conn: libvirt.virConnect) -> None:
+        """Blocking: deregister `conn`'s callbacks before it is closed (a registered callback holds
+        a reference that keeps a closed connection alive). Errors of a dead connection are moot."""
+        mine = [r for r in self._registrations if r[0] is conn]
+        self._registrations = [r for r in self._registrations if r[0] is not conn]
+        for _conn, kind, callback_id in mine:
+            with contextlib.suppress(libvirt.libvirtError):
+                if kind == "domain":
+                    conn.domainEventDeregisterAny(callback_id)
+                else:
+                    conn.storagePoolEventDeregisterAny(callback_id)
 
     async def _resend_inventory(self) -> None:
         if self.inventory is not None:
@@ -172,6 +221,42 @@ class EventHub:
                 listener(domain_event)
             self.publish(domain_event)
 
+    # -- storage pools ---------------------------------------------------------------------
+    def _on_pool_lifecycle(
+        self, _conn: libvirt.virConnect, pool: libvirt.virStoragePool, event: int, _detail: int, _o: object
+    ) -> None:
+        # On the event loop, like _on_lifecycle: name() is the handle's own, no libvirt call.
+        log.info("storage pool %s %s", pool.name(), POOL_EVENT_NAMES.get(event, f"event-{event}"))
+        self.pools_changed()
+
+    def _on_pool_refresh(self, _conn: libvirt.virConnect, _pool: libvirt.virStoragePool, _o: object) -> None:
+        self.pools_changed(refreshed_only=True)
+
+    def pools_changed(self, *, refreshed_only: bool = False) -> None:
+        """Storage pools changed (an event, or an operation of the API): subscribers get a
+        StatsEvent with fresh resources once things settle (POOL_DEBOUNCE_S). Non-blocking."""
+        self._pools_dirty = True
+        if not refreshed_only:
+            self._pools_changed = True
+        if self._pools_task is None or self._pools_task.done():
+            self._pools_task = asyncio.get_running_loop().create_task(self._publish_pools())
+
+    async def _publish_pools(self) -> None:
+        while self._pools_dirty:  # again if more came while the last reading was under way
+            await asyncio.sleep(self.pool_debounce_s)
+            refreshed_only = not self._pools_changed
+            self._pools_dirty = self._pools_changed = False
+            if not self._subscribers or self.pool_stats is None:
+                continue  # nobody listens: an inventory will tell the next one
+            try:
+                event = await self.pool_stats(refreshed_only)
+            except AgentProblem:
+                log.warning("cannot read host resources after a storage pool change", exc_info=True)
+                continue
+            if event is not None:
+                self.publish(event)
+                log.info("published fresh resources after storage pool changes")
+
     async def _heartbeat(self) -> None:
         next_stats = time.monotonic() + STATS_EVERY_S
         while True:
@@ -189,9 +274,11 @@ class EventHub:
         self._tasks = [loop.create_task(self._translate()), loop.create_task(self._heartbeat())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        pools_task = self._pools_task
+        tasks = [*self._tasks, *([pools_task] if pools_task is not None and not pools_task.done() else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for sub in list(self._subscribers):

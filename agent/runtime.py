@@ -17,9 +17,19 @@ from agent.domains import DomainService
 from agent.events import EventHub
 from agent.hostfacts import Capabilities, domain_type_for, hypervisor_for, read_capabilities, read_host_facts
 from agent.identity import AgentIdentity, ConsoleKeys
+from agent.pools import PoolService
 from agent.protocol import HostCapabilities, HostFacts, HostResources, InventoryEvent, StatsEvent
+from agent.volumes import VolumeService
 
 log = logging.getLogger(__name__)
+
+
+def _pools_seen(resources: HostResources) -> list[tuple[object, ...]]:
+    """What a person sees of the pools, without the byte counts that move on every reading."""
+    return [
+        (p.name, p.state, p.autostart, p.persistent, p.volume_count, [v.name for v in p.volumes])
+        for p in resources.pools
+    ]
 
 
 @dataclass(frozen=True)
@@ -45,11 +55,17 @@ class AgentRuntime:
         self.hub = EventHub()
         self.hub.inventory = self.inventory
         self.hub.stats = self.stats
+        self.hub.pool_stats = self.pool_stats
+        self.conn.on_disconnecting(self.hub.detach)
         self._host_caps: HostCapabilities | None = None
         self._caps: Capabilities | None = None
         self.decision: AccelDecision | None = None
         self.pool_dir: str = config.pool_path
         self._domains: DomainService | None = None
+        self.pools = PoolService(self.conn, changed=self.hub.pools_changed)
+        # A volume's bytes are its pool's: after a volume operation, fresh pools are published too.
+        self.volumes = VolumeService(self.conn, changed=self.hub.pools_changed, local_files=self._local)
+        self._last_resources: HostResources | None = None
 
     @property
     def domains(self) -> DomainService:
@@ -122,13 +138,16 @@ class AgentRuntime:
         """Whether this machine's own bridges are the hypervisor's (not so for the test driver)."""
         return not self.config.uri.startswith("test:")
 
-    async def resources(self) -> HostResources:
+    async def resources(self, *, refresh_pools: bool = True) -> HostResources:
         local = self._local
-        return await self.conn.call(
-            lambda conn: read_host_resources(conn, local=local), what="reading pools and networks"
+        resources = await self.conn.call(
+            lambda conn: read_host_resources(conn, local=local, refresh_pools=refresh_pools),
+            what="reading pools and networks",
         )
+        self._last_resources = resources
+        return resources
 
-    async def stats(self) -> StatsEvent:
+    async def stats(self, resources: HostResources | None = None) -> StatsEvent:
         domains = await self.domains.list()
         free = await self.conn.call(lambda conn: int(conn.getFreeMemory()), what="reading free memory")
         return StatsEvent(
@@ -136,8 +155,18 @@ class AgentRuntime:
             free_memory_mib=free // (1024 * 1024),
             domains_total=len(domains),
             domains_running=sum(1 for d in domains if d.state == "running"),
-            resources=await self.resources(),
+            resources=resources if resources is not None else await self.resources(),
         )
+
+    async def pool_stats(self, refreshed_only: bool) -> StatsEvent | None:
+        """Stats after storage pool events, read without refreshing pools (each refresh is an
+        event). After refreshes alone, None unless what people see of the pools changed: the
+        agent's own readings refresh pools, and their echo must not be published forever."""
+        previous = self._last_resources
+        resources = await self.resources(refresh_pools=False)
+        if refreshed_only and previous is not None and _pools_seen(previous) == _pools_seen(resources):
+            return None
+        return await self.stats(resources)
 
     async def host_facts(self) -> HostFacts:
         caps, decision = self._caps, self.decision

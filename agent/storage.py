@@ -169,7 +169,7 @@ def _existing_volume(conn: libvirt.virConnect, field: str, path: str, default_di
     )
 
 
-def _volume_or_none(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
+def volume_or_none(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
     try:
         return pool.storageVolLookupByName(name)
     except libvirt.libvirtError as err:
@@ -201,7 +201,7 @@ def create_volumes(
                 raise Conflict(f"disks.{index}.pool: storage pool {disk.pool!r} is not active")
             logical = _pool_type(pool) == "logical"
             name = volume_name(spec, index, logical=logical)
-            vol = _volume_or_none(pool, name)
+            vol = volume_or_none(pool, name)
             if vol is not None:
                 log.info("reusing existing volume %s in pool %s", name, disk.pool)
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import select
@@ -42,6 +43,13 @@ class RunningAgent:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    async def log_count_exceeds(self, needle: str, count: int, *, guard: float = 60.0) -> None:
+        """Wait until the agent's log has more than `count` lines with `needle` (what it does in
+        the background, e.g. after an event); `guard` only stops a hang."""
+        async with asyncio.timeout(guard):
+            while self.log().count(needle) <= count:
+                await asyncio.sleep(0.05)
 
 
 def agent_init(state_dir: Path, url: str) -> tuple[str, str]:

@@ -31,7 +31,7 @@ from agent.capabilities import (
     read_host_resources,
     sysfs_bridges,
 )
-from agent.protocol import GuestArch, ModeSupport, NetworkInfo, PoolInfo
+from agent.protocol import POOL_TYPES, GuestArch, ModeSupport, NetworkInfo, PoolInfo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "capabilities"
 XEN_CAPS = (FIXTURES / "xen-libxl-host-capabilities.xml").read_text()
@@ -337,8 +337,15 @@ def test_read_host_resources_on_the_test_driver(test_conn: libvirt.virConnect) -
             capacity_bytes=100 * 1024**3,
             allocation_bytes=0,
             available_bytes=100 * 1024**3,
+            state="running",
+            autostart=False,
+            persistent=True,
+            volume_count=0,
+            source="",
         )
     ]
+    # The test driver cannot say which pool types it runs: it is taken to run them all.
+    assert resources.pool_types == list(POOL_TYPES)
     assert resources.networks == [NetworkInfo(name="default", active=True, forward="nat", bridge="virbr0")]
     assert resources.bridges == []  # its only interface, eth1, is plain ethernet
 
@@ -458,6 +465,10 @@ def test_read_host_resources_on_qemu_system(
     pools = {p.name: p for p in resources.pools}
     ours = pools[f"domus-caps-{suffix}"]
     assert (ours.type, ours.active, ours.path) == ("dir", True, str(pool_dir))
+    # Created (transient): running, not persistent, so it cannot start with the host.
+    assert (ours.state, ours.persistent, ours.autostart, ours.volume_count) == ("running", False, False, 0)
+    # This host's libvirt says which types it runs (its storage pool capabilities).
+    assert resources.pool_types[0] == "dir" and set(resources.pool_types) <= set(POOL_TYPES)
     assert ours.capacity_bytes > 0 and 0 < ours.available_bytes <= ours.capacity_bytes
     networks = {n.name: n for n in resources.networks}
     assert networks[f"domus-caps-{suffix}"] == NetworkInfo(
