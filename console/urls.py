@@ -12,6 +12,7 @@ from console.jobs.api.views import JobViewSet
 from domains import views as domain_views
 from domains import wizard as domain_wizard
 from domains.api.views import DomainViewSet, VolumeViewSet
+from hosts import downloads as host_downloads
 from hosts import views as host_views
 from hosts.api.views import HostViewSet
 
@@ -46,6 +47,31 @@ urlpatterns = [
     path("hosts/", host_views.host_list_page, name="host-list"),
     path("hosts/add/", host_views.host_add_page, name="host-add"),
     path("hosts/<int:host_id>/", host_views.host_detail_page, name="host-detail"),
+    path("hosts/<int:host_id>/pools/", host_views.host_pool_create_page, name="host-pool-create"),
+    path(
+        "hosts/<int:host_id>/orphans/delete/", host_views.host_orphans_delete_page, name="host-orphans-delete"
+    ),
+    path("hosts/<int:host_id>/pools/<str:pool>/", host_views.host_pool_page, name="host-pool"),
+    path(
+        "hosts/<int:host_id>/pools/<str:pool>/volumes/",
+        host_views.host_pool_volume_create_page,
+        name="host-pool-volume-create",
+    ),
+    path(
+        "hosts/<int:host_id>/pools/<str:pool>/volumes/<str:volume>/download/",
+        host_downloads.volume_download,
+        name="host-volume-download",
+    ),
+    path(
+        "hosts/<int:host_id>/pools/<str:pool>/volumes/<str:volume>/<str:action>/",
+        host_views.host_pool_volume_action_page,
+        name="host-pool-volume-action",
+    ),
+    path(
+        "hosts/<int:host_id>/pools/<str:pool>/<str:action>/",
+        host_views.host_pool_action_page,
+        name="host-pool-action",
+    ),
     path("hosts/<int:host_id>/<str:action>/", host_views.host_action, name="host-action"),
     path("hosts/<int:host_id>/volumes/<int:volume_id>/", host_views.host_volume_page, name="host-volume"),
     path("teams/", access_views.team_list_page, name="team-list"),

@@ -111,6 +111,15 @@ class Volume(models.Model):
     domain = models.ForeignKey(
         Domain, null=True, blank=True, on_delete=models.SET_NULL, related_name="volumes"
     )
+
+    class Origin(models.TextChoices):
+        DOMAIN = "domain", "A domain's disk"  # made by a domain, or first seen as one's
+        POOL = "pool", "Made in its pool"  # from the host's pool page or API, for no domain
+
+    # The name of that domain, kept when it is deleted: "an orphan of web1".
+    domain_name = models.CharField(max_length=63, blank=True)
+    # With `domain` None, a DOMAIN volume outlived the domain that had it: an orphan.
+    origin = models.CharField(max_length=8, choices=Origin.choices, default=Origin.DOMAIN)
     library = models.BooleanField(default=False)  # the site's shared, read-only media
     # Teams that use it as its owner does (read-only media, or a disk no other domain writes),
     # without owning it: a delete with disks by one of their domains keeps it.

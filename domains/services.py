@@ -16,7 +16,7 @@ from console.jobs.services import job_enqueue
 from console.realtime.events import publish_on_commit
 from domains import volumes
 from domains.events import domain_deleted_event, domain_event
-from domains.models import Domain
+from domains.models import Domain, Volume
 from domains.specs import build_spec, host_facts, parse_size_mib
 from hosts.models import Host
 
@@ -427,5 +427,7 @@ def domain_forget(*, domain: Domain) -> None:
     event = domain_deleted_event(
         domain_id=domain.pk, name=domain.name, host_id=domain.host_id, team_id=domain.team_id
     )
+    # The volumes it kept become orphans: they say whose they were (as it was last named).
+    Volume.objects.filter(domain=domain).update(domain_name=domain.name)
     domain.delete()
     publish_on_commit(event)

@@ -135,7 +135,7 @@ def register_disks(domains: Iterable[Domain]) -> None:
     """Record the disks the hosts report as their domains' teams' volumes, where no one owns
     them yet (the first domain seen with a volume is the one that made it, or was given it)."""
     rows = [
-        Volume(host_id=d.host_id, path=path, team_id=d.team_id, domain=d)
+        Volume(host_id=d.host_id, path=path, team_id=d.team_id, domain=d, domain_name=d.name)
         for d in domains
         for path in _disk_paths(d.disks)
     ]

@@ -23,3 +23,36 @@ def host_event(host: Host) -> dict[str, Any]:
 def host_removed_event(host: Host) -> dict[str, Any]:
     """Built before the row is deleted (the payload needs its teams)."""
     return {"type": "host.removed", "host": _host_payload(host)}
+
+
+def pools_summary(resources: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the host page shows of each pool (its offered volumes stay out: the page filters
+    those per viewer)."""
+    return [{k: v for k, v in pool.items() if k != "volumes"} for pool in resources.get("pools") or []]
+
+
+def pools_changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether a page showing `before`'s pools should be told about `after`'s: a pool came,
+    went, or changed state or settings, or its use moved by a whole percent of its capacity (a
+    guest writing moves allocation on every reading; that is not worth an event each time)."""
+
+    def key(resources: dict[str, Any]) -> list[dict[str, Any]]:
+        shown = []
+        for pool in pools_summary(resources):
+            capacity = pool.get("capacity_bytes") or 0
+            used = pool.get("allocation_bytes") or 0
+            shown.append(
+                {
+                    **{k: v for k, v in pool.items() if not k.endswith("_bytes")},
+                    "capacity_bytes": capacity,
+                    "used_pct": int(100 * used / capacity) if capacity else 0,
+                }
+            )
+        return shown
+
+    return key(before) != key(after)
+
+
+def host_resources_event(host: Host) -> dict[str, Any]:
+    """A host's storage pools changed: each as the host page's table shows it."""
+    return {"type": "host.resources", "host": _host_payload(host), "pools": pools_summary(host.resources)}

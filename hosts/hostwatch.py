@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,9 @@ from agent.client import AgentClient, AgentError, AgentIdentityChanged, AgentNot
 from agent.protocol import AgentEvent, DomainEvent, DomainInfo, HeartbeatEvent, InventoryEvent, StatsEvent
 from domains.models import Domain
 from domains.services import OBSERVED_FIELDS, domain_observe, domain_vanished, domains_discovered, observed
+from hosts.events import pools_changed
 from hosts.models import Host
-from hosts.services import host_observe
+from hosts.services import host_observe, host_resources_observed
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,7 @@ class HostWatch:
         self.offline_after = settings.DOMUS_HOST_OFFLINE_AFTER_SECONDS
         self._seen: set[int] = set()  # heard from since the last flush
         self._stats: dict[int, dict[str, Any]] = {}
+        self._resources: dict[int, dict[str, Any]] = {}  # each host's as last recorded here
 
     async def run(self) -> None:
         logger.info("hostwatch shard %d/%d started", self.shard, self.shards)
@@ -234,6 +237,14 @@ class HostWatch:
             await db(_domain_changed)(key.id, event)
         elif isinstance(event, StatsEvent):
             self._seen.add(key.id)
-            self._stats[key.id] = event.model_dump(mode="json", exclude={"type"})
+            stats = event.model_dump(mode="json", exclude={"type"})
+            stats["received_at"] = time.time()  # the console's clock: see Host.resources
+            self._stats[key.id] = stats
+            resources = stats.get("resources")
+            # A pool made, started, filled or removed (perhaps behind Domus's back): recorded and
+            # told to the pages now, not at the next flush; the rest waits for it.
+            if resources is not None and pools_changed(self._resources.get(key.id) or {}, resources):
+                await db(host_resources_observed)(host_id=key.id, resources=resources)
+                self._resources[key.id] = resources
         elif isinstance(event, HeartbeatEvent):
             self._seen.add(key.id)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, Literal, cast
 
+from agent.client import AgentClient, AgentError, AgentNotFound
+from agent.protocol import PoolResult, PoolSpec, VolumeCreateRequest, VolumeResult
 from console.jobs.runner import JobContext, JobFailed, job_handler
-from hosts.agent import run_agent
+from domains.models import Volume
+from hosts.agent import run_agent, run_agent_for_job
 from hosts.models import Host
-from hosts.services import host_observe
+from hosts.services import host_observe, host_resources_observed
 
 
 @job_handler("host.refresh")
@@ -22,3 +26,186 @@ def host_refresh_job(ctx: JobContext) -> dict[str, Any]:
     modes = [m.mode for m in caps.modes if m.available] if caps else []
     ctx.log(f"{facts.hypervisor} on {facts.arch}, modes: {', '.join(modes) or 'none'}")
     return {"hypervisor": facts.hypervisor, "modes": modes}
+
+
+def _pool_result_recorded(ctx: JobContext, host: Host, result: PoolResult) -> dict[str, Any]:
+    """Say what the agent did, and record the host's pools as they are now (its own live update
+    follows too, but the page should not wait for it)."""
+    if result.detail:
+        ctx.log(result.detail)
+    _resources_recorded(host)
+    return {"pool": result.pool.model_dump(mode="json") if result.pool else None, "detail": result.detail}
+
+
+def _job_host(ctx: JobContext) -> Host:
+    host = ctx.job.host
+    if host is None:
+        raise JobFailed("The host was removed before the job ran.")
+    return host
+
+
+@job_handler("pool.create", permission="host.manage")
+def pool_create_job(ctx: JobContext) -> dict[str, Any]:
+    host = _job_host(ctx)
+    spec = PoolSpec.model_validate(ctx.job.params)
+    steps = ["define"] + (["build"] if spec.build else []) + (["start"] if spec.start else [])
+    ctx.progress(10, f"Asking {host.name} to {', '.join(steps)} the {spec.type} pool {spec.name}")
+    result = run_agent_for_job(ctx, host, lambda client: client.define_pool(spec))
+    return _pool_result_recorded(ctx, host, result)
+
+
+def _pool_action_job(ctx: JobContext, *, action: str) -> dict[str, Any]:
+    host = _job_host(ctx)
+    params = ctx.job.params
+    name = params["pool"]
+    ctx.progress(10, f"Asking {host.name} to {action} the pool {name}")
+
+    async def op(client: AgentClient) -> PoolResult:
+        if action == "autostart":
+            return await client.set_pool_autostart(name, bool(params["autostart"]))
+        if action == "delete":
+            return await client.delete_pool(name, delete_storage=bool(params.get("delete_storage")))
+        return await client.pool_action(name, cast(Literal["start", "stop", "refresh"], action))
+
+    return _pool_result_recorded(ctx, host, run_agent_for_job(ctx, host, op))
+
+
+# start, stop, refresh, autostart and delete: one handler each, the same conversation.
+for _action in ("start", "stop", "refresh", "autostart", "delete"):
+    job_handler(f"pool.{_action}", permission="host.manage")(partial(_pool_action_job, action=_action))
+
+
+# -- volumes of a pool (hosts/pool_volumes.py) -----------------------------------------------------
+
+
+def _volume_recorded(ctx: JobContext, host: Host, result: VolumeResult, **record: Any) -> dict[str, Any]:
+    """Say what the agent did; record a new volume (the site's unless `record` says whose)."""
+    if result.detail:
+        ctx.log(result.detail)
+    volume = result.volume
+    if volume is not None and record:
+        Volume.objects.get_or_create(host=host, path=volume.path, defaults=record)
+    _resources_recorded(host)
+    return {"volume": volume.model_dump(mode="json") if volume else None, "detail": result.detail}
+
+
+def _resources_recorded(host: Host) -> None:
+    facts = run_agent(host, lambda client: client.host())
+    if facts.resources is not None:
+        host_resources_observed(host_id=host.pk, resources=facts.resources.model_dump(mode="json"))
+
+
+@job_handler("volume.create", permission="host.manage")
+def volume_create_job(ctx: JobContext) -> dict[str, Any]:
+    host = _job_host(ctx)
+    params = dict(ctx.job.params)
+    pool = params.pop("pool")
+    request = VolumeCreateRequest.model_validate(params)
+    ctx.progress(10, f"Creating {request.name} ({request.capacity_bytes / 2**30:.1f} GiB) in {pool}")
+    result = run_agent_for_job(ctx, host, lambda client: client.create_volume(pool, request))
+    return _volume_recorded(ctx, host, result, origin=Volume.Origin.POOL)
+
+
+@job_handler("volume.resize", permission="host.manage")
+def volume_resize_job(ctx: JobContext) -> dict[str, Any]:
+    host = _job_host(ctx)
+    params = ctx.job.params
+    ctx.progress(10, f"Growing {params['volume']} to {params['capacity_bytes'] / 2**30:.1f} GiB")
+    result = run_agent_for_job(
+        ctx,
+        host,
+        lambda client: client.resize_volume(params["pool"], params["volume"], params["capacity_bytes"]),
+    )
+    return _volume_recorded(ctx, host, result)
+
+
+@job_handler("volume.clone", permission="host.manage")
+def volume_clone_job(ctx: JobContext) -> dict[str, Any]:
+    host = _job_host(ctx)
+    params = ctx.job.params
+    ctx.progress(10, f"Copying {params['volume']} to {params['new_name']} (a full copy: this takes a while)")
+    source = Volume.objects.filter(host=host, path=_pool_path(host, params["pool"], params["volume"])).first()
+    result = run_agent_for_job(
+        ctx, host, lambda client: client.clone_volume(params["pool"], params["volume"], params["new_name"])
+    )
+    # A copy of a team's volume is that team's; of the site's, the site's.
+    return _volume_recorded(
+        ctx, host, result, origin=Volume.Origin.POOL, team_id=source.team_id if source else None
+    )
+
+
+@job_handler("volume.delete", permission="host.manage")
+def volume_delete_job(ctx: JobContext) -> dict[str, Any]:
+    host = _job_host(ctx)
+    params = ctx.job.params
+    ctx.progress(10, f"Deleting {params['volume']} from {params['pool']}")
+    path = _pool_path(host, params["pool"], params["volume"])
+    _refuse_if_used(host, path)
+    result = run_agent_for_job(
+        ctx, host, lambda client: client.delete_volume(params["pool"], params["volume"])
+    )
+    Volume.objects.filter(host=host, path=path).delete()
+    return _volume_recorded(ctx, host, result)
+
+
+def _pool_path(host: Host, pool: str, name: str) -> str:
+    directory = next((p.get("path") for p in host.resources.get("pools") or [] if p.get("name") == pool), "")
+    return f"{(directory or '').rstrip('/')}/{name}"
+
+
+def _refuse_if_used(host: Host, path: str) -> None:
+    """Checked again when the job runs: a domain may have taken the volume up since."""
+    from hosts.pool_volumes import Users
+
+    if users := Users.of(host).of_path(path):
+        raise JobFailed(f"{path} is used by {', '.join(d.name for d in users)} now; it was kept.")
+
+
+def _pool_holding(host: Host, path: str) -> tuple[str, str] | None:
+    """(pool, volume name) of a path directly in one of the host's pools' directories."""
+    for pool in host.resources.get("pools") or []:
+        directory = (pool.get("path") or "").rstrip("/")
+        if directory and path.startswith(directory + "/") and "/" not in path[len(directory) + 1 :]:
+            return pool["name"], path[len(directory) + 1 :]
+    return None
+
+
+async def _delete_volume(client: AgentClient, *, pool: str, name: str) -> VolumeResult:
+    return await client.delete_volume(pool, name)
+
+
+@job_handler("volume.orphans", permission="host.manage")
+def volume_orphans_job(ctx: JobContext) -> dict[str, Any]:
+    from hosts.pool_volumes import Users
+
+    host = _job_host(ctx)
+    wanted = ctx.job.params["volumes"]
+    deleted, kept = [], []
+    for index, item in enumerate(wanted):
+        path = item["path"]
+        ctx.progress(5 + 90 * index // len(wanted), f"Removing {path}")
+        if Users.of(host).of_path(path):
+            kept.append(path)
+            ctx.log(f"Kept {path}: a domain uses it now")
+            continue
+        where = _pool_holding(host, path)
+        if where is None:
+            kept.append(path)
+            ctx.log(f"Kept {path}: it is in none of {host.name}'s pools")
+            continue
+        pool, name = where
+        try:
+            run_agent_for_job(ctx, host, partial(_delete_volume, pool=pool, name=name))
+        except AgentNotFound:
+            ctx.log(f"{path} was already gone")
+        except AgentError as exc:
+            kept.append(path)
+            ctx.log(f"Kept {path}: {exc.detail}")
+            continue
+        Volume.objects.filter(host=host, path=path, domain__isnull=True).delete()
+        deleted.append(path)
+        ctx.log(f"Deleted {path}")
+    _resources_recorded(host)
+    if kept and not deleted:
+        raise JobFailed(f"None of the {len(wanted)} orphaned volume(s) could be removed; the log says why.")
+    return {"deleted": deleted, "kept": kept}

@@ -51,9 +51,14 @@ class Host(models.Model):
 
     @property
     def resources(self) -> dict[str, Any]:
-        """Pools, networks and bridges as last reported: the periodic stats (fresher), else the
-        facts read when the agent connected."""
-        return dict(self.stats.get("resources") or self.facts.get("resources") or {})
+        """Pools, networks and bridges as last reported: the newer of the periodic stats (as
+        hostwatch received them) and what a job or a change of pools recorded in the facts
+        (hosts.services.host_resources_observed); the facts read when the agent connected count
+        as older than any stats."""
+        stats, facts = self.stats.get("resources"), self.facts.get("resources")
+        if stats and (not facts or self.stats.get("received_at", 0) >= self.facts.get("resources_at", 0)):
+            return dict(stats)
+        return dict(facts or {})
 
     @property
     def default_pool_path(self) -> str:

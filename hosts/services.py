@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,7 +14,7 @@ from console.errors import InvalidInput, PermissionDenied
 from console.jobs.models import Job
 from console.jobs.services import job_enqueue
 from console.realtime.events import publish_on_commit
-from hosts.events import host_event
+from hosts.events import host_event, host_resources_event, pools_changed
 from hosts.models import Host
 
 
@@ -121,3 +122,20 @@ def host_refresh(*, host: Host, actor: Any) -> Job:
     """Re-read the host's capabilities and resources now (a job: it waits on the agent)."""
     require_host_manage(actor)
     return job_enqueue(kind="host.refresh", actor=actor, host=host, target_name=host.name)
+
+
+@transaction.atomic
+def host_resources_observed(*, host_id: int, resources: dict[str, Any]) -> Host | None:
+    """Record a host's pools, networks and bridges as its agent reports them now (after a pool
+    job, or a change it saw behind Domus's back), and tell the pages when its pools changed."""
+    host = Host.objects.select_for_update().filter(pk=host_id).first()
+    if host is None:
+        return None
+    before = host.resources
+    # Newer than any periodic stats hostwatch has received so far (Host.resources): a batch of
+    # stats read before this change and written after it does not hide it.
+    host.facts = {**host.facts, "resources": resources, "resources_at": time.time()}
+    host.save(update_fields=["facts"])
+    if pools_changed(before, resources):
+        publish_on_commit(host_resources_event(host))
+    return host

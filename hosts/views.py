@@ -27,6 +27,8 @@ from domains.volumes import (
 )
 from hosts.enrolment import host_enrol, host_remove, host_rotate_secret
 from hosts.models import Host
+from hosts.pool_volumes import orphans, orphans_delete, volume_action, volume_create, volume_rows
+from hosts.pools import pool_action, pool_create, pool_rows, pool_types
 from hosts.selectors import host_list
 from hosts.services import host_refresh, host_set_maintenance
 
@@ -126,8 +128,68 @@ def host_detail_page(request: HttpRequest, host_id: int) -> HttpResponse:
             "volumes_total": volumes_total,
             "manages_volumes": manages_volumes,
             "teams": list(Team.objects.all()) if manages_volumes else [],
+            "pools": pool_rows(request.user, host),
+            "may_manage_pools": manages_volumes,
+            "orphans_count": len(orphans(user=request.user, host=host)),
+            "pool_types": pool_types(host),
         },
     )
+
+
+# What each pool type asks for on the page (the agent's PoolSpec says what each needs).
+POOL_FIELDS = ("target_path", "source_host", "source_dir", "source_name", "source_format", "adapter")
+
+
+@login_required
+@require_POST
+def host_pool_create_page(request: HttpRequest, host_id: int) -> HttpResponse:
+    """The host page's "New storage pool" form, through the same service as the API."""
+    host = _visible(request, host_id)
+    data: dict[str, Any] = {
+        "name": request.POST.get("name", "").strip(),
+        "type": request.POST.get("type", ""),
+    }
+    for field in POOL_FIELDS:
+        if value := request.POST.get(field, "").strip():
+            data[field] = value
+    devices = [d.strip() for d in request.POST.get("source_devices", "").split(",") if d.strip()]
+    if devices:
+        data["source_devices"] = devices
+    for flag in ("build", "start", "autostart"):
+        data[flag] = request.POST.get(flag) == "on"
+    try:
+        pool_create(actor=request.user, host=host, data=data, origin=origin_of(request))
+    except DomusError as exc:
+        _refused(request, exc)
+    else:
+        messages.success(request, f"Defining the storage pool {data['name']} on {host.name}…")
+    return redirect("host-detail", host.pk)
+
+
+@login_required
+@require_POST
+def host_pool_action_page(request: HttpRequest, host_id: int, pool: str, action: str) -> HttpResponse:
+    host = _visible(request, host_id)
+    try:
+        pool_action(
+            actor=request.user,
+            host=host,
+            name=pool,
+            action=action,
+            autostart=request.POST.get("autostart") == "1" if action == "autostart" else None,
+            delete_storage=request.POST.get("delete_storage") == "on",
+            origin=origin_of(request),
+        )
+    except DomusError as exc:
+        messages.error(request, exc.detail)
+    else:
+        said = {"start": "Starting", "stop": "Stopping", "refresh": "Refreshing", "delete": "Deleting"}
+        if action == "autostart":
+            on = request.POST.get("autostart") == "1"
+            messages.success(request, f"Turning autostart {'on' if on else 'off'} for the pool {pool}…")
+        else:
+            messages.success(request, f"{said.get(action, action)} the storage pool {pool}…")
+    return redirect("host-detail", host.pk)
 
 
 @login_required
@@ -152,11 +214,16 @@ def host_volume_page(request: HttpRequest, host_id: int, volume_id: int) -> Http
             origin=origin_of(request),
         )
     except DomusError as exc:
-        problems = [f"{field}: {'; '.join(text)}" for field, text in exc.fields.items()]
-        messages.error(request, " ".join([exc.detail, *problems]))
+        _refused(request, exc)
     else:
         messages.success(request, f"Saved who may use {volume.path}.")
     return redirect("host-detail", host.pk)
+
+
+def _refused(request: HttpRequest, exc: DomusError) -> None:
+    """A form's refusal as the page's error flash: what was wrong, field by field."""
+    problems = [f"{field}: {'; '.join(text)}" for field, text in exc.fields.items()]
+    messages.error(request, " ".join([exc.detail, *problems]))
 
 
 def _team_ids(values: list[str], *, field: str) -> list[int]:
@@ -200,3 +267,95 @@ def host_action(request: HttpRequest, host_id: int, action: str) -> HttpResponse
     except DomusError as exc:
         messages.error(request, exc.detail)
     return redirect("host-detail", host.pk)
+
+
+@login_required
+def host_pool_page(request: HttpRequest, host_id: int, pool: str) -> HttpResponse:
+    """One pool: its volumes (asked of the agent now), with what those who manage the host may
+    do to each, and the host's orphans."""
+    host = _visible(request, host_id)
+    row = next((p for p in pool_rows(request.user, host) if p["name"] == pool), None)
+    if row is None:
+        raise Http404("No such pool.")
+    listing, problem = None, ""
+    offset = request.GET.get("offset")
+    if row["active"]:
+        try:
+            listing = volume_rows(user=request.user, host=host, pool=pool, offset=offset)
+        except DomusError as exc:
+            problem = exc.detail
+    else:
+        problem = f"The pool is {row['state']}: start it to see its volumes."
+    manages = has_perm(request.user, "host.manage", host)
+    following = listing["offset"] + listing["limit"] if listing else 0
+    return render(
+        request,
+        "hosts/pool.html",
+        {
+            "host": host,
+            "pool": row,
+            "listing": listing,
+            "problem": problem,
+            "may_manage": manages,
+            "orphans": orphans(user=request.user, host=host) if manages else [],
+            "next_offset": following if listing and following < listing["total"] else 0,
+            "previous_offset": max(0, listing["offset"] - listing["limit"]) if listing else 0,
+        },
+    )
+
+
+@login_required
+@require_POST
+def host_pool_volume_create_page(request: HttpRequest, host_id: int, pool: str) -> HttpResponse:
+    host = _visible(request, host_id)
+    data = {key: request.POST.get(key, "").strip() for key in ("name", "size", "format", "allocation")}
+    try:
+        volume_create(actor=request.user, host=host, pool=pool, data=data, origin=origin_of(request))
+    except DomusError as exc:
+        _refused(request, exc)
+    else:
+        messages.success(request, f"Creating {data['name']} in {pool}…")
+    return redirect("host-pool", host.pk, pool)
+
+
+@login_required
+@require_POST
+def host_pool_volume_action_page(
+    request: HttpRequest, host_id: int, pool: str, volume: str, action: str
+) -> HttpResponse:
+    host = _visible(request, host_id)
+    data = {key: request.POST.get(key, "").strip() for key in ("size", "name")}
+    try:
+        volume_action(
+            actor=request.user,
+            host=host,
+            pool=pool,
+            name=volume,
+            action=action,
+            data=data,
+            origin=origin_of(request),
+        )
+    except DomusError as exc:
+        _refused(request, exc)
+    else:
+        said = {
+            "resize": f"Growing {volume}",
+            "clone": f"Copying {volume} to {data['name']}",
+            "delete": f"Deleting {volume}",
+        }
+        messages.success(request, f"{said.get(action, action)}…")
+    return redirect("host-pool", host.pk, pool)
+
+
+@login_required
+@require_POST
+def host_orphans_delete_page(request: HttpRequest, host_id: int) -> HttpResponse:
+    host = _visible(request, host_id)
+    try:
+        job = orphans_delete(actor=request.user, host=host, origin=origin_of(request))
+    except DomusError as exc:
+        _refused(request, exc)
+    else:
+        messages.success(request, f"Removing {job.target_name}…")
+    pool = request.POST.get("pool", "")
+    return redirect("host-pool", host.pk, pool) if pool else redirect("host-detail", host.pk)

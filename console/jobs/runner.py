@@ -275,9 +275,10 @@ def job_run(job_id: int) -> None:
         )
         return
     permission = REQUIRED.get(job.kind)
-    if permission and job.actor is not None and job.domain is not None:
-        if not has_perm(job.actor, permission, job.domain):
-            why = explain(job.actor, permission, job.domain)
+    scope = job.domain if job.domain is not None else job.host  # a host's own jobs: pools, say
+    if permission and job.actor is not None and scope is not None:
+        if not has_perm(job.actor, permission, scope):
+            why = explain(job.actor, permission, scope)
             job_finish(
                 job=job,
                 status=Job.Status.FAILED,

@@ -93,7 +93,7 @@ def may_see(event: dict[str, Any], domains: Reach, hosts: Reach, user_id: int) -
         if j["domain"] is None:  # its domain is gone: the host's people, and whoever ran it
             return domains.site or j["host"] in domains.hosts or j.get("actor_id") == user_id
         return domains.reaches_domain(j["domain"], j["host"], j["domain_team"])
-    if kind in ("host.state", "host.removed"):
+    if kind in ("host.state", "host.removed", "host.resources"):
         h = event["host"]
         return hosts.reaches_host(h["id"], set(h["teams"]))
     return False

@@ -84,3 +84,106 @@ class HostAddSerializer(serializers.Serializer[Any]):
 class MaintenanceSerializer(serializers.Serializer[Any]):
     maintenance = serializers.BooleanField()
     reason = serializers.CharField(required=False, allow_blank=True, max_length=255, default="")
+
+
+class PoolSerializer(serializers.Serializer[Any]):
+    """A storage pool as the host's agent last reported it, and the domains with disks in it."""
+
+    name = serializers.CharField()
+    type = serializers.CharField(help_text="dir, fs, netfs, logical, disk, iscsi, scsi, zfs, gluster ...")
+    state = serializers.CharField(help_text="inactive, building, running, degraded or inaccessible")
+    active = serializers.BooleanField()
+    autostart = serializers.BooleanField()
+    persistent = serializers.BooleanField()
+    path = serializers.CharField(allow_null=True, help_text="its target: a directory, or /dev/<vg> for LVM")
+    source = serializers.CharField(  # type: ignore[assignment]  # a field named as Field's attribute
+        help_text="where its storage comes from, e.g. nfs1:/export"
+    )
+    capacity_bytes = serializers.IntegerField()
+    allocation_bytes = serializers.IntegerField()
+    available_bytes = serializers.IntegerField()
+    volume_count = serializers.IntegerField(allow_null=True, help_text="null while inactive")
+    used_by = serializers.ListField(
+        child=serializers.CharField(), help_text="the domains with a disk in it (those the caller may see)"
+    )
+    used_by_others = serializers.IntegerField(help_text="how many more, of teams the caller cannot see")
+    agents_own = serializers.BooleanField(
+        help_text="the pool at the agent's --pool-path (ISOs, seeds, new disks): never stopped or deleted"
+    )
+    used_pct = serializers.IntegerField()
+
+
+class PoolCreateSerializer(serializers.Serializer[Any]):
+    """A pool to define; what each type needs is in the README (and refused by name when missing
+    or not used by the type). The agent's PoolSpec validates it."""
+
+    name = serializers.RegexField(r"^[A-Za-z0-9_.-]{1,64}$")
+    type = serializers.ChoiceField(
+        choices=["dir", "fs", "netfs", "logical", "disk", "iscsi", "scsi", "zfs", "gluster"]
+    )
+    target_path = serializers.CharField(required=False, help_text="dir, fs, netfs: the directory")
+    source_host = serializers.CharField(required=False, help_text="netfs, iscsi, gluster: the server")
+    source_dir = serializers.CharField(required=False, help_text="netfs: the export; gluster: a directory")
+    source_name = serializers.CharField(
+        required=False, help_text="logical: the VG; zfs: the zpool; iscsi: the IQN"
+    )
+    source_devices = serializers.ListField(child=serializers.CharField(), required=False)
+    source_format = serializers.CharField(required=False, help_text="fs/netfs: file system; disk: label")
+    adapter = serializers.CharField(required=False, help_text="scsi: the host adapter, e.g. host0")
+    build = serializers.BooleanField(
+        required=False, help_text="make its storage (fs, logical: erases devices)"
+    )
+    start = serializers.BooleanField(required=False, default=True)
+    autostart = serializers.BooleanField(required=False, default=True)
+
+
+class PoolAutostartSerializer(serializers.Serializer[Any]):
+    autostart = serializers.BooleanField()
+
+
+class VolumeSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField()
+    path = serializers.CharField()
+    format = serializers.CharField(help_text="qcow2, raw, iso ...")
+    kind = serializers.ChoiceField(choices=["iso", "disk", "cloud-image", "other"])
+    capacity_bytes = serializers.IntegerField()
+    allocation_bytes = serializers.IntegerField()
+    backing = serializers.CharField(allow_null=True, help_text="the image a qcow2 overlay is layered on")
+    id = serializers.IntegerField(allow_null=True, help_text="its record in /api/v1/volumes/, if it has one")
+    owner = serializers.CharField(allow_null=True, help_text="the team it belongs to; null: the site's")
+    library = serializers.BooleanField()
+    used_by = serializers.ListField(child=serializers.CharField())
+    used_by_others = serializers.IntegerField()
+    running_users = serializers.IntegerField()
+    orphan = serializers.BooleanField(help_text="a deleted domain's disk that no domain uses")
+    formerly = serializers.CharField(help_text="the domain an orphan belonged to")
+
+
+class VolumePageSerializer(serializers.Serializer[Any]):
+    pool = serializers.CharField()
+    total = serializers.IntegerField(help_text="every volume of the pool, hidden ones included")
+    offset = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    results = VolumeSerializer(many=True)
+
+
+class VolumeCreateSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField()
+    size = serializers.CharField(help_text='a number of GiB, or a size such as "512 MiB"')
+    format = serializers.ChoiceField(choices=["qcow2", "raw"], required=False)
+    allocation = serializers.ChoiceField(choices=["sparse", "preallocated"], required=False)
+
+
+class VolumeActionSerializer(serializers.Serializer[Any]):
+    size = serializers.CharField(required=False, help_text="resize: the new, larger size")
+    name = serializers.CharField(required=False, help_text="clone: the copy's name")
+
+
+class OrphanSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    path = serializers.CharField()
+    formerly = serializers.CharField()
+
+
+class OrphansDeleteSerializer(serializers.Serializer[Any]):
+    ids = serializers.ListField(child=serializers.IntegerField(), required=False)

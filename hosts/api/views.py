@@ -9,9 +9,23 @@ from rest_framework.response import Response
 
 from console.api import ApiPagination
 from console.audit.services import origin_of
-from hosts.api.serializers import HostAddSerializer, HostSerializer, MaintenanceSerializer
+from hosts.api.serializers import (
+    HostAddSerializer,
+    HostSerializer,
+    MaintenanceSerializer,
+    OrphansDeleteSerializer,
+    OrphanSerializer,
+    PoolAutostartSerializer,
+    PoolCreateSerializer,
+    PoolSerializer,
+    VolumeActionSerializer,
+    VolumeCreateSerializer,
+    VolumePageSerializer,
+)
 from hosts.enrolment import host_enrol, host_remove, host_rotate_secret
 from hosts.models import Host
+from hosts.pool_volumes import orphans, orphans_delete, volume_action, volume_create, volume_rows
+from hosts.pools import pool_action, pool_create, pool_rows
 from hosts.selectors import host_list
 from hosts.services import host_refresh, host_register, host_set_maintenance, require_host_manage
 
@@ -84,4 +98,157 @@ class HostViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.Re
     def refresh(self, request: Request, pk: str | None = None) -> Response:
         """Re-read the host's capabilities and resources now (a job)."""
         job = host_refresh(host=self.get_object(), actor=request.user)
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(methods=["GET"], responses={200: PoolSerializer(many=True)})
+    @extend_schema(methods=["POST"], request=PoolCreateSerializer, responses={202: dict})
+    @action(detail=True, methods=["get", "post"])
+    def pools(self, request: Request, pk: str | None = None) -> Response:
+        """GET: the host's storage pools. POST: define one (and, unless told not to, start it
+        and mark it autostart): a job, for `host.manage` holders."""
+        host = self.get_object()
+        if request.method == "GET":
+            return Response(pool_rows(request.user, host))
+        job = pool_create(actor=request.user, host=host, data=request.data, origin=origin_of(request))
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(methods=["GET"], responses={200: PoolSerializer})
+    @extend_schema(
+        methods=["DELETE"],
+        parameters=[
+            OpenApiParameter(
+                "delete_storage",
+                bool,
+                description="also remove what the pool's build made (an empty directory, a volume group)",
+            )
+        ],
+        responses={202: dict},
+    )
+    @action(detail=True, methods=["get", "delete"], url_path=r"pools/(?P<pool>[A-Za-z0-9_.-]{1,64})")
+    def pool(self, request: Request, pk: str | None = None, pool: str = "") -> Response:
+        """GET: one pool. DELETE: stop and remove it (refused while a domain has a disk in it)."""
+        host = self.get_object()
+        if request.method == "GET":
+            for row in pool_rows(request.user, host):
+                if row["name"] == pool:
+                    return Response(row)
+            return Response({"detail": f"{host.name} has no storage pool {pool!r}."}, status=404)
+        flag = request.query_params.get("delete_storage", "").lower()
+        if flag not in ("", "0", "1", "true", "false", "yes", "no"):
+            return Response({"detail": "delete_storage must be true or false."}, status=400)
+        job = pool_action(
+            actor=request.user,
+            host=host,
+            name=pool,
+            action="delete",
+            delete_storage=flag in ("1", "true", "yes"),
+            origin=origin_of(request),
+        )
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=PoolAutostartSerializer, responses={202: dict})
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path=r"pools/(?P<pool>[A-Za-z0-9_.-]{1,64})/(?P<op>start|stop|refresh|autostart)",
+    )
+    def pool_op(self, request: Request, pk: str | None = None, pool: str = "", op: str = "") -> Response:
+        """start, stop (refused while a running domain uses it), refresh (re-read its volumes),
+        or autostart (`{"autostart": true|false}`): a job."""
+        host = self.get_object()
+        job = pool_action(
+            actor=request.user,
+            host=host,
+            name=pool,
+            action=op,
+            autostart=request.data.get("autostart") if isinstance(request.data, dict) else None,
+            origin=origin_of(request),
+        )
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        methods=["GET"],
+        parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+        responses={200: VolumePageSerializer},
+    )
+    @extend_schema(methods=["POST"], request=VolumeCreateSerializer, responses={202: dict})
+    @action(detail=True, methods=["get", "post"], url_path=r"pools/(?P<pool>[A-Za-z0-9_.-]{1,64})/volumes")
+    def volumes(self, request: Request, pk: str | None = None, pool: str = "") -> Response:
+        """GET: the pool's volumes now (asked of the host's agent), each with its format, size,
+        kind, owner and the domains using it; orphans (a deleted domain's kept disks) say so.
+        POST: a new empty volume (`name`, `size` such as "20 GiB", `format` qcow2|raw,
+        `allocation` sparse|preallocated): a job, for those who manage the host."""
+        host = self.get_object()
+        if request.method == "GET":
+            params = request.query_params
+            page = volume_rows(
+                user=request.user,
+                host=host,
+                pool=pool,
+                limit=params.get("limit"),
+                offset=params.get("offset"),
+            )
+            return Response(page)
+        job = volume_create(
+            actor=request.user, host=host, pool=pool, data=request.data, origin=origin_of(request)
+        )
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: dict})
+    @action(
+        detail=True,
+        methods=["delete"],
+        url_path=r"pools/(?P<pool>[A-Za-z0-9_.-]{1,64})/volumes/(?P<volume>[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254})",
+    )
+    def volume(self, request: Request, pk: str | None = None, pool: str = "", volume: str = "") -> Response:
+        """Delete a volume: refused while any domain uses it (naming them)."""
+        job = volume_action(
+            actor=request.user,
+            host=self.get_object(),
+            pool=pool,
+            name=volume,
+            action="delete",
+            origin=origin_of(request),
+        )
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=VolumeActionSerializer, responses={202: dict})
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path=(
+            r"pools/(?P<pool>[A-Za-z0-9_.-]{1,64})/volumes/"
+            r"(?P<volume>[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254})/(?P<op>resize|clone)"
+        ),
+    )
+    def volume_op(
+        self, request: Request, pk: str | None = None, pool: str = "", volume: str = "", op: str = ""
+    ) -> Response:
+        """resize (grow to `size`; live through the running domain that uses it, else from its
+        next boot) or clone (a full copy named `name` in the same pool; not while a running
+        domain writes it): a job."""
+        job = volume_action(
+            actor=request.user,
+            host=self.get_object(),
+            pool=pool,
+            name=volume,
+            action=op,
+            data=request.data,
+            origin=origin_of(request),
+        )
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(methods=["GET"], responses={200: OrphanSerializer(many=True)})
+    @extend_schema(methods=["POST"], request=OrphansDeleteSerializer, responses={202: dict})
+    @action(detail=True, methods=["get", "post"])
+    def orphans(self, request: Request, pk: str | None = None) -> Response:
+        """GET: volumes that outlived the domains that had them (their deletes kept the disks)
+        and that no domain uses now. POST: remove them, all (`{}`) or some (`{"ids": [...]}`),
+        in one job."""
+        host = self.get_object()
+        if request.method == "GET":
+            rows = orphans(user=request.user, host=host)
+            return Response([{"id": v.pk, "path": v.path, "formerly": v.domain_name} for v in rows])
+        ids = request.data.get("ids") if isinstance(request.data, dict) else None
+        job = orphans_delete(actor=request.user, host=host, ids=ids, origin=origin_of(request))
         return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)

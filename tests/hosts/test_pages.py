@@ -69,7 +69,7 @@ def test_detail_shows_what_a_xen_host_offers(browser: Client, xen: Host) -> None
     page = browser.get(f"/hosts/{xen.pk}/").content.decode()
     assert "Paravirtualisation (PV)" in page and "PVH" in page and "hardware-assisted" in page
     assert "SHA256:AB:AB" in page and "TLS, certificate pinned" in page
-    assert "vg0" in page and "400.0\xa0GB" in page and "xenbr0" in page and "virbr0" in page
+    assert "vg0" in page and "400.0\xa0GiB free" in page and "xenbr0" in page and "virbr0" in page
     assert "Rotate secret" in page and "Enter maintenance" in page
 
 

@@ -159,6 +159,9 @@
   }
 
   async function resync() {
+    // Pages with more to follow read it again too: events sent while the socket was down
+    // (or before this page's socket opened) are not sent again.
+    document.dispatchEvent(new CustomEvent("domus:resync"));
     const get = (url) => fetch(url, { credentials: "same-origin" }).then((r) => (r.ok ? r.json() : null));
     // Domains: the overview's page again (same filters, order, offset and size), and any other
     // domain the page shows (a detail page's) one by one; never the whole fleet.
@@ -263,6 +266,8 @@
       else if (ev.type === "domain.deleted") forgetDomain(ev.domain.id);
       else if (ev.type === "job.updated") applyJob(ev.job);
       else if (ev.type === "host.state") applyHost(ev.host);
+      // Pages with more to follow (the host page's pools) listen for "domus:<type>".
+      document.dispatchEvent(new CustomEvent("domus:" + ev.type, { detail: ev }));
     };
     ws.onclose = (e) => {
       if (e.code === 4403) { // what opened it ended (signed out, access changed): say so, stay closed
