@@ -26,7 +26,7 @@ from domains.oscatalog import os_families, os_variants
 from domains.placement import free_memory_mib, host_place
 from domains.services import creating_team_guess, domain_create
 from domains.specs import build_spec, host_facts, parse_size_mib, vcpu_limit
-from domains.volumes import check_spec, visible_resources
+from domains.volumes import check_spec, visible_resources, writers_on
 from hosts.models import Host
 from hosts.selectors import host_list
 
@@ -57,6 +57,13 @@ def _host_option(host: Host, user: Any) -> dict[str, Any]:
     volumes `user`'s teams may use)."""
     facts = host_facts(host)
     resources = visible_resources(user, host, host.resources) or {}
+    # An image another domain writes is that domain's disk: not offered as "an existing image"
+    # nor as a base to layer on (the server refuses both: domains.volumes.refusal).
+    written = set(writers_on(host))
+    pools = [
+        {**pool, "volumes": [v for v in pool.get("volumes") or [] if v.get("path") not in written]}
+        for pool in resources.get("pools", [])
+    ]
     caps = facts.capabilities if facts else None
     return {
         "id": host.pk,
@@ -71,7 +78,7 @@ def _host_option(host: Host, user: Any) -> dict[str, Any]:
         "free_memory_mib": free_memory_mib(host),
         "modes": [m.model_dump() for m in caps.modes] if caps else [],
         "graphics": caps.graphics if caps else [],
-        "pools": resources.get("pools", []),
+        "pools": pools,
         "networks": resources.get("networks", []),
         "bridges": resources.get("bridges", []),
     }

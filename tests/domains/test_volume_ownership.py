@@ -260,3 +260,19 @@ def test_a_shared_host_shows_a_team_neither_the_volumes_nor_the_domains_of_other
     assert "<dd>0 <span" in page  # blue's domain is not counted
     wizard = client.get("/domains/new/").content.decode()
     assert "theirs-base" not in wizard and "debian.iso" in wizard
+
+
+def test_the_wizard_offers_no_image_another_domain_writes(
+    teams: dict[str, Any], shared_host: Host, client: Any, django_user_model: Any
+) -> None:
+    """Even to the team that owns it: a disk another domain writes is that domain's alone (the
+    server refuses it as an existing disk or a base image: a test above)."""
+    theirs = teams["theirs"]
+    theirs.disks = [{"target": "vda", "device": "disk", "path": f"{POOL}/theirs-base.qcow2"}]
+    theirs.save()
+    client.force_login(django_user_model.objects.get(username="bob"))
+    wizard = client.get("/domains/new/").content.decode()
+    assert "theirs-base" not in wizard and "debian.iso" in wizard
+    theirs.disks = []
+    theirs.save()
+    assert "theirs-base" in client.get("/domains/new/").content.decode()  # free again: offered
