@@ -141,7 +141,7 @@ class PoolAutostartSerializer(serializers.Serializer[Any]):
     autostart = serializers.BooleanField()
 
 
-class VolumeSerializer(serializers.Serializer[Any]):
+class PoolVolumeSerializer(serializers.Serializer[Any]):
     name = serializers.CharField()
     path = serializers.CharField()
     format = serializers.CharField(help_text="qcow2, raw, iso ...")
@@ -159,12 +159,12 @@ class VolumeSerializer(serializers.Serializer[Any]):
     formerly = serializers.CharField(help_text="the domain an orphan belonged to")
 
 
-class VolumePageSerializer(serializers.Serializer[Any]):
+class PoolVolumePageSerializer(serializers.Serializer[Any]):
     pool = serializers.CharField()
     total = serializers.IntegerField(help_text="every volume of the pool, hidden ones included")
     offset = serializers.IntegerField()
     limit = serializers.IntegerField()
-    results = VolumeSerializer(many=True)
+    results = PoolVolumeSerializer(many=True)
 
 
 class VolumeCreateSerializer(serializers.Serializer[Any]):
@@ -179,7 +179,7 @@ class VolumeActionSerializer(serializers.Serializer[Any]):
     name = serializers.CharField(required=False, help_text="clone: the copy's name")
 
 
-class OrphanSerializer(serializers.Serializer[Any]):
+class OrphanVolumeSerializer(serializers.Serializer[Any]):
     id = serializers.IntegerField()
     path = serializers.CharField()
     formerly = serializers.CharField()

@@ -14,13 +14,13 @@ from hosts.api.serializers import (
     HostSerializer,
     MaintenanceSerializer,
     OrphansDeleteSerializer,
-    OrphanSerializer,
+    OrphanVolumeSerializer,
     PoolAutostartSerializer,
     PoolCreateSerializer,
     PoolSerializer,
+    PoolVolumePageSerializer,
     VolumeActionSerializer,
     VolumeCreateSerializer,
-    VolumePageSerializer,
 )
 from hosts.enrolment import host_enrol, host_remove, host_rotate_secret
 from hosts.models import Host
@@ -102,7 +102,7 @@ class HostViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.Re
 
     @extend_schema(methods=["GET"], responses={200: PoolSerializer(many=True)})
     @extend_schema(methods=["POST"], request=PoolCreateSerializer, responses={202: dict})
-    @action(detail=True, methods=["get", "post"])
+    @action(detail=True, methods=["get", "post"], pagination_class=None)  # a host has few pools
     def pools(self, request: Request, pk: str | None = None) -> Response:
         """GET: the host's storage pools. POST: define one (and, unless told not to, start it
         and mark it autostart): a job, for `host.manage` holders."""
@@ -169,7 +169,7 @@ class HostViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.Re
     @extend_schema(
         methods=["GET"],
         parameters=[OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
-        responses={200: VolumePageSerializer},
+        responses={200: PoolVolumePageSerializer},
     )
     @extend_schema(methods=["POST"], request=VolumeCreateSerializer, responses={202: dict})
     @action(detail=True, methods=["get", "post"], url_path=r"pools/(?P<pool>[A-Za-z0-9_.-]{1,64})/volumes")
@@ -238,9 +238,9 @@ class HostViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.Re
         )
         return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(methods=["GET"], responses={200: OrphanSerializer(many=True)})
+    @extend_schema(methods=["GET"], responses={200: OrphanVolumeSerializer(many=True)})
     @extend_schema(methods=["POST"], request=OrphansDeleteSerializer, responses={202: dict})
-    @action(detail=True, methods=["get", "post"])
+    @action(detail=True, methods=["get", "post"], pagination_class=None)  # at most MAX_ORPHANS
     def orphans(self, request: Request, pk: str | None = None) -> Response:
         """GET: volumes that outlived the domains that had them (their deletes kept the disks)
         and that no domain uses now. POST: remove them, all (`{}`) or some (`{"ids": [...]}`),
