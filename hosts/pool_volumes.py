@@ -11,6 +11,7 @@ the disks): shown as such, and removed in bulk.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,8 +151,6 @@ def _bytes(value: Any, field: str) -> int:
 
 
 def _volume_name(name: Any, field: str = "name") -> str:
-    import re
-
     if not isinstance(name, str) or not re.match(VOLUME_NAME, name) or ".." in name:
         raise InvalidInput(
             "Invalid volume name.",
@@ -179,7 +178,8 @@ def volume_create(*, actor: Any, host: Host, pool: str, data: Any, origin: Origi
     if not isinstance(data, dict):
         raise InvalidInput("Send the volume as a JSON object.")
     size = data.get("size", data.get("capacity_bytes"))
-    capacity = size if isinstance(size, int) and "capacity_bytes" in data else _bytes(size, "size")
+    exact = "capacity_bytes" in data and isinstance(size, int) and not isinstance(size, bool)
+    capacity = size if exact else _bytes(size, "size")  # bytes as such, else a size with a unit
     try:
         request = VolumeCreateRequest(
             name=_volume_name(data.get("name")),
