@@ -80,11 +80,24 @@ def fixed_vnc_target(host: str, port: int) -> GraphicsOpenerFor:
     return opener_for
 
 
+async def _probe(_request: web.Request) -> web.Response:
+    from aiohttp import web as aiohttp_web
+
+    from bench.heap_probe import reading
+
+    return aiohttp_web.json_response(await asyncio.to_thread(reading))
+
+
 def run_agent(argv: list[str]) -> None:
     """The real agent (`python -m agent`'s own main, on the test driver), except that every
     domain's VNC server is the one at --vnc-target: the test driver's domains have none."""
     parser = argparse.ArgumentParser(prog="console_paths agent")
     parser.add_argument("--vnc-target", type=_host_port, required=True, help="HOST:PORT of the VNC server")
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="serve GET /_soak/probe: what the heap holds (bench/heap_probe.py)",
+    )
     own, rest = parser.parse_known_args(argv)
     import agent.__main__ as agent_cli
     import agent.server
@@ -95,6 +108,8 @@ def run_agent(argv: list[str]) -> None:
     def make_app_with_target(runtime: AgentRuntime) -> web.Application:
         app = make_app(runtime)
         app[VNC_OPENER] = fixed_vnc_target(*own.vnc_target)
+        if own.probe:  # behind the agent's own authentication, as every route is
+            app.router.add_get("/_soak/probe", _probe)
         return app
 
     # serve() looks make_app up in agent.server at call time: replacing it there is enough.
@@ -290,7 +305,9 @@ def agent_secret(workdir: Path) -> tuple[str, Path]:
     return secret, path
 
 
-def start_agent(children: Children, source_port: int, domains: int, *, tls: bool = False) -> BenchAgent:
+def start_agent(
+    children: Children, source_port: int, domains: int, *, tls: bool = False, probe: bool = False
+) -> BenchAgent:
     """The agent on a test-driver node with `domains` running domains: one console per domain,
     because only the viewer holding a domain's control may send input (agent/sharing.py), and
     a bulk request is input (a ClientCutText). With `tls`, it has a certificate first and serves
@@ -316,6 +333,7 @@ def start_agent(children: Children, source_port: int, domains: int, *, tls: bool
             *("--uri", f"test://{node_path}", "--listen", "127.0.0.1", "--port", str(port)),
             *("--secret-file", str(secret_path), "--state-dir", str(workdir / "state")),
             *("--pool-path", str(workdir / "pool"), "--log-level", "WARNING"),
+            *(("--probe",) if probe else ()),
         ],
     )
     _wait_until("the agent", lambda: _agent_healthy(url), children)

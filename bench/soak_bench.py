@@ -51,6 +51,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.console_measurements import memory_kib
 from bench.console_paths import (
     OPEN_AT_ONCE,
+    BenchAgent,
     BenchError,
     Children,
     Console,
@@ -253,6 +254,7 @@ async def job_wave(
 async def soak(
     args: argparse.Namespace,
     stack: SoakStack,
+    agent: BenchAgent,
     pids: dict[str, int],
     token: str,
     domain_ids: list[int],
@@ -285,10 +287,15 @@ async def soak(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def probed(point: dict[str, Any]) -> None:
-            if args.probe:  # after /proc's reading, so that its own allocations are not in it
-                async with session.get(stack.url + "/_soak/probe") as resp:
+            if not args.probe:  # after /proc's reading, so that its own allocations are not in it
+                return
+            for key, url, headers in (
+                ("probe", stack.url, {}),
+                ("agent_probe", agent.url, {"Authorization": f"Bearer {agent.secret}"}),
+            ):
+                async with session.get(url + "/_soak/probe", headers=headers) as resp:
                     resp.raise_for_status()
-                    point["probe"] = await resp.json()
+                    point[key] = await resp.json()
 
         await asyncio.sleep(args.settle)
         await probed(sample(0, 0.0, {}))
@@ -407,11 +414,16 @@ def verdicts(curve: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def probe_summary(curve: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The web process's heap over the last half of the waves (--probe): the fitted slope per
-    wave of each figure bench/soak_probe.py reads, beside VmRSS's, and the types whose count grew
-    from the half's first wave to the last."""
-    waves = [p for p in curve if p["wave"] > 0 and "probe" in p]
+# Where --probe's readings of each process are kept in a wave's point.
+PROBED = {"web": "probe", "agent": "agent_probe"}
+
+
+def probe_summary(curve: Sequence[dict[str, Any]], process: str = "web") -> dict[str, Any] | None:
+    """A process's heap over the last half of the waves (--probe): the fitted slope per wave of
+    each figure bench/heap_probe.py reads, beside VmRSS's, and the types whose count grew from
+    the half's first wave to the last."""
+    key = PROBED[process]
+    waves = [p for p in curve if p["wave"] > 0 and key in p]
     if len(waves) < 2:
         return None
     half = waves[len(waves) // 2 :]
@@ -421,16 +433,16 @@ def probe_summary(curve: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         return round(_fit(xs, values) or 0.0, 1)
 
     figures: dict[str, list[float]] = {
-        "VmRSS KiB": [float(p["procs"]["web"]["VmRSS"]) for p in half],
-        "pymalloc blocks": [float(p["probe"]["pymalloc_blocks"]) for p in half],
-        "gc objects": [float(p["probe"]["gc_objects"]) for p in half],
+        "VmRSS KiB": [float(p["procs"][process]["VmRSS"]) for p in half],
+        "pymalloc blocks": [float(p[key]["pymalloc_blocks"]) for p in half],
+        "gc objects": [float(p[key]["gc_objects"]) for p in half],
     }
-    if half[0]["probe"].get("malloc"):
-        for key in ("in_use", "free", "arena", "mmapped"):
-            figures[f"malloc {key} KiB"] = [p["probe"]["malloc"][key] / 1024 for p in half]
-    for kind in half[-1]["probe"].get("rss_kib", {}):
-        figures[f"rss {kind} KiB"] = [float(p["probe"].get("rss_kib", {}).get(kind, 0)) for p in half]
-    first, last = half[0]["probe"]["types"], half[-1]["probe"]["types"]
+    if half[0][key].get("malloc"):
+        for field in ("in_use", "free", "arena", "mmapped"):
+            figures[f"malloc {field} KiB"] = [p[key]["malloc"][field] / 1024 for p in half]
+    for kind in half[-1][key].get("rss_kib", {}):
+        figures[f"rss {kind} KiB"] = [float(p[key].get("rss_kib", {}).get(kind, 0)) for p in half]
+    first, last = half[0][key]["types"], half[-1][key]["types"]
     grew = {name: last[name] - first.get(name, 0) for name in last if last[name] > first.get(name, 0)}
     return {
         "waves": [half[0]["wave"], half[-1]["wave"]],
@@ -520,9 +532,13 @@ def render(results: dict[str, Any]) -> str:
         f"{m['console_open']['p50_ms']} / {m['console_open']['p99_ms']} ms; job p50/p99"
         f" {m['job']['p50_ms']} / {m['job']['p99_ms']} ms",
     ]
-    probe = m.get("probe")
-    if probe:
-        lines += ["", f"web process's heap over waves {probe['waves'][0]}-{probe['waves'][1]} (--probe):"]
+    for process, key in PROBED.items():
+        if not (probe := m.get(key)):
+            continue
+        lines += [
+            "",
+            f"{process} process's heap over waves {probe['waves'][0]}-{probe['waves'][1]} (--probe):",
+        ]
         rows = [["figure", "first", "last", "fitted per wave"]]
         for name, per_wave in probe["per_wave"].items():
             first, last = probe["first_last"][name]
@@ -579,8 +595,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--probe",
         action="store_true",
-        help="serve bench/soak_probe.py's wrapper and read, after each wave, what the web process's"
-        " heap holds (glibc's bytes in use and free, pymalloc blocks, objects by type)",
+        help="read, after each wave, what the web process's and the agent's heaps hold (glibc's bytes"
+        " in use and free, pymalloc blocks, objects by type: bench/heap_probe.py)",
     )
     parser.add_argument("--workdir", type=Path, help="data directory (default /tmp/domus-bench-<timestamp>)")
     parser.add_argument("--output", type=Path, help="JSON file (default bench/results/soak-<timestamp>.json)")
@@ -603,7 +619,7 @@ def run(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> Non
         stack.prepare()
         source_port = start_fake_vnc(children, "a5")
         # One domain per console of a wave (only a viewer holding control types), and the jobs' own.
-        agent = start_agent(children, source_port, max(args.consoles, 1) + args.jobs)
+        agent = start_agent(children, source_port, max(args.consoles, 1) + args.jobs, probe=args.probe)
         stack.start()
         results["database"] = stack.database
         log(f"console on {stack.url}, agent on {agent.url}, fake VNC server on :{source_port}")
@@ -628,7 +644,7 @@ def run(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> Non
             pids["redis"] = stack.redis_pid
         log("pids: " + ", ".join(f"{name} {pid}" for name, pid in pids.items()))
         busy = machine_cpu_seconds()
-        measured = asyncio.run(soak(args, stack, pids, token, domain_ids, keys, host_id))
+        measured = asyncio.run(soak(args, stack, agent, pids, token, domain_ids, keys, host_id))
         measured["machine_pct_core"] = round(100 * (machine_cpu_seconds() - busy) / measured["soak_s"], 1)
         stack.check_alive()
         children.check_alive()
@@ -660,7 +676,8 @@ def summarise(measured: dict[str, Any]) -> None:
             "p99_ms": round(max(tails), 2) if tails else None,
         }
 
-    measured["probe"] = probe_summary(curve)
+    for process, key in PROBED.items():
+        measured[key] = probe_summary(curve, process)
     measured["console_open"] = merged("console_wave", "open")
     measured["job"] = merged("job_wave", "job")
 
