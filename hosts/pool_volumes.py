@@ -178,8 +178,10 @@ def volume_create(*, actor: Any, host: Host, pool: str, data: Any, origin: Origi
     if not isinstance(data, dict):
         raise InvalidInput("Send the volume as a JSON object.")
     size = data.get("size", data.get("capacity_bytes"))
-    exact = "capacity_bytes" in data and isinstance(size, int) and not isinstance(size, bool)
-    capacity = size if exact else _bytes(size, "size")  # bytes as such, else a size with a unit
+    if "capacity_bytes" in data and isinstance(size, int) and not isinstance(size, bool):
+        capacity = size  # bytes as such
+    else:
+        capacity = _bytes(size, "size")  # a number of GiB, or a size with a unit
     try:
         request = VolumeCreateRequest(
             name=_volume_name(data.get("name")),
