@@ -120,6 +120,7 @@ def test_the_package_holds_the_agent_its_unit_and_settings_and_nothing_of_the_co
     assert "\nEnvironmentFile=-/etc/default/domus-agent\n" in unit
     assert "\nExecStart=/usr/bin/domus-agent serve " in unit
     assert "\nRestart=on-failure\n" in unit and "\nNoNewPrivileges=yes\n" in unit
+    assert "\nEnvironment=MALLOC_ARENA_MAX=2\n" in unit  # its memory plateaus (bench/README.md)
     assert "/opt/domus" not in unit and ".venv" not in unit
     assert deb_member(agent_deb, "usr/bin/domus-agent").startswith("#!/usr/bin/python3 -I\n")
     size_mb = agent_deb.stat().st_size / 1e6
