@@ -77,7 +77,7 @@ class _Defaults(_Strict):
 
 
 class _Entry(_Strict):
-    # The same pattern as DomainSpec.os in agent/protocol.py: an entry's id goes into the spec.
+    # The same pattern as DomainSpec.os in agent/protocol/: an entry's id goes into the spec.
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.+-]{0,63}$")]
     osinfo_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.+-]{0,63}$")] | None
     label: Annotated[str, Field(min_length=1, max_length=80)]
