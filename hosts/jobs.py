@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any, Literal, cast
 
@@ -12,6 +13,8 @@ from domains.models import Volume
 from hosts.agent import run_agent, run_agent_for_job
 from hosts.models import Host
 from hosts.services import host_observe, host_resources_observed
+
+logger = logging.getLogger(__name__)
 
 
 @job_handler("host.refresh")
@@ -90,7 +93,13 @@ def _volume_recorded(ctx: JobContext, host: Host, result: VolumeResult, **record
 
 
 def _resources_recorded(host: Host) -> None:
-    facts = run_agent(host, lambda client: client.host())
+    """Record the host's pools as they are now. The work is done by then: an agent that cannot
+    answer this last question does not make it fail (its next report, or hostwatch, tells)."""
+    try:
+        facts = run_agent(host, lambda client: client.host())
+    except AgentError:
+        logger.warning("host %s: pools not read after a storage job; its next report will say", host.name)
+        return
     if facts.resources is not None:
         host_resources_observed(host_id=host.pk, resources=facts.resources.model_dump(mode="json"))
 

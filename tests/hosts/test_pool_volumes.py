@@ -252,3 +252,21 @@ def test_pools_and_volumes_end_to_end_on_a_real_agent(
     )
     made = ["pool.create", "volume.create", "volume.resize", "volume.clone", "volume.orphans"]
     assert sorted(kinds) == sorted([*made, "volume.delete", "pool.stop", "pool.delete"])
+
+
+@pytest.mark.libvirt
+def test_a_storage_job_whose_last_reading_fails_still_says_what_it_did(
+    owner_api: APIClient, agent_host: Host, tmp_path: Path, pool_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool is made; the agent then cannot answer the job's closing read of the host's
+    pools: the job succeeds all the same (the agent's own report brings the pools later)."""
+    from agent.client import AgentClient, AgentUnreachable
+
+    async def unreachable(self: AgentClient) -> None:
+        raise AgentUnreachable(0, "unreachable", "connection refused")
+
+    monkeypatch.setattr(AgentClient, "host", unreachable)
+    body = {"name": pool_name, "type": "dir", "target_path": str(tmp_path / "p"), "build": True}
+    assert owner_api.post(f"/api/v1/hosts/{agent_host.pk}/pools/", body, format="json").status_code == 202
+    assert_succeeded(run_jobs())
+    assert (tmp_path / "p").is_dir()
