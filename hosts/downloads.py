@@ -23,7 +23,7 @@ from console.errors import DomusError
 from hosts.agent import agent_client
 from hosts.models import Host
 from hosts.pool_volumes import agent_refusal, may_download
-from hosts.pools import pool_of
+from hosts.pools import pool_of, volume_path
 from hosts.selectors import host_list
 
 CHUNK = 1 << 20
@@ -56,10 +56,9 @@ def _allowed(request: HttpRequest, host_id: int, pool: str, volume: str) -> Host
     if host is None:
         return _problem(404, "No such host.")
     try:
-        directory = pool_of(host, pool).get("path") or ""
+        path = volume_path(pool_of(host, pool), volume)
     except DomusError as exc:
         return _problem(exc.status, exc.detail)
-    path = f"{directory.rstrip('/')}/{volume}"
     if "/" in volume or volume.startswith(".") or not may_download(user, host, path):
         return _problem(404, f"No volume {volume!r} you may read in {pool}.")
     return host
@@ -78,18 +77,16 @@ async def volume_download(
         if match is None:  # only "from here to the end", which is what resuming asks
             return _problem(416, "Only a range of the form bytes=N- is served.")
         offset = int(match.group(1))
-    stack = contextlib.AsyncExitStack()
     try:
-        client = await stack.enter_async_context(agent_client(host, timeout=READ_TIMEOUT_SECONDS))
-        upstream = await stack.enter_async_context(client.download_volume(pool, volume, offset=offset))
+        # Closed here if opening fails; once open, the stream's own end closes them (body()).
+        async with contextlib.AsyncExitStack() as opening:
+            client = await opening.enter_async_context(agent_client(host, timeout=READ_TIMEOUT_SECONDS))
+            upstream = await opening.enter_async_context(client.download_volume(pool, volume, offset=offset))
+            stack = opening.pop_all()
     except AgentError as exc:
-        await stack.aclose()
         refusal = agent_refusal(host, exc)
         status = 416 if offset and exc.status == 416 else refusal.status
         return _problem(status, refusal.detail)
-    except BaseException:
-        await stack.aclose()
-        raise
 
     async def body() -> AsyncIterator[bytes]:
         try:

@@ -12,6 +12,7 @@ from console.jobs.runner import JobContext, JobFailed, job_handler
 from domains.models import Volume
 from hosts.agent import run_agent, run_agent_for_job
 from hosts.models import Host
+from hosts.pools import Users, pools_of, volume_path
 from hosts.services import host_observe, host_resources_observed
 
 logger = logging.getLogger(__name__)
@@ -158,14 +159,12 @@ def volume_delete_job(ctx: JobContext) -> dict[str, Any]:
 
 
 def _pool_path(host: Host, pool: str, name: str) -> str:
-    directory = next((p.get("path") for p in host.resources.get("pools") or [] if p.get("name") == pool), "")
-    return f"{(directory or '').rstrip('/')}/{name}"
+    """Where the volume lies, as the host last reported the pool (a pool gone meanwhile: "")."""
+    return volume_path(next((p for p in pools_of(host) if p.get("name") == pool), {}), name)
 
 
 def _refuse_if_used(host: Host, path: str) -> None:
     """Checked again when the job runs: a domain may have taken the volume up since."""
-    from hosts.pool_volumes import Users
-
     if users := Users.of(host).of_path(path):
         raise JobFailed(f"{path} is used by {', '.join(d.name for d in users)} now; it was kept.")
 
@@ -185,8 +184,6 @@ async def _delete_volume(client: AgentClient, *, pool: str, name: str) -> Volume
 
 @job_handler("volume.orphans", permission="host.manage")
 def volume_orphans_job(ctx: JobContext) -> dict[str, Any]:
-    from hosts.pool_volumes import Users
-
     host = _job_host(ctx)
     wanted = ctx.job.params["volumes"]
     deleted, kept = [], []

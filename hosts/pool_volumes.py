@@ -12,7 +12,6 @@ the disks): shown as such, and removed in bulk.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
@@ -20,7 +19,7 @@ from pydantic import ValidationError
 
 from agent.client import AgentConflict, AgentError, AgentInvalid, AgentNotFound
 from agent.protocol import VOLUME_NAME, VolumeCloneRequest, VolumeCreateRequest, VolumeList
-from console.access.policy import has_perm, reach
+from console.access.policy import has_perm
 from console.audit.services import Origin, audit_record
 from console.errors import Conflict, DomusError, InvalidInput, NotFound
 from console.jobs.models import Job
@@ -30,7 +29,7 @@ from domains.specs import parse_size_mib
 from domains.volumes import hidden_paths
 from hosts.agent import run_agent
 from hosts.models import Host
-from hosts.pools import ACTIVE_STATES, pool_of, require_pool_manage
+from hosts.pools import ACTIVE_STATES, Users, pool_of, require_pool_manage, visible_names, volume_path
 
 LIST_TIMEOUT_SECONDS = 15.0
 PAGE = 500
@@ -53,25 +52,6 @@ def agent_refusal(host: Host, exc: AgentError) -> DomusError:
     if isinstance(exc, AgentInvalid):
         return InvalidInput(exc.detail)
     return HostUnavailable(f"{host.name} cannot be asked now: {exc.detail}")
-
-
-@dataclass(frozen=True)
-class Users:
-    """Which domains of a host have each path as a disk or CD-ROM (any state), in one query."""
-
-    by_path: dict[str, list[Domain]]
-
-    @classmethod
-    def of(cls, host: Host) -> Users:
-        by_path: dict[str, list[Domain]] = {}
-        for domain in Domain.objects.filter(host=host).only("name", "state", "disks", "team", "host"):
-            for disk in domain.disks or []:
-                if path := disk.get("path"):
-                    by_path.setdefault(path, []).append(domain)
-        return cls(by_path)
-
-    def of_path(self, path: str) -> list[Domain]:
-        return self.by_path.get(path, [])
 
 
 def _orphan(record: Volume | None, users: list[Domain]) -> bool:
@@ -104,14 +84,14 @@ def volume_rows(*, user: Any, host: Host, pool: str, limit: Any = None, offset: 
         v.path: v for v in Volume.objects.filter(host=host, path__in=paths).select_related("team", "domain")
     }
     users = Users.of(host)
-    sees = reach(user, "domain.view")
     rows = []
     for volume in listing.volumes:
         if volume.path in hidden:
             continue
         record = records.get(volume.path)
         using = users.of_path(volume.path)
-        shown = [d.name for d in using if sees.reaches_domain(d.pk, d.host_id, d.team_id)]
+        shown, others = visible_names(user, using)
+        orphan = _orphan(record, using)
         rows.append(
             {
                 **volume.model_dump(mode="json"),
@@ -119,10 +99,10 @@ def volume_rows(*, user: Any, host: Host, pool: str, limit: Any = None, offset: 
                 "owner": record.team.name if record and record.team else None,
                 "library": bool(record and record.library),
                 "used_by": shown,
-                "used_by_others": len(using) - len(shown),
+                "used_by_others": others,
                 "running_users": sum(1 for d in using if d.state in ACTIVE_STATES),
-                "orphan": _orphan(record, using),
-                "formerly": record.domain_name if record is not None and _orphan(record, using) else "",
+                "orphan": orphan,
+                "formerly": record.domain_name if record is not None and orphan else "",
             }
         )
     return {"pool": pool, "total": listing.total, "offset": start, "limit": size, "results": rows}
@@ -207,15 +187,8 @@ def volume_create(*, actor: Any, host: Host, pool: str, data: Any, origin: Origi
 
 
 def _users_refusal(actor: Any, what: str, domains: list[Domain]) -> str:
-    sees = reach(actor, "domain.view")
-    named = [d.name for d in domains if sees.reaches_domain(d.pk, d.host_id, d.team_id)]
-    others = len(domains) - len(named)
+    named, others = visible_names(actor, domains)
     return f"{what}: used by {', '.join(named + ([f'{others} domain(s) of other teams'] if others else []))}."
-
-
-def _path_in(host: Host, pool: str, name: str) -> str:
-    directory = pool_of(host, pool).get("path") or ""
-    return f"{directory.rstrip('/')}/{name}"
 
 
 @transaction.atomic
@@ -235,10 +208,11 @@ def volume_action(
         raise NotFound(f"No volume action {action!r}; there are resize, clone and delete.")
     require_pool_manage(actor, host)
     name = _volume_name(name)
-    if not pool_of(host, pool).get("active"):
+    row = pool_of(host, pool)
+    if not row.get("active"):
         raise Conflict(f"Storage pool {pool!r} is not running.")
     data = data if isinstance(data, dict) else {}
-    users = Users.of(host).of_path(_path_in(host, pool, name))
+    users = Users.of(host).of_path(volume_path(row, name))
     params: dict[str, Any] = {"volume": name}
     if action == "delete" and users:
         raise Conflict(_users_refusal(actor, f"{name} cannot be deleted", users))
@@ -254,9 +228,9 @@ def volume_action(
     )
 
 
-def orphans(*, user: Any, host: Host) -> list[Volume]:
+def orphans(*, user: Any, host: Host, users: Users | None = None) -> list[Volume]:
     """The host's orphans the user may see: domains' volumes that outlived their domains."""
-    users = Users.of(host)
+    users = users or Users.of(host)
     hidden = hidden_paths(user, host)
     rows = Volume.objects.filter(
         host=host, origin=Volume.Origin.DOMAIN, domain__isnull=True, library=False

@@ -79,18 +79,46 @@ class PoolUse:
         return [d for d in self.domains if d.state in ACTIVE_STATES]
 
 
+@dataclass(frozen=True)
+class Users:
+    """The host's domains, and which of them have each path as a disk or CD-ROM (any state):
+    one query, for every pool and volume a page or a check asks about."""
+
+    domains: list[Domain]
+    by_path: dict[str, list[Domain]]
+
+    @classmethod
+    def of(cls, host: Host) -> Users:
+        rows = Domain.objects.filter(host=host).only("name", "state", "disks", "spec", "team", "host")
+        domains = list(rows.order_by("name"))
+        by_path: dict[str, list[Domain]] = {}
+        for domain in domains:
+            for disk in domain.disks or []:
+                if path := disk.get("path"):
+                    by_path.setdefault(path, []).append(domain)
+        return cls(domains, by_path)
+
+    def of_path(self, path: str) -> list[Domain]:
+        return self.by_path.get(path, [])
+
+
 def _inside(path: str, directory: str) -> bool:
     return path.startswith(directory.rstrip("/") + "/")
 
 
-def pool_uses(host: Host) -> dict[str, PoolUse]:
-    """Per pool name, the host's domains with a disk in it, in one query: by path (the pool's
-    target directory, or its device directory for LVM), and, for a domain still being
-    created, by the pool its spec makes a disk in."""
+def volume_path(pool: dict[str, Any], name: str) -> str:
+    """Where a volume named `name` lies in a pool (as reported): its directory, then the name."""
+    return f"{(pool.get('path') or '').rstrip('/')}/{name}"
+
+
+def pool_uses(host: Host, users: Users | None = None) -> dict[str, PoolUse]:
+    """Per pool name, the host's domains with a disk in it: by path (the pool's target
+    directory, or its device directory for LVM), and, for a domain still being created, by
+    the pool its spec makes a disk in."""
+    users = users or Users.of(host)
     pools = [(p["name"], p.get("path")) for p in pools_of(host)]
     found: dict[str, list[Domain]] = {name: [] for name, _ in pools}
-    rows = Domain.objects.filter(host=host).only("name", "state", "disks", "spec", "team", "host")
-    for domain in rows.order_by("name"):
+    for domain in users.domains:
         paths = [d.get("path") for d in domain.disks or [] if d.get("path")]
         named = set()
         if domain.state == Domain.State.NEW:  # its new volumes may not be reported yet
@@ -102,11 +130,19 @@ def pool_uses(host: Host) -> dict[str, PoolUse]:
     return {name: PoolUse(domains) for name, domains in found.items()}
 
 
+def visible_names(actor: Any, domains: list[Domain]) -> tuple[list[str], int]:
+    """The names of the domains `actor` may see (all of them for the system, None), and how
+    many others there are: a refusal or a page names only those."""
+    if actor is None:
+        return [d.name for d in domains], 0
+    sees = reach(actor, "domain.view")
+    shown = [d.name for d in domains if sees.reaches_domain(d.pk, d.host_id, d.team_id)]
+    return shown, len(domains) - len(shown)
+
+
 def _named(actor: Any, domains: list[Domain]) -> str:
-    """The domains the actor may see by name, the others counted (as volumes' refusals do)."""
-    sees = reach(actor, "domain.view") if actor is not None else None
-    shown = [d.name for d in domains if sees is None or sees.reaches_domain(d.pk, d.host_id, d.team_id)]
-    hidden = len(domains) - len(shown)
+    """The domains the actor may see by name (the first NAMED), the others counted."""
+    shown, hidden = visible_names(actor, domains)
     parts = shown[:NAMED]
     if len(shown) > NAMED:
         parts.append(f"{len(shown) - NAMED} more")
@@ -209,16 +245,14 @@ def pool_action(
     return job
 
 
-def pool_rows(actor: Any, host: Host) -> list[dict[str, Any]]:
+def pool_rows(actor: Any, host: Host, users: Users | None = None) -> list[dict[str, Any]]:
     """The host's pools for a page or the API: each as reported (without its offered volumes,
     which visible_resources filters per viewer), with the domains using it that the viewer may
     see, and how many others."""
-    uses = pool_uses(host)
-    sees = reach(actor, "domain.view")
+    uses = pool_uses(host, users)
     rows = []
     for pool in pools_of(host):
-        domains = uses.get(pool["name"], PoolUse([])).domains
-        shown = [d.name for d in domains if sees.reaches_domain(d.pk, d.host_id, d.team_id)]
+        shown, others = visible_names(actor, uses.get(pool["name"], PoolUse([])).domains)
         capacity = pool.get("capacity_bytes") or 0
         rows.append(
             {
@@ -237,7 +271,7 @@ def pool_rows(actor: Any, host: Host) -> list[dict[str, Any]]:
                 "warn_bytes": capacity * 9 // 10,  # a usage bar turns to a warning past 90 %
                 "volume_count": pool.get("volume_count"),
                 "used_by": shown,
-                "used_by_others": len(domains) - len(shown),
+                "used_by_others": others,
                 "agents_own": is_agents_own(host, pool),
             }
         )

@@ -28,7 +28,7 @@ from domains.volumes import (
 from hosts.enrolment import host_enrol, host_remove, host_rotate_secret
 from hosts.models import Host
 from hosts.pool_volumes import orphans, orphans_delete, volume_action, volume_create, volume_rows
-from hosts.pools import pool_action, pool_create, pool_rows, pool_types
+from hosts.pools import Users, pool_action, pool_create, pool_rows, pool_types
 from hosts.selectors import host_list
 from hosts.services import host_refresh, host_set_maintenance
 
@@ -107,6 +107,7 @@ def host_detail_page(request: HttpRequest, host_id: int) -> HttpResponse:
     host = _visible(request, host_id)
     volumes, volumes_total = _volume_rows(request, host)
     manages_volumes = has_perm(request.user, "host.manage", host)
+    users = Users.of(host)  # the host's domains and their disks, once for pools and orphans
     # The domains they may see, in one query: a shared host does not count other teams'.
     counts = (
         domain_list(user=request.user)
@@ -128,9 +129,9 @@ def host_detail_page(request: HttpRequest, host_id: int) -> HttpResponse:
             "volumes_total": volumes_total,
             "manages_volumes": manages_volumes,
             "teams": list(Team.objects.all()) if manages_volumes else [],
-            "pools": pool_rows(request.user, host),
+            "pools": pool_rows(request.user, host, users),
             "may_manage_pools": manages_volumes,
-            "orphans_count": len(orphans(user=request.user, host=host)),
+            "orphans_count": len(orphans(user=request.user, host=host, users=users)),
             "pool_types": pool_types(host),
         },
     )
