@@ -24,6 +24,7 @@ from agent.identity import DEFAULT_STATE_DIR, PAIRING_TTL_SECONDS, AgentIdentity
 from agent.protocol import format_fingerprint
 from agent.runtime import AgentConfig
 from agent.server import serve
+from agent.uploads import DEFAULT_EXPIRY_S
 
 SECRET_ENV = "DOMUS_AGENT_SECRET"  # noqa: S105 -- a variable name, not a secret
 NETINSTALL_DENY_ENV = "DOMUS_AGENT_NETINSTALL_DENY"
@@ -60,6 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--pool-path", default="/var/lib/libvirt/images")
     run.add_argument("--probe-timeout", type=float, default=180.0, help="seconds allowed for the KVM probe")
     run.add_argument("--log-level", default="INFO")
+    run.add_argument(
+        "--upload-expiry",
+        type=_positive,
+        default=DEFAULT_EXPIRY_S,
+        metavar="SECONDS",
+        help="an upload or fetch into a pool untouched this long is removed: an unfinished one's bytes, "
+        f"a finished one's record (never its volume) (default {DEFAULT_EXPIRY_S:g})",
+    )
     _netinstall_args(run)
 
     init = commands.add_parser("init", help="create the agent's certificate; print a pairing code")
@@ -216,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         accel=cast(AccelRequest, args.accel),
         pool_path=os.path.abspath(args.pool_path),
         probe_timeout_s=args.probe_timeout,
+        upload_expiry_s=args.upload_expiry,
     )
     asyncio.run(serve(config))
 

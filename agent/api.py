@@ -18,15 +18,17 @@ from aiohttp.typedefs import Middleware
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agent import __version__
-from agent.errors import AgentProblem, Conflict, InvalidSpec, NotFound, Unauthorized
+from agent.errors import AgentProblem, Conflict, InvalidSpec, NotFound, OffsetConflict, Unauthorized
 from agent.identity import AgentIdentity, ConsoleKeys
 from agent.protocol import (
     POOL_NAME,
     PROBLEM_HEADER,
+    UPLOAD_ID,
     VOLUME_PAGE_DEFAULT,
     VOLUME_PAGE_MAX,
     DomainInfo,
     DomainSpec,
+    FetchRequest,
     PairRequest,
     PairResult,
     PoolAutostartRequest,
@@ -36,6 +38,7 @@ from agent.protocol import (
     RenameRequest,
     ResourcesRequest,
     RotateRequest,
+    UploadCreateRequest,
     VolumeCloneRequest,
     VolumeCreateRequest,
     VolumeResizeRequest,
@@ -55,10 +58,15 @@ POOL_NAME_RE = re.compile(POOL_NAME)
 # A volume named in a URL: any name a pool lists (files copied in by hand need not follow
 # VOLUME_NAME, as new ones do), never a path: no '/', no control character, not hidden ('.').
 VOLUME_REF_RE = re.compile(r"^[^/.\x00-\x1f\x7f][^/\x00-\x1f\x7f]{0,254}$")
+UPLOAD_ID_RE = re.compile(UPLOAD_ID)
+OFFSET_HEADER = "Upload-Offset"  # where a piece of an upload starts (tus's name for it)
+# Routes whose body is a stream of bytes, read a piece at a time and never whole (so never by the
+# idempotency middleware: a repeated piece is refused by its offset instead).
+STREAMED_BODY_ROUTES = frozenset({"upload-piece"})
 
 
-def problem_response(status: int, code: str, detail: str) -> web.Response:
-    body = Problem(error=code, detail=detail).model_dump_json()
+def problem_response(status: int, code: str, detail: str, *, offset: int | None = None) -> web.Response:
+    body = Problem(error=code, detail=detail, offset=offset).model_dump_json(exclude_none=True)
     headers = {PROBLEM_HEADER: quote(detail[:500])}
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
@@ -102,7 +110,8 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except AgentProblem as err:
         if err.status >= 500:
             log.warning("%s %s: %s", request.method, request.path, err.detail)
-        return problem_response(err.status, err.code, err.detail)
+        offset = err.offset if isinstance(err, OffsetConflict) else None
+        return problem_response(err.status, err.code, err.detail, offset=offset)
     except web.HTTPException as err:
         if err.status < 400:
             raise
@@ -411,6 +420,54 @@ async def _send_volume(request: web.Request, download: VolumeDownload) -> web.St
     return response
 
 
+# -- uploads and fetches into a pool -----------------------------------------------------------
+def _upload_id(request: web.Request) -> str:
+    raw = request.match_info["upload"]
+    if not UPLOAD_ID_RE.match(raw):
+        raise NotFound(f"no upload {raw!r} (an upload id is 32 lowercase hex digits)")
+    return raw
+
+
+def _upload_offset(request: web.Request) -> int:
+    raw = request.headers.get(OFFSET_HEADER, "")
+    if not raw or len(raw) > 19 or not raw.isascii() or not raw.isdigit():
+        raise InvalidSpec(f"{OFFSET_HEADER}: a whole number of bytes is required, got {raw!r}")
+    return int(raw)
+
+
+async def create_upload(request: web.Request) -> web.Response:
+    name = _pool_name(request)
+    body = await _model_body(request, UploadCreateRequest)
+    status, created = await request.app[RUNTIME].uploads.create(name, body)
+    return model_response(status, status=201 if created else 200)
+
+
+async def upload_status(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].uploads.status(_pool_name(request), _upload_id(request)))
+
+
+async def upload_piece(request: web.Request) -> web.Response:
+    """Bytes of an upload from `Upload-Offset`, written as they arrive (a chunked body, or one
+    with a Content-Length); the upload as it stands after them."""
+    pool, upload_id, offset = _pool_name(request), _upload_id(request), _upload_offset(request)
+    status = await request.app[RUNTIME].uploads.append(
+        pool, upload_id, offset, request.content, request.content_length
+    )
+    return model_response(status)
+
+
+async def delete_upload(request: web.Request) -> web.Response:
+    await request.app[RUNTIME].uploads.delete(_pool_name(request), _upload_id(request))
+    return web.Response(status=204)
+
+
+async def fetch_into_pool(request: web.Request) -> web.Response:
+    name = _pool_name(request)
+    body = await _model_body(request, FetchRequest)
+    status, created = await request.app[RUNTIME].uploads.fetch(name, body)
+    return model_response(status, status=202 if created else 200)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/host", host)
@@ -442,3 +499,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/pools/{name}/volumes/{volume}/clone", clone_volume)
     app.router.add_post("/v1/pools/{name}/volumes/{volume}/delete", delete_volume)
     app.router.add_get("/v1/pools/{name}/volumes/{volume}/download", download_volume)
+    app.router.add_post("/v1/pools/{name}/uploads", create_upload)
+    app.router.add_get("/v1/pools/{name}/uploads/{upload}", upload_status)
+    app.router.add_patch("/v1/pools/{name}/uploads/{upload}", upload_piece, name="upload-piece")
+    app.router.add_delete("/v1/pools/{name}/uploads/{upload}", delete_upload)
+    app.router.add_post("/v1/pools/{name}/fetches", fetch_into_pool)

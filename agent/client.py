@@ -12,9 +12,10 @@ import asyncio
 import functools
 import hashlib
 import json
+import re
 import ssl
 import uuid as uuid_mod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -26,10 +27,12 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from agent.console_pipe import ConsolePipe, IdentityMismatch, PipeFailed, PipeRefused, open_pipe
 from agent.protocol import (
     PROBLEM_HEADER,
+    UPLOAD_ID,
     VOLUME_PAGE_DEFAULT,
     DeleteResult,
     DomainInfo,
     DomainSpec,
+    FetchRequest,
     HostFacts,
     PairRequest,
     PairResult,
@@ -41,6 +44,8 @@ from agent.protocol import (
     ResourcesRequest,
     ResourcesResult,
     RotateRequest,
+    UploadCreateRequest,
+    UploadStatus,
     VolumeCloneRequest,
     VolumeCreateRequest,
     VolumeList,
@@ -51,16 +56,19 @@ from agent.protocol import (
 
 M = TypeVar("M", bound=BaseModel)
 _DOMAINS = TypeAdapter(list[DomainInfo])
+UPLOAD_ID_RE = re.compile(UPLOAD_ID)
 
 
 class AgentError(Exception):
-    """A non-2xx answer from the agent (or no answer at all, see AgentUnreachable)."""
+    """A non-2xx answer from the agent (or no answer at all, see AgentUnreachable). `offset` is
+    the upload's offset when a piece was sent at another (an AgentConflict), else None."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, *, offset: int | None = None) -> None:
         super().__init__(f"{code} ({status}): {detail}")
         self.status = status
         self.code = code
         self.detail = detail
+        self.offset = offset
 
 
 class AgentUnauthorized(AgentError):
@@ -77,6 +85,10 @@ class AgentInvalid(AgentError):
 
 class AgentConflict(AgentError):
     pass
+
+
+class AgentInsufficientStorage(AgentError):
+    """507: the pool's file system has no room for an upload (or for the rest of it)."""
 
 
 class AgentRefused(AgentError):
@@ -109,6 +121,7 @@ _BY_STATUS: dict[int, type[AgentError]] = {
     409: AgentConflict,
     410: AgentRefused,
     503: AgentLibvirtDown,
+    507: AgentInsufficientStorage,
 }
 
 
@@ -155,7 +168,7 @@ def _error_for(status: int, raw: bytes) -> AgentError:
         problem = Problem.model_validate_json(raw)
     except ValidationError:
         problem = Problem(error="http_error", detail=raw.decode(errors="replace")[:500] or f"HTTP {status}")
-    return _BY_STATUS.get(status, AgentError)(status, problem.error, problem.detail)
+    return _BY_STATUS.get(status, AgentError)(status, problem.error, problem.detail, offset=problem.offset)
 
 
 class AgentClient:
@@ -367,12 +380,16 @@ class AgentClient:
 
     # -- the volumes of a pool ---------------------------------------------------------------
     @staticmethod
-    def _volumes_path(pool: str, name: str | None = None) -> str:
+    def _pool_path(pool: str) -> str:
         # '.' and '..' survive quoting and the URL would be normalised into another route (a
         # volume named '..' deleted as `/v1/pools/<pool>/delete`): never sent.
         if pool in ("", ".", ".."):
             raise AgentNotFound(404, "not_found", f"no storage pool {pool!r} (not a valid pool name)")
-        path = f"/v1/pools/{quote(pool, safe='')}/volumes"
+        return f"/v1/pools/{quote(pool, safe='')}"
+
+    @staticmethod
+    def _volumes_path(pool: str, name: str | None = None) -> str:
+        path = f"{AgentClient._pool_path(pool)}/volumes"
         if name is None:
             return path
         if name in ("", ".", ".."):
@@ -455,6 +472,70 @@ class AgentClient:
             yield resp
         finally:
             resp.release()
+
+    # -- uploads and fetches into a pool -----------------------------------------------------
+    @staticmethod
+    def _uploads_path(pool: str, upload_id: str | None = None) -> str:
+        path = f"{AgentClient._pool_path(pool)}/uploads"
+        if upload_id is None:
+            return path
+        if not UPLOAD_ID_RE.match(upload_id):
+            raise AgentNotFound(404, "not_found", f"no upload {upload_id!r} (32 lowercase hex digits)")
+        return f"{path}/{upload_id}"
+
+    async def _upload_model(self, method: str, path: str, **kwargs: Any) -> UploadStatus:
+        """Upload calls carry no idempotency key: each is safe to repeat by itself (an upload is
+        named by its id, a piece by its offset), and an answer replayed from memory would show an
+        upload as it stood then, not as it stands."""
+        _status, raw = await self._raw_request(method, path, **kwargs)
+        return UploadStatus.model_validate_json(raw)
+
+    async def create_upload(self, pool: str, upload_id: str, name: str, length: int) -> UploadStatus:
+        """Begin an upload of `length` bytes into volume `name` of a directory pool (dir, fs,
+        netfs), named by `upload_id` (a uuid4's hex). The same call again answers the upload as it
+        stands. AgentConflict: the id is another upload's, or the name is taken (a volume, or
+        another upload under way); AgentInsufficientStorage: no room; AgentInvalid: not a
+        directory pool."""
+        body = UploadCreateRequest(id=upload_id, name=name, length=length).model_dump()
+        return await self._upload_model("POST", self._uploads_path(pool), json=body)
+
+    async def upload_status(self, pool: str, upload_id: str) -> UploadStatus:
+        """An upload or fetch as it stands: its offset, state, digest once complete
+        (AgentNotFound once deleted or expired)."""
+        return await self._upload_model("GET", self._uploads_path(pool, upload_id))
+
+    async def upload_chunk(
+        self, pool: str, upload_id: str, offset: int, body: AsyncIterable[bytes] | bytes
+    ) -> UploadStatus:
+        """Send bytes of an upload from `offset`: `body` whole (with a Content-Length), or as an
+        async iterable of pieces streamed in a chunked body as they come. The agent writes them
+        as they arrive; if the body ends early, what arrived is kept (ask `upload_status`, or
+        send again from its offset). The answer is the upload after them: `complete` once the
+        last byte is in, with its `sha256` and `path`.
+
+        AgentConflict with `.offset` set: `offset` is not the upload's offset, which `.offset`
+        is (resume from there); AgentConflict without it: complete already, or another request is
+        writing it. AgentInvalid: the body goes past the upload's length (nothing past it is
+        written). AgentInsufficientStorage: the pool ran out of room (what was written is kept).
+        No bound on the whole call (a big piece takes as long as it takes); a stalled one fails."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self._timeout.total)
+        headers = {"Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}
+        path = self._uploads_path(pool, upload_id)
+        return await self._upload_model("PATCH", path, data=body, headers=headers, timeout=timeout)
+
+    async def delete_upload(self, pool: str, upload_id: str) -> None:
+        """Cancel an upload (a fetch is stopped first) and remove its bytes; of a complete one,
+        only the agent's record goes: never the volume. AgentNotFound if there is none."""
+        await self._raw_request("DELETE", self._uploads_path(pool, upload_id))
+
+    async def fetch_url(self, pool: str, request: FetchRequest) -> UploadStatus:
+        """The agent downloads `request.url` (http, https or ftp) into volume `request.name` in
+        the background, under its network-install policy (loopback, link-local, this host and
+        `--netinstall-deny` ranges refused, each redirect checked); follow it with
+        `upload_status` (state fetching, then complete or failed with its `error`). The same
+        request again answers the fetch as it stands."""
+        body = json.loads(request.model_dump_json())
+        return await self._upload_model("POST", f"{self._pool_path(pool)}/fetches", json=body)
 
     # -- WebSockets --------------------------------------------------------------------------
     @asynccontextmanager

@@ -48,6 +48,24 @@ class Conflict(AgentProblem):
     code = "conflict"
 
 
+class OffsetConflict(Conflict):
+    """A piece of an upload sent at another offset than the one it is at (a retry of a piece
+    already written, or one sent ahead): the answer says where to resume."""
+
+    code = "offset_mismatch"
+
+    def __init__(self, detail: str, *, offset: int) -> None:
+        super().__init__(detail)
+        self.offset = offset
+
+
+class InsufficientStorage(AgentProblem):
+    """The file system under a pool has no room for what is asked (RFC 4918's 507)."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class LibvirtFailure(AgentProblem):
     status = 502
     code = "libvirt"

@@ -9,7 +9,8 @@ worked on waits for it.
 Only successful answers are kept: after an error the console may try again, and then the work
 is done. Entries live in memory, per calling console (two consoles never share a key space),
 for at most `ttl` seconds and `max_entries` per console. The same key with a different request
-(method, path, query or body) is refused with 422: it is a bug in the caller.
+(method, path, query or body) is refused with 422: it is a bug in the caller. An upload's pieces
+are left alone (their bodies stream to disk; a repeated piece is refused by its offset).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from agent.api import CONSOLE_ID, problem_response
+from agent.api import CONSOLE_ID, STREAMED_BODY_ROUTES, problem_response
 
 log = logging.getLogger("agent.idempotency")
 
@@ -111,7 +112,7 @@ def make_idempotency(store: IdempotencyStore) -> Middleware:
     async def idempotency(request: web.Request, handler: Handler) -> web.StreamResponse:
         key = request.headers.get(HEADER)
         console_id = request.get(CONSOLE_ID)
-        if key is None or request.method not in MUTATING or console_id is None:
+        if key is None or request.method not in MUTATING or console_id is None or _streamed(request):
             return await handler(request)
         if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
             return problem_response(
@@ -153,6 +154,11 @@ def make_idempotency(store: IdempotencyStore) -> Middleware:
             store.end(console_id, key)
 
     return idempotency
+
+
+def _streamed(request: web.Request) -> bool:
+    """A body of bytes streamed to its handler: never read whole here (an upload's piece)."""
+    return request.match_info.route.name in STREAMED_BODY_ROUTES
 
 
 def _mismatch(key: str) -> web.Response:

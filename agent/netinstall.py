@@ -18,13 +18,14 @@ Size and time are capped per file and per install.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
 import re
 import shutil
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
@@ -272,13 +273,13 @@ def _lookup_key(host: str) -> str:
 
 
 # -- fetching ----------------------------------------------------------------------------------
-def _shown(url: URL) -> str:
+def shown_url(url: URL) -> str:
     """A URL as errors show it: no credentials, no query (a redirect's may carry a token)."""
     plain = url.with_query(None).with_fragment(None)
     return str(plain.with_user(None) if plain.raw_user or plain.raw_password else plain)
 
 
-def _why(err: aiohttp.ClientError, policy: NetinstallPolicy) -> str:
+def why_failed(err: aiohttp.ClientError, policy: NetinstallPolicy) -> str:
     """What went wrong with an allowed server, in our words: never the server's own text."""
     if isinstance(err, aiohttp.ConnectionTimeoutError):
         return f"no connection within {policy.connect_timeout_s:g} s"
@@ -293,6 +294,75 @@ def _why(err: aiohttp.ClientError, policy: NetinstallPolicy) -> str:
     return f"the exchange failed ({type(err).__name__})"
 
 
+class CheckedFetcher:
+    """Fetches through one session, one pinned resolver and one policy: every hop (the URL, each
+    redirect) is checked before anything connects to it. Errors name the request's `field`
+    (`boot.kernel`, `url`) and never carry what a server answered. Network installs and the
+    agent's downloads into pools (agent/fetches.py) both go through it."""
+
+    def __init__(self, session: aiohttp.ClientSession, resolver: _PinnedResolver, policy: NetinstallPolicy):
+        self.session = session
+        self.resolver = resolver
+        self.policy = policy
+
+    async def check(
+        self, field: str, url: URL, came_from: URL | None = None, *, schemes: Sequence[str] = SCHEMES
+    ) -> list[ResolveResult]:
+        """The checked addresses to connect to for `url` (pinned for this session's next
+        connection); InstallSourceRefused for a destination refused."""
+        what = f"to fetch {shown_url(url)}" if came_from is None else f"the redirect to {shown_url(url)}"
+        if url.scheme not in schemes:
+            allowed = " and ".join(", ".join(f"{scheme}://" for scheme in schemes).rsplit(", ", 1))
+            raise InstallSourceRefused(f"{field}: refused {what}: only {allowed} are fetched")
+        if not url.raw_host or url.port is None:
+            raise InvalidSpec(f"{field}: {shown_url(url)} names no host")
+        try:
+            results = await resolve_checked(url.raw_host, url.port, self.policy)
+        except _Refused as err:
+            log.warning("fetch: %s: refused %s: %s", field, what, err)
+            raise InstallSourceRefused(f"{field}: refused {what}: {err}") from err
+        except _Unresolved as err:
+            raise InvalidSpec(f"{field}: cannot fetch {shown_url(url)}: {err}") from err
+        self.resolver.pin(url.raw_host, url.port, results)
+        return results
+
+    async def open(self, field: str, start: URL) -> tuple[aiohttp.ClientResponse, URL]:
+        """The answer of the last hop, redirects followed one checked hop at a time; the caller
+        releases it."""
+        url, came_from = start, None
+        for _hop in range(self.policy.max_redirects + 1):
+            await self.check(field, url, came_from)
+            try:
+                response = await self.session.get(url, allow_redirects=False)
+            except aiohttp.ClientError as err:
+                raise InvalidSpec(f"{field}: cannot fetch {shown_url(url)}: {self.why(err)}") from err
+            if response.status not in _REDIRECTS:
+                return response, url
+            location = response.headers.get("Location", "")
+            response.release()  # unread: a redirect's body is nobody's business
+            if not location:
+                raise InvalidSpec(
+                    f"{field}: {shown_url(url)} answered HTTP {response.status} without a Location"
+                )
+            try:
+                url, came_from = url.join(URL(location)), url
+            except ValueError as err:
+                raise InvalidSpec(f"{field}: {shown_url(url)} redirected to an invalid URL") from err
+        raise InvalidSpec(f"{field}: more than {self.policy.max_redirects} redirects from {shown_url(start)}")
+
+    def why(self, err: aiohttp.ClientError) -> str:
+        return why_failed(err, self.policy)
+
+
+@contextlib.asynccontextmanager
+async def checked_fetcher(policy: NetinstallPolicy | None = None) -> AsyncIterator[CheckedFetcher]:
+    """A CheckedFetcher under `policy` (the agent's, from its options, when None)."""
+    policy = policy or _policy
+    resolver = _PinnedResolver()
+    async with _session(resolver, policy) as session:
+        yield CheckedFetcher(session, resolver, policy)
+
+
 @dataclass(frozen=True)
 class _File:
     field: str  # the spec field errors name
@@ -301,75 +371,27 @@ class _File:
     max_bytes: int
 
 
-class _Fetch:
-    """One network install's fetches: one session, one pinned resolver, one policy."""
-
-    def __init__(self, session: aiohttp.ClientSession, resolver: _PinnedResolver, policy: NetinstallPolicy):
-        self.session = session
-        self.resolver = resolver
-        self.policy = policy
-
-    async def _check(self, file: _File, url: URL, came_from: URL | None) -> None:
-        what = f"to fetch {_shown(url)}" if came_from is None else f"the redirect to {_shown(url)}"
-        if url.scheme not in SCHEMES:
-            raise InstallSourceRefused(f"{file.field}: refused {what}: only http:// and https:// are fetched")
-        if not url.raw_host or url.port is None:
-            raise InvalidSpec(f"{file.field}: {_shown(url)} names no host")
-        try:
-            results = await resolve_checked(url.raw_host, url.port, self.policy)
-        except _Refused as err:
-            log.warning("network install: %s: refused %s: %s", file.field, what, err)
-            raise InstallSourceRefused(f"{file.field}: refused {what}: {err}") from err
-        except _Unresolved as err:
-            raise InvalidSpec(f"{file.field}: cannot fetch {_shown(url)}: {err}") from err
-        self.resolver.pin(url.raw_host, url.port, results)
-
-    async def _open(self, file: _File) -> tuple[aiohttp.ClientResponse, URL]:
-        """The answer of the last hop, redirects followed one checked hop at a time; the caller
-        releases it."""
-        url, came_from = file.url, None
-        for _hop in range(self.policy.max_redirects + 1):
-            await self._check(file, url, came_from)
-            try:
-                response = await self.session.get(url, allow_redirects=False)
-            except aiohttp.ClientError as err:
-                raise InvalidSpec(
-                    f"{file.field}: cannot fetch {_shown(url)}: {_why(err, self.policy)}"
-                ) from err
-            if response.status not in _REDIRECTS:
-                return response, url
-            location = response.headers.get("Location", "")
-            response.release()  # unread: a redirect's body is nobody's business
-            if not location:
-                raise InvalidSpec(
-                    f"{file.field}: {_shown(url)} answered HTTP {response.status} without a Location"
-                )
-            try:
-                url, came_from = url.join(URL(location)), url
-            except ValueError as err:
-                raise InvalidSpec(f"{file.field}: {_shown(url)} redirected to an invalid URL") from err
-        raise InvalidSpec(
-            f"{file.field}: more than {self.policy.max_redirects} redirects from {_shown(file.url)}"
-        )
+class _Fetch(CheckedFetcher):
+    """One network install's fetches: a kernel and an initrd, each whole or not at all."""
 
     async def fetch(self, file: _File) -> None:
         if os.path.isfile(file.dest):
             return
         partial = file.dest + ".part"
         try:
-            response, url = await self._open(file)
+            response, url = await self.open(file.field, file.url)
             try:
                 size = await self._save(file, response, url, partial)
             finally:
                 response.release()
             os.replace(partial, file.dest)
-            log.info("network install: fetched %s (%d bytes)", _shown(url), size)
+            log.info("network install: fetched %s (%d bytes)", shown_url(url), size)
         finally:
             if os.path.exists(partial):
                 os.unlink(partial)
 
     async def _save(self, file: _File, response: aiohttp.ClientResponse, url: URL, partial: str) -> int:
-        shown, cap = _shown(url), file.max_bytes
+        shown, cap = shown_url(url), file.max_bytes
         too_large = f"{file.field}: {shown} is larger than {cap // MIB} MiB, the limit for this file"
         if response.status != 200:
             raise InvalidSpec(f"{file.field}: {shown} answered HTTP {response.status}")
@@ -384,7 +406,7 @@ class _Fetch:
                         raise InvalidSpec(too_large)
                     out.write(chunk)
         except aiohttp.ClientError as err:
-            raise InvalidSpec(f"{file.field}: cannot fetch {shown}: {_why(err, self.policy)}") from err
+            raise InvalidSpec(f"{file.field}: cannot fetch {shown}: {self.why(err)}") from err
         if size == 0:
             raise InvalidSpec(f"{file.field}: {shown} is empty")
         return size
@@ -439,6 +461,6 @@ async def fetch_installer(
             except TimeoutError as err:
                 limit = f"{policy.timeout_s:g} s, the limit for a network install"
                 raise InvalidSpec(
-                    f"{file.field}: fetching {_shown(file.url)} did not finish within {limit}"
+                    f"{file.field}: fetching {shown_url(file.url)} did not finish within {limit}"
                 ) from err
     return kernel, initrd

@@ -27,6 +27,7 @@ from agent.protocol import (
     PoolSpec,
     VolumeInfo,
 )
+from agent.storage import is_upload_file
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,18 @@ def pool_source(root: etree._Element) -> str:
 
 
 # -- reading -----------------------------------------------------------------------------------
+def _size(path: str) -> int:
+    """A file's size as this machine sees it (0 when it is no file here: a device, another
+    machine's path under the test driver): the wizard shows it beside the name."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
 def _offered(names: Iterable[str], path: str) -> list[VolumeInfo]:
     """ISOs and disk images by name (a volume's path in a dir or LVM pool is the pool's path
-    plus its name): no call per volume."""
+    plus its name): no libvirt call per volume, a stat of the files offered."""
     offered = []
     for name in names:
         lower = name.lower()
@@ -172,7 +182,10 @@ def _offered(names: Iterable[str], path: str) -> list[VolumeInfo]:
             offered.append(VolumeInfo(name=name, path=where, kind="iso"))
         elif lower.endswith(_IMAGE_SUFFIXES):
             offered.append(VolumeInfo(name=name, path=where, kind="image"))
-    return offered[:MAX_POOL_VOLUMES]
+    offered = offered[:MAX_POOL_VOLUMES]
+    for volume in offered:
+        volume.capacity_bytes = _size(volume.path)
+    return offered
 
 
 def _volume_names(pool: libvirt.virStoragePool, kind: str, *, refresh: bool) -> list[str] | None:
@@ -180,7 +193,8 @@ def _volume_names(pool: libvirt.virStoragePool, kind: str, *, refresh: bool) -> 
         with contextlib.suppress(libvirt.libvirtError):  # e.g. busy creating a volume: list what it knows
             pool.refresh(0)  # files copied in by hand (an ISO) appear only after a refresh
     try:
-        return sorted(pool.listVolumes())
+        # An upload's hidden files (its bytes so far, its record) are no volumes, not even to count.
+        return sorted(name for name in pool.listVolumes() if not is_upload_file(name))
     except libvirt.libvirtError as err:
         if is_connection_lost(err):
             raise

@@ -19,6 +19,7 @@ from agent.hostfacts import Capabilities, domain_type_for, hypervisor_for, read_
 from agent.identity import AgentIdentity, ConsoleKeys
 from agent.pools import PoolService
 from agent.protocol import HostCapabilities, HostFacts, HostResources, InventoryEvent, StatsEvent
+from agent.uploads import DEFAULT_EXPIRY_S, UploadService
 from agent.volumes import VolumeService
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class AgentConfig:
     accel: AccelRequest = "auto"
     pool_path: str = "/var/lib/libvirt/images"
     probe_timeout_s: float = 180.0
+    upload_expiry_s: float = DEFAULT_EXPIRY_S  # an upload untouched this long is removed
 
 
 class AgentRuntime:
@@ -65,6 +67,12 @@ class AgentRuntime:
         self.pools = PoolService(self.conn, changed=self.hub.pools_changed)
         # A volume's bytes are its pool's: after a volume operation, fresh pools are published too.
         self.volumes = VolumeService(self.conn, changed=self.hub.pools_changed, local_files=self._local)
+        self.uploads = UploadService(
+            self.conn,
+            changed=self.hub.pools_changed,
+            local_files=self._local,
+            expiry_s=config.upload_expiry_s,
+        )
         self._last_resources: HostResources | None = None
 
     @property
@@ -112,8 +120,10 @@ class AgentRuntime:
         )
         self.hub.add_listener(self._domains.invalidate)
         self.hub.start()
+        self.uploads.start()
 
     async def stop(self) -> None:
+        await self.uploads.stop()
         await self.hub.stop()
         await self.conn.close()
 

@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_POOL = "default"
 GIB = 1024**3
+# The agent's own files in a directory pool while an upload or fetch is under way (agent/uploads.py):
+# hidden, and never volumes, whatever libvirt lists (it lists dot files in a dir pool).
+UPLOAD_FILE_PREFIX = ".domus-upload-"
+
+
+def is_upload_file(name: str) -> bool:
+    return name.startswith(UPLOAD_FILE_PREFIX)
 
 
 def _pool_path(pool: libvirt.virStoragePool) -> str | None:

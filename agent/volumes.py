@@ -125,13 +125,18 @@ def _pool_type(pool: libvirt.virStoragePool) -> str:
     return str(_parse(pool.XMLDesc(0)).get("type") or "dir")
 
 
-def _running_pool(conn: libvirt.virConnect, name: str) -> libvirt.virStoragePool:
+def pool_named(conn: libvirt.virConnect, name: str) -> libvirt.virStoragePool:
+    """The storage pool `name` (NotFound, saying so, when the host has none)."""
     try:
-        pool = conn.storagePoolLookupByName(name)
+        return conn.storagePoolLookupByName(name)
     except libvirt.libvirtError as err:
         if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
             raise NotFound(f"no storage pool {name!r} on this host") from err
         raise
+
+
+def _running_pool(conn: libvirt.virConnect, name: str) -> libvirt.virStoragePool:
+    pool = pool_named(conn, name)
     if not pool.isActive():
         raise Conflict(f"storage pool {name!r} is not running: start it first")
     return pool
@@ -291,8 +296,9 @@ def overlays_on(conn: libvirt.virConnect, path: str) -> list[str]:
 
 # -- list --------------------------------------------------------------------------------------
 def list_volumes_sync(conn: libvirt.virConnect, pool_name: str, *, limit: int, offset: int) -> VolumeList:
-    """A page of a pool's volumes by name (names starting with '.' are hidden files, skipped):
-    one listing for all, then one XML read for each volume of the page only."""
+    """A page of a pool's volumes by name (names starting with '.' are hidden files, skipped: an
+    upload's `.domus-upload-*` files among them): one listing for all, then one XML read for each
+    volume of the page only."""
     if not 0 < limit <= VOLUME_PAGE_MAX or offset < 0:
         raise InvalidSpec(f"limit: 1 to {VOLUME_PAGE_MAX}; offset: 0 or more")
     pool = _running_pool(conn, pool_name)

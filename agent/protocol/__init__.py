@@ -23,6 +23,16 @@ from pydantic import (
 
 from agent.cloudinit import CloudInitSpec
 from agent.protocol.base import POOL_NAME, _no_dotdot, _Strict
+from agent.protocol.media import (
+    DEFAULT_FETCH_MAX_BYTES,
+    FETCH_SCHEMES,
+    MAX_UPLOAD_BYTES,
+    UPLOAD_ID,
+    FetchRequest,
+    UploadCreateRequest,
+    UploadState,
+    UploadStatus,
+)
 from agent.protocol.storage import (
     MAX_POOL_VOLUMES,
     POOL_BUILDABLE,
@@ -54,17 +64,22 @@ from agent.protocol.storage import (
 # What the parts define, offered here as before the split: import protocol names from
 # agent.protocol, never from its parts. (Its own definitions below are public as well.)
 __all__ = [
+    "DEFAULT_FETCH_MAX_BYTES",
+    "FETCH_SCHEMES",
     "MAX_POOL_VOLUMES",
+    "MAX_UPLOAD_BYTES",
     "POOL_BUILDABLE",
     "POOL_FIELDS",
     "POOL_FORMATS",
     "POOL_NAME",
     "POOL_SPEC_SOURCE_FIELDS",
     "POOL_TYPES",
+    "UPLOAD_ID",
     "VOLUME_NAME",
     "VOLUME_PAGE_DEFAULT",
     "VOLUME_PAGE_MAX",
     "AbsPath",
+    "FetchRequest",
     "HostName",
     "PoolAutostartRequest",
     "PoolDeleteRequest",
@@ -72,6 +87,9 @@ __all__ = [
     "PoolResult",
     "PoolSpec",
     "PoolType",
+    "UploadCreateRequest",
+    "UploadState",
+    "UploadStatus",
     "VolumeCloneRequest",
     "VolumeCreateRequest",
     "VolumeDetail",
@@ -432,6 +450,8 @@ class Problem(BaseModel):
 
     error: str  # machine-readable code: unauthorized, not_found, invalid_spec, conflict, libvirt
     detail: str
+    # An upload's piece sent at the wrong offset (409): the offset the upload is at. Absent otherwise.
+    offset: int | None = None
 
 
 # Messages on the events WebSocket (/v1/events), JSON text frames.

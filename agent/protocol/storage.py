@@ -21,6 +21,7 @@ class VolumeInfo(BaseModel):
     name: str
     path: str
     kind: Literal["iso", "image"]
+    capacity_bytes: int = 0  # the file's size; 0 when the agent cannot see it
 
 
 MAX_POOL_VOLUMES = 500
