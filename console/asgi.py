@@ -18,6 +18,7 @@ from console.access.websocket import ApiTokenWebSocketMiddleware  # noqa: E402
 from console.realtime.consumers import EventsConsumer  # noqa: E402
 from console.realtime.origin import BrowserOriginValidator  # noqa: E402
 from domains.consumers import ConsoleConsumer  # noqa: E402
+from hosts.tus import UploadPatch  # noqa: E402
 
 
 def close_request_connections(sender: Any, **kwargs: Any) -> None:
@@ -44,7 +45,8 @@ websocket_urlpatterns = [
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # An upload's bytes stream past Django, which would buffer a request's whole body.
+        "http": UploadPatch(django_asgi_app),
         "websocket": BrowserOriginValidator(
             AuthMiddlewareStack(ApiTokenWebSocketMiddleware(URLRouter(websocket_urlpatterns)))
         ),

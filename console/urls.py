@@ -14,6 +14,7 @@ from domains import wizard as domain_wizard
 from domains.api.views import DomainViewSet, VolumeViewSet
 from hosts import downloads as host_downloads
 from hosts import views as host_views
+from hosts.api.uploads import UploadFetchView, UploadsView, UploadView
 from hosts.api.views import HostViewSet
 
 handler500 = "console.outage.server_error"
@@ -42,6 +43,9 @@ urlpatterns = [
         name="api-docs",
     ),
     path("api/v1/access/why/", WhyView.as_view(), name="access-why"),
+    path("api/v1/uploads/", UploadsView.as_view(), name="uploads"),
+    path("api/v1/uploads/fetch/", UploadFetchView.as_view(), name="upload-fetch"),
+    path("api/v1/uploads/<str:upload_id>/", UploadView.as_view(), name="upload"),
     path("api/v1/", include(router.urls)),
     path("", domain_views.home, name="home"),
     path("hosts/", host_views.host_list_page, name="host-list"),
@@ -56,6 +60,9 @@ urlpatterns = [
         "hosts/<int:host_id>/pools/<str:pool>/volumes/",
         host_views.host_pool_volume_create_page,
         name="host-pool-volume-create",
+    ),
+    path(
+        "hosts/<int:host_id>/pools/<str:pool>/fetch/", host_views.host_pool_fetch_page, name="host-pool-fetch"
     ),
     path(
         "hosts/<int:host_id>/pools/<str:pool>/volumes/<str:volume>/download/",

@@ -5,4 +5,4 @@ class HostsConfig(AppConfig):
     name = "hosts"
 
     def ready(self) -> None:
-        from hosts import jobs  # noqa: F401  (registers the job handlers)
+        from hosts import jobs, uploads  # noqa: F401  (register the job handlers and periodic tasks)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from functools import partial
 from typing import Any, Literal, cast
 
-from agent.client import AgentClient, AgentError, AgentNotFound
-from agent.protocol import PoolResult, PoolSpec, VolumeCreateRequest, VolumeResult
-from console.jobs.runner import JobContext, JobFailed, job_handler
+from agent.client import AgentClient, AgentError, AgentNotFound, is_transient
+from agent.protocol import FetchRequest, PoolResult, PoolSpec, UploadStatus, VolumeCreateRequest, VolumeResult
+from console.jobs.runner import JobCancelled, JobContext, JobFailed, job_handler
 from domains.models import Volume
 from hosts.agent import run_agent, run_agent_for_job
-from hosts.models import Host
+from hosts.models import Host, Upload
 from hosts.pools import Users, pools_of, volume_path
 from hosts.services import host_observe, host_resources_observed
+from hosts.templatetags.units import binary as binary_size
+from hosts.uploads import upload_forget_on_agent, upload_observe
 
 logger = logging.getLogger(__name__)
 
@@ -215,3 +218,60 @@ def volume_orphans_job(ctx: JobContext) -> dict[str, Any]:
     if kept and not deleted:
         raise JobFailed(f"None of the {len(wanted)} orphaned volume(s) could be removed; the log says why.")
     return {"deleted": deleted, "kept": kept}
+
+
+# How often a fetch's job asks the agent how far it is.
+FETCH_POLL_SECONDS = 1.0
+
+
+def _rate(status: UploadStatus) -> str:
+    done = binary_size(status.offset)
+    whole = f" of {binary_size(status.length)}" if status.length else ""
+    rate = f" at {binary_size(int(status.rate_bytes_per_s))}/s" if status.rate_bytes_per_s else ""
+    return f"{done}{whole}{rate}"
+
+
+@job_handler("media.fetch", permission="media.upload", cancellable=True)
+def media_fetch_job(ctx: JobContext) -> dict[str, Any]:
+    """The agent fetches a URL into a pool (its SSRF guard, size limit, checksum); this job
+    starts it, follows it (progress, rate) and records the outcome on the upload's row."""
+    host = _job_host(ctx)
+    params = ctx.job.params
+    upload = Upload.objects.get(pk=params["upload"])
+    request = FetchRequest(
+        id=upload.pk.hex,
+        name=upload.name,
+        url=params["url"],
+        max_bytes=params["max_bytes"],
+        sha256=upload.expected_sha256 or None,
+    )
+    pool, key = upload.pool, upload.pk.hex
+    ctx.progress(2, f"Asking {host.name} to fetch {upload.source_url}")
+    status = run_agent_for_job(ctx, host, lambda client: client.fetch_url(pool, request))
+    lost_since: float | None = None
+    while status.state == "fetching":
+        upload = upload_observe(upload, status)
+        share = 5 + 90 * status.offset // status.length if status.length else 5
+        ctx.progress(min(95, share), f"Fetched {_rate(status)}")
+        ctx.sleep(FETCH_POLL_SECONDS)
+        if ctx.cancel_requested():
+            run_agent(host, lambda client: client.delete_upload(pool, key))
+            Upload.objects.filter(pk=upload.pk).update(state=Upload.State.CANCELLED)
+            raise JobCancelled(f"Stopped at {binary_size(status.offset)}; what was fetched is removed.")
+        try:
+            status = run_agent(host, lambda client: client.upload_status(pool, key))
+            lost_since = None
+        except AgentError as exc:
+            if not is_transient(exc) or ctx.seconds_left() <= 0:
+                Upload.objects.filter(pk=upload.pk).update(state=Upload.State.FAILED, error=exc.detail)
+                raise JobFailed(f"{host.name} could not say how the fetch went: {exc.detail}") from exc
+            if lost_since is None:
+                lost_since = time.monotonic()
+                ctx.log(f"{host.name} cannot be asked now ({exc.detail}); waiting: it fetches on by itself")
+    upload = upload_observe(upload, status)
+    upload_forget_on_agent(upload)  # recorded here: the agent's record of it may go
+    if status.state != "complete":
+        raise JobFailed(f"The fetch of {upload.source_url} failed: {status.error or 'no reason given'}")
+    ctx.log(f"{upload.path}: {binary_size(upload.length or 0)}, SHA-256 {upload.sha256}")
+    _resources_recorded(host)
+    return {"path": upload.path, "sha256": upload.sha256, "bytes": upload.length}

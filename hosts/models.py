@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 
 from console.encryption.fields import EncryptedTextField
@@ -63,3 +64,63 @@ class Host(models.Model):
     @property
     def default_pool_path(self) -> str:
         return str(self.facts.get("default_pool_path") or "/var/lib/libvirt/images")
+
+
+class Upload(models.Model):
+    """An ISO or image on its way into one of a host's pools: sent by a browser or `curl` through
+    the console (tus, hosts.uploads), or fetched from a URL by the host's agent. The agent holds
+    the bytes (a hidden file beside the pool's volumes, renamed on completion) and is the truth
+    about how many it has; this row is who asked, for whom, and what came of it."""
+
+    class Source(models.TextChoices):
+        UPLOAD = "upload", "Uploaded"
+        URL = "url", "Fetched from a URL"
+
+    class State(models.TextChoices):
+        UPLOADING = "uploading", "Uploading"
+        FETCHING = "fetching", "Fetching"
+        COMPLETE = "complete", "Complete"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+        EXPIRED = "expired", "Expired"
+
+    id = models.UUIDField(primary_key=True)
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="uploads")
+    pool = models.CharField(max_length=255)
+    name = models.CharField(max_length=255)  # the volume's name once complete
+    filename = models.CharField(max_length=255, blank=True)  # as the browser named the file
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.UPLOAD)
+    source_url = models.CharField(max_length=2048, blank=True)  # shown without secrets
+    length = models.BigIntegerField(null=True, blank=True)  # unknown for some fetches
+    offset = models.BigIntegerField(default=0)  # as the agent last said
+    state = models.CharField(max_length=10, choices=State.choices, default=State.UPLOADING)
+    sha256 = models.CharField(max_length=64, blank=True)
+    expected_sha256 = models.CharField(max_length=64, blank=True)
+    path = models.CharField(max_length=1024, blank=True)  # the volume, once complete
+    error = models.TextField(blank=True)
+    # Whose the volume will be: a team's, or (library) the site's read-only media.
+    team = models.ForeignKey(
+        "access.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    library = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="uploads", db_index=False
+    )
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["created_by", "-created_at"]),
+            models.Index(fields=["state", "updated_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.state})"
+
+    @property
+    def done(self) -> bool:
+        return self.state not in (self.State.UPLOADING, self.State.FETCHING)

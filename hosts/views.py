@@ -31,6 +31,7 @@ from hosts.pool_volumes import orphans, orphans_delete, volume_action, volume_cr
 from hosts.pools import Users, pool_action, pool_create, pool_rows, pool_types
 from hosts.selectors import host_list
 from hosts.services import host_refresh, host_set_maintenance
+from hosts.uploads import upload_fetch, upload_form, upload_list
 
 
 @login_required
@@ -298,6 +299,10 @@ def host_pool_page(request: HttpRequest, host_id: int, pool: str) -> HttpRespons
             "listing": listing,
             "problem": problem,
             "may_manage": manages,
+            "upload": upload_form(request.user, host, row),
+            "uploads": [
+                u for u in upload_list(actor=request.user, host=host) if u.pool == pool and not u.done
+            ],
             "orphans": orphans(user=request.user, host=host) if manages else [],
             "next_offset": following if listing and following < listing["total"] else 0,
             "previous_offset": max(0, listing["offset"] - listing["limit"]) if listing else 0,
@@ -316,6 +321,24 @@ def host_pool_volume_create_page(request: HttpRequest, host_id: int, pool: str) 
         _refused(request, exc)
     else:
         messages.success(request, f"Creating {data['name']} in {pool}…")
+    return redirect("host-pool", host.pk, pool)
+
+
+@login_required
+@require_POST
+def host_pool_fetch_page(request: HttpRequest, host_id: int, pool: str) -> HttpResponse:
+    """Have the host's agent fetch an ISO or image from a URL into the pool (a job)."""
+    host = _visible(request, host_id)
+    data: dict[str, Any] = {
+        key: request.POST.get(key, "").strip() for key in ("url", "name", "sha256", "team")
+    }
+    data |= {"host": host.pk, "pool": pool, "library": request.POST.get("library") == "1"}
+    try:
+        job = upload_fetch(actor=request.user, data=data, origin=origin_of(request))
+    except DomusError as exc:
+        _refused(request, exc)
+    else:
+        messages.success(request, f"{host.name} is fetching {job.target_name} (job {job.pk})…")
     return redirect("host-pool", host.pk, pool)
 
 

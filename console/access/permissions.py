@@ -12,6 +12,7 @@ PERMISSIONS: dict[str, str] = {
     "domain.delete": "Delete domains (and, when asked, their disks)",
     "domain.migrate": "Move domains between hosts",
     "host.view": "See hosts and what they offer",
+    "media.upload": "Upload ISOs and images to a host's pools, or have its agent fetch them",
     "host.manage": "Add, change and remove hosts",
     "team.manage": "Manage a team's members, grants and quotas",
     "audit.view": "Read the audit trail",
@@ -25,6 +26,7 @@ _ADMIN = [
     "domain.edit",
     "domain.delete",
     "domain.migrate",
+    "media.upload",
     "team.manage",
     "audit.view",
 ]

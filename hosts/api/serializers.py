@@ -5,7 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from agent.protocol import format_fingerprint
-from hosts.models import Host
+from hosts.models import Host, Upload
 
 
 class HostSerializer(serializers.ModelSerializer[Host]):
@@ -187,3 +187,67 @@ class OrphanVolumeSerializer(serializers.Serializer[Any]):
 
 class OrphansDeleteSerializer(serializers.Serializer[Any]):
     ids = serializers.ListField(child=serializers.IntegerField(), required=False)
+
+
+class UploadSerializer(serializers.ModelSerializer["Upload"]):
+    host = serializers.IntegerField(source="host_id", read_only=True)
+    team = serializers.CharField(source="team.name", read_only=True, default=None)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+    url = serializers.SerializerMethodField(
+        help_text="where to send the bytes (PATCH) and ask the offset (HEAD)"
+    )
+
+    class Meta:
+        model = Upload
+        fields = [
+            "id",
+            "url",
+            "host",
+            "pool",
+            "name",
+            "filename",
+            "source",
+            "source_url",
+            "length",
+            "offset",
+            "state",
+            "sha256",
+            "expected_sha256",
+            "path",
+            "error",
+            "team",
+            "library",
+            "created_by",
+            "job",
+            "created_at",
+            "updated_at",
+            "completed_at",
+        ]
+        read_only_fields = fields
+
+    def get_url(self, upload: Upload) -> str:
+        return f"/api/v1/uploads/{upload.pk.hex}/"
+
+
+class UploadCreateSerializer(serializers.Serializer[Any]):
+    """The JSON form of a creation; tus clients send Upload-Length and Upload-Metadata instead
+    (keys host, pool, name, filename, team, library; values base64)."""
+
+    host = serializers.IntegerField()
+    pool = serializers.CharField()
+    name = serializers.CharField(required=False, help_text="the volume's name (default: filename)")
+    filename = serializers.CharField(required=False)
+    length = serializers.IntegerField(help_text="bytes; or the Upload-Length header")
+    team = serializers.IntegerField(required=False, help_text="the team the volume is for")
+    library = serializers.BooleanField(required=False, help_text="the site's read-only media (host managers)")
+
+
+class UploadFetchSerializer(serializers.Serializer[Any]):
+    host = serializers.IntegerField()
+    pool = serializers.CharField()
+    url = serializers.CharField(help_text="http, https or ftp")
+    name = serializers.CharField(required=False, help_text="the volume's name (default: the URL's last part)")
+    sha256 = serializers.CharField(required=False, help_text="expected SHA-256: a mismatch fails the fetch")
+    max_bytes = serializers.IntegerField(required=False, help_text="refuse a larger file (default 64 GiB)")
+    team = serializers.IntegerField(required=False)
+    library = serializers.BooleanField(required=False)

@@ -42,6 +42,7 @@ ROLES["Admin"] = ROLES["Operator"] | {
     "domain.edit",
     "domain.delete",
     "domain.migrate",
+    "media.upload",
     "team.manage",
     "audit.view",
 }
