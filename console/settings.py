@@ -197,6 +197,7 @@ STATICFILES_DIRS = [
     ("vendor/xterm-addon-fit", BASE_DIR / "node_modules" / "@xterm" / "addon-fit"),
     ("vendor/novnc", BASE_DIR / "node_modules" / "@novnc" / "novnc"),
     ("vendor/swagger-ui-dist", BASE_DIR / "node_modules" / "swagger-ui-dist"),
+    ("vendor/tus-js-client", BASE_DIR / "node_modules" / "tus-js-client" / "dist"),
 ]
 WHITENOISE_USE_FINDERS = True  # serve straight from the finders: no collectstatic step needed
 WHITENOISE_AUTOREFRESH = DEBUG

@@ -29,6 +29,7 @@ from domains.specs import build_spec, host_facts, parse_size_mib, vcpu_limit
 from domains.volumes import check_spec, visible_resources, writers_on
 from hosts.models import Host
 from hosts.selectors import host_list
+from hosts.uploads import UPLOAD_POOL_TYPES, upload_form, uploaded_checksums
 
 # The fields each step owns (a field belongs to the step whose name prefixes it).
 STEP_FIELDS: dict[int, tuple[str, ...]] = {
@@ -60,8 +61,16 @@ def _host_option(host: Host, user: Any) -> dict[str, Any]:
     # An image another domain writes is that domain's disk: not offered as "an existing image"
     # nor as a base to layer on (the server refuses both: domains.volumes.refusal).
     written = set(writers_on(host))
+    checksums = uploaded_checksums(host)
     pools = [
-        {**pool, "volumes": [v for v in pool.get("volumes") or [] if v.get("path") not in written]}
+        {
+            **pool,
+            "volumes": [
+                {**v, "sha256": checksums.get(v.get("path"), "")}
+                for v in pool.get("volumes") or []
+                if v.get("path") not in written
+            ],
+        }
         for pool in resources.get("pools", [])
     ]
     caps = facts.capabilities if facts else None
@@ -79,6 +88,8 @@ def _host_option(host: Host, user: Any) -> dict[str, Any]:
         "modes": [m.model_dump() for m in caps.modes] if caps else [],
         "graphics": caps.graphics if caps else [],
         "pools": pools,
+        "may_upload": upload_form(user, host) is not None,
+        "upload_pools": list(UPLOAD_POOL_TYPES),
         "networks": resources.get("networks", []),
         "bridges": resources.get("bridges", []),
     }

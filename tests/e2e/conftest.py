@@ -42,6 +42,7 @@ class Stack:
     token: str
     log: Path
     host_id: int
+    data_dir: Path | None = None  # launcher.json there says each part's pid
 
     @property
     def auth(self) -> dict[str, str]:
@@ -113,7 +114,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             capture_output=True,
             text=True,
         ).stdout.strip()
-        stack = Stack(url=f"http://127.0.0.1:{port}", token=token, log=log, host_id=0)
+        stack = Stack(url=f"http://127.0.0.1:{port}", token=token, log=log, host_id=0, data_dir=data_dir)
         hosts = stack.api("GET", "/api/v1/hosts/").json()["results"]
         stack.host_id = next(h["id"] for h in hosts if h["name"] == "local")
         yield stack

@@ -32,6 +32,9 @@
       const fresh = page.querySelector("[data-storage-host] tbody");
       const shown = document.querySelector("[data-storage-host] tbody");
       if (fresh && shown) shown.replaceWith(document.adoptNode(fresh));
+      const count = page.querySelector("[data-volume-count]");
+      const said = document.querySelector("[data-volume-count]");
+      if (count && said) said.replaceWith(document.adoptNode(count));
     }, 300);
   };
   document.addEventListener("domus:resync", reread);

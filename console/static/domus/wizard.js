@@ -72,9 +72,48 @@
 
   // -- step 3: install source ------------------------------------------------------------------
   const KINDS = { hvm: ["iso", "cdrom", "url", "pxe", "kernel", "disk"], pv: ["url", "kernel", "bootloader"], pvh: ["url", "kernel"] };
-  function volumes(kind) {
-    return host().pools.flatMap((p) => (p.volumes || []).filter((v) => v.kind === kind).map((v) => [v.path, `${v.name} (${p.name})`]));
+  const UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
+  function binary(n) {
+    let i = 0;
+    while (n >= 1024 && i < UNITS.length - 1) { n /= 1024; i += 1; }
+    return i ? `${n.toFixed(1)}\u00a0${UNITS[i]}` : `${n}\u00a0B`;
   }
+  function volumes(kind) {
+    return host().pools.flatMap((p) => (p.volumes || []).filter((v) => v.kind === kind).map((v) => {
+      const facts = [p.name];
+      if (v.capacity_bytes) facts.push(binary(v.capacity_bytes));
+      if (v.sha256) facts.push(`SHA-256 ${v.sha256.slice(0, 12)}…`);
+      return [v.path, `${v.name} (${facts.join(", ")})`];
+    }));
+  }
+  function isoAbout() {
+    const path = el("iso_pick").value;
+    const found = host().pools.flatMap((p) => p.volumes || []).find((v) => v.path === path);
+    $("[data-iso-about]").textContent = found ? `${found.path}${found.capacity_bytes ? " · " + binary(found.capacity_bytes) : ""}${found.sha256 ? " · SHA-256 " + found.sha256 : " · checksum not known (not uploaded through Domus)"}` : "";
+  }
+  // "Upload an ISO" right in the step: into one of the chosen host's directory pools, for the
+  // team the domain is for; the ISO is offered (and chosen) as soon as it is in.
+  function renderUpload() {
+    const h = host();
+    const box = $("[data-wizard-upload]");
+    const pools = (h.pools || []).filter((p) => p.active && (h.upload_pools || []).includes(p.type));
+    box.hidden = h.auto || !h.may_upload || !pools.length;
+    if (box.hidden) return;
+    box.querySelector("[data-upload-host]").value = h.id;
+    box.querySelector("[data-upload-team]").value = el("team") ? el("team").value : "";
+    options(box.querySelector("[data-upload-pool]"), pools.map((p) => [p.name, `${p.name} (${p.available_bytes ? binary(p.available_bytes) + " free" : p.type})`]), true);
+  }
+  $("[data-wizard-upload]").addEventListener("domus:uploaded", (e) => {
+    const done = e.detail;
+    const h = data.hosts.find((x) => String(x.id) === String(done.host));
+    const pool = h && h.pools.find((p) => p.name === done.pool);
+    if (!pool) return;
+    pool.volumes = (pool.volumes || []).filter((v) => v.path !== done.path);
+    pool.volumes.push({ name: done.name, path: done.path, kind: "iso", capacity_bytes: done.length, sha256: done.sha256 });
+    renderBoot();
+    el("iso_pick").value = done.path;
+    isoAbout();
+  });
   function renderBoot() {
     const allowed = KINDS[mode()];
     for (const input of $$("input[name=boot_kind]")) {
@@ -91,6 +130,8 @@
     $(".install-note").hidden = !["iso", "cdrom", "url", "pxe"].includes(kind);
     const isos = volumes("iso");
     options(el("iso_pick"), [["", isos.length ? "— choose an ISO —" : "— no ISO in this host's pools —"], ...isos], true);
+    isoAbout();
+    renderUpload();
   }
   const bootKind = () => (form.querySelector("input[name=boot_kind]:checked") || { value: "iso" }).value;
   function bootSpec() {
@@ -396,6 +437,8 @@
   el("os").addEventListener("change", () => { showOsDefaults(); applyOsDefaults(); });
   form.addEventListener("change", (e) => {
     if (e.target.name === "boot_kind") renderBoot();
+    if (e.target.name === "iso_pick") isoAbout();
+    if (e.target.name === "team") renderUpload();
     if (e.target.name === "mode") renderBoot();
   });
 
