@@ -378,13 +378,14 @@ async def read_piece(content: Readable, limit: int) -> tuple[bytes, BaseExceptio
     parts: list[bytes] = []
     total = 0
     try:
-        while total < limit:
-            async with asyncio.timeout(IDLE_S):
+        async with asyncio.timeout(IDLE_S) as idle:
+            while total < limit:
                 data = await content.read(limit - total)
-            if not data:
-                break
-            parts.append(data)
-            total += len(data)
+                if not data:
+                    break
+                parts.append(data)
+                total += len(data)
+                idle.reschedule(asyncio.get_running_loop().time() + IDLE_S)
     except (*BODY_ERRORS, TimeoutError) as err:
         return b"".join(parts), err
     return b"".join(parts), None

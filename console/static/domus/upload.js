@@ -82,7 +82,7 @@
       samples = [];
       upload = new tus.Upload(file, {
         endpoint: ENDPOINT,
-        chunkSize: Number(form.dataset.chunk || 64 * 1024 * 1024),
+        chunkSize: Number(form.dataset.chunk || 256 * 1024 * 1024),
         retryDelays: [0, 1000, 2000, 3000, 5000, 10000, 10000, 20000, 30000],
         metadata,
         headers: { "X-CSRFToken": csrf },
