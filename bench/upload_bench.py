@@ -8,7 +8,7 @@ side by side, in one run and into the same directory, with
 
 Goal (issue 19): the browser upload at >= 0.7x the plain file server's rate, the console's web
 process within 50 MB of its idle resident memory for the whole upload, and an upload cut
-part-way losing less than one chunk (64 MiB, what the page sends per PATCH) when resumed.
+part-way losing less than one chunk (256 MiB, what the page sends per PATCH) when resumed.
 
 Needs: a libvirt daemon on qemu:///system (as `make test` starts it), Debian's chromium, and
 nginx (`apt-get install nginx-light`). Run: `.venv/bin/python bench/upload_bench.py [--size-mib N]`.
