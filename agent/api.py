@@ -26,9 +26,11 @@ from agent.protocol import (
     UPLOAD_ID,
     VOLUME_PAGE_DEFAULT,
     VOLUME_PAGE_MAX,
+    DiskAttachRequest,
     DomainInfo,
     DomainSpec,
     FetchRequest,
+    MediaRequest,
     PairRequest,
     PairResult,
     PoolAutostartRequest,
@@ -59,6 +61,8 @@ POOL_NAME_RE = re.compile(POOL_NAME)
 # VOLUME_NAME, as new ones do), never a path: no '/', no control character, not hidden ('.').
 VOLUME_REF_RE = re.compile(r"^[^/.\x00-\x1f\x7f][^/\x00-\x1f\x7f]{0,254}$")
 UPLOAD_ID_RE = re.compile(UPLOAD_ID)
+# A disk's target in a URL: vdb, sdc, hda, xvdaa ... (libvirt's names are letters and digits).
+DISK_TARGET_RE = re.compile(r"^[a-z][a-z0-9]{1,31}$")
 OFFSET_HEADER = "Upload-Offset"  # where a piece of an upload starts (tus's name for it)
 # Routes whose body is a stream of bytes, read a piece at a time and never whole (so never by the
 # idempotency middleware: a repeated piece is refused by its offset instead).
@@ -278,6 +282,30 @@ async def delete_domain(request: web.Request) -> web.Response:
     return model_response(result)
 
 
+def _target(request: web.Request) -> str:
+    raw = request.match_info["target"]
+    if not DISK_TARGET_RE.match(raw):
+        raise NotFound(f"no disk {raw!r} (a target is a name such as vdb or hdc)")
+    return raw
+
+
+async def attach_disk(request: web.Request) -> web.Response:
+    domain_uuid = _uuid(request)
+    body = await _model_body(request, DiskAttachRequest)
+    return model_response(await request.app[RUNTIME].domains.attach_disk(domain_uuid, body), status=201)
+
+
+async def detach_disk(request: web.Request) -> web.Response:
+    domain_uuid, target = _uuid(request), _target(request)
+    return model_response(await request.app[RUNTIME].domains.detach_disk(domain_uuid, target))
+
+
+async def change_media(request: web.Request) -> web.Response:
+    domain_uuid, target = _uuid(request), _target(request)
+    body = await _model_body(request, MediaRequest)
+    return model_response(await request.app[RUNTIME].domains.change_media(domain_uuid, target, body.path))
+
+
 async def define_pool(request: web.Request) -> web.Response:
     spec = await _model_body(request, PoolSpec)
     result, created = await request.app[RUNTIME].pools.define(spec)
@@ -487,6 +515,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/domains/{uuid}/autostart", autostart_domain)
     app.router.add_post("/v1/domains/{uuid}/resources", domain_resources)
     app.router.add_post("/v1/domains/{uuid}/rename", rename_domain)
+    app.router.add_post("/v1/domains/{uuid}/disks", attach_disk)
+    app.router.add_post("/v1/domains/{uuid}/disks/{target}/detach", detach_disk)
+    app.router.add_post("/v1/domains/{uuid}/disks/{target}/media", change_media)
     app.router.add_post("/v1/pools", define_pool)
     app.router.add_post("/v1/pools/{name}/start", start_pool)
     app.router.add_post("/v1/pools/{name}/stop", stop_pool)

@@ -7,20 +7,25 @@ lifecycle events, so listing is one `getAllDomainStats` call in the steady state
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import threading
+import time
 import uuid as uuid_mod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import libvirt
 from lxml import etree
 
-from agent import netinstall, storage
+from agent import domain_disks, netinstall, storage
 from agent.connection import LibvirtConnection
+from agent.diskxml import with_pending
 from agent.domxml import (
+    Capacity,
     install_pending,
     install_xml,
     installed_xml,
@@ -32,6 +37,8 @@ from agent.errors import Conflict, NotFound
 from agent.events import STATE_NAMES
 from agent.protocol import (
     DeleteResult,
+    DiskAttachRequest,
+    DiskChange,
     DiskInfo,
     DomainEvent,
     DomainInfo,
@@ -50,6 +57,9 @@ _UNDEFINE_FLAGS = (
     | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
 )
 _MEMORY_UNITS = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "m": 1024, "mib": 1024}
+# How long a detach waits for the running guest to release the disk (libvirt's own wait included).
+DETACH_WAIT_S = 10.0
+_DETACH_POLL_S = 0.25
 
 
 Notes = list[str]  # (inside DomainService, `list` is its method)
@@ -64,12 +74,25 @@ class _StaticInfo:
     persistent: bool
     autostart: bool
     disks: list[DiskInfo]
+    running: bool  # read from a running domain's live definition (its disks then show what is pending)
     # The DomainInfo for each state seen, built once: listing 1,000 domains is then one bulk
     # libvirt call and dictionary lookups, not 1,000 pydantic validations.
     by_state: dict[str, DomainInfo] = field(default_factory=dict)
 
 
-def _static_info(dom: libvirt.virDomain) -> _StaticInfo:
+def _disks(
+    dom: libvirt.virDomain, xml: str, root: etree._Element, capacity: Capacity | None
+) -> list[DiskInfo]:
+    """The disks of `xml`; of a running domain with a definition for its next boot, marked with
+    what that definition changes (a shut-off domain has nothing pending)."""
+    disks = parse_disks(xml, capacity=capacity)
+    if root.get("id") is None or not dom.isPersistent():  # no id: not running
+        return disks
+    config = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    return with_pending(disks, parse_disks(config, capacity=capacity))
+
+
+def _static_info(dom: libvirt.virDomain, capacity: Capacity | None = None) -> _StaticInfo:
     xml = dom.XMLDesc(0)
     root = etree.fromstring(xml.encode())
     vcpu = root.find("vcpu")
@@ -85,7 +108,8 @@ def _static_info(dom: libvirt.virDomain) -> _StaticInfo:
         memory_mib=int(kib // 1024),
         persistent=bool(persistent),
         autostart=bool(persistent and dom.autostart()),
-        disks=parse_disks(xml),
+        disks=_disks(dom, xml, root, capacity),
+        running=root.get("id") is not None,
     )
 
 
@@ -125,6 +149,7 @@ class DomainService:
         self._cache: dict[str, _StaticInfo] = {}
         self._generation = 0
         self._lock = threading.Lock()
+        self._disk_locks: dict[str, threading.Lock] = {}  # one disk change at a time per domain
 
     # -- cache -------------------------------------------------------------------------------
     def invalidate(self, event: DomainEvent | None = None) -> None:
@@ -141,7 +166,7 @@ class DomainService:
             generation = self._generation
         if hit is not None:
             return hit
-        info = _static_info(dom)
+        info = _static_info(dom, domain_disks.image_capacity if self.local_files else None)
         with self._lock:
             if generation == self._generation:
                 self._cache[key] = info
@@ -150,6 +175,11 @@ class DomainService:
     def _info(self, dom: libvirt.virDomain, state: int) -> DomainInfo:
         key = dom.UUIDString()
         static = self._cached_static(dom, key)
+        if static.running != (state != libvirt.VIR_DOMAIN_SHUTOFF):
+            # Started or stopped since it was read, and its event is still on the way: a stopped
+            # domain's disks are its definition's, a started one's the running guest's.
+            self._forget_cached(dom)
+            static = self._cached_static(dom, key)
         state_name = STATE_NAMES.get(state, "nostate")
         info = static.by_state.get(state_name)
         if info is None:
@@ -485,15 +515,99 @@ class DomainService:
     async def destroy(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._conn.call(lambda c: self._destroy_sync(c, domain_uuid), what="destroying domain")
 
+    # -- disks and CD-ROM drives (agent/domain_disks.py) ---------------------------------------
+    @contextlib.contextmanager
+    def _disk_change(self, dom: libvirt.virDomain) -> Iterator[None]:
+        """One disk change at a time per domain (two attaches would pick the same target); the
+        cached domain is forgotten after each, whatever happened."""
+        key = dom.UUIDString()
+        with self._lock:
+            lock = self._disk_locks.setdefault(key, threading.Lock())
+        try:
+            with lock:
+                yield
+        finally:
+            self._forget_cached(dom)
+
+    def _changed(self, dom: libvirt.virDomain, outcome: domain_disks.DiskOutcome) -> DiskChange:
+        self._forget_cached(dom)
+        return DiskChange(
+            domain=self._info_now(dom),
+            target=outcome.target,
+            path=outcome.path,
+            applied=outcome.applied,
+            created=outcome.created,
+            detail=outcome.detail,
+        )
+
+    def _attach_sync(
+        self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, request: DiskAttachRequest
+    ) -> DiskChange:
+        dom = self._lookup(conn, domain_uuid)
+        with self._disk_change(dom):
+            outcome = domain_disks.attach(conn, dom, request, default_dir=self.default_pool_dir)
+        return self._changed(dom, outcome)
+
+    async def attach_disk(self, domain_uuid: uuid_mod.UUID, request: DiskAttachRequest) -> DiskChange:
+        """Add a disk or CD-ROM drive: to the running guest and its next boot, or (a bus without
+        hot-plug) from the next boot only; a new volume is made first if asked."""
+        what = "attaching a CD-ROM drive" if request.device == "cdrom" else "attaching a disk"
+        return await self._conn.call(lambda c: self._attach_sync(c, domain_uuid, request), what=what)
+
+    def _detach_sync(
+        self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, target: str
+    ) -> domain_disks.DetachStarted:
+        dom = self._lookup(conn, domain_uuid)
+        with self._disk_change(dom):
+            return domain_disks.detach(dom, target)
+
+    async def detach_disk(self, domain_uuid: uuid_mod.UUID, target: str) -> DiskChange:
+        """Take a disk or drive off the domain (its volume stays): from its definition at once,
+        and from the running guest once the guest releases it (DETACH_WAIT_S at most, or it goes
+        at the next boot)."""
+        what = f"detaching {target}"
+        deadline = time.monotonic() + DETACH_WAIT_S
+        started = await self._conn.call(lambda c: self._detach_sync(c, domain_uuid, target), what=what)
+        outcome = started.outcome
+        if started.waiting:
+
+            def still_there(c: libvirt.virConnect) -> bool:
+                return domain_disks.live_has(self._lookup(c, domain_uuid), target)
+
+            while await self._conn.call(still_there, what=what):
+                if time.monotonic() >= deadline:
+                    outcome = domain_disks.not_released(outcome)
+                    log.info("%s of %s: %s", target, domain_uuid, outcome.detail)
+                    break
+                await asyncio.sleep(_DETACH_POLL_S)
+        return await self._conn.call(
+            lambda c: self._changed(self._lookup(c, domain_uuid), outcome), what="reading domain"
+        )
+
+    def _media_sync(
+        self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, target: str, path: str | None
+    ) -> DiskChange:
+        dom = self._lookup(conn, domain_uuid)
+        with self._disk_change(dom):
+            outcome = domain_disks.change_media(conn, dom, target, path, default_dir=self.default_pool_dir)
+        return self._changed(dom, outcome)
+
+    async def change_media(self, domain_uuid: uuid_mod.UUID, target: str, path: str | None) -> DiskChange:
+        """Insert (or change) the ISO in a CD-ROM drive, or eject it (`path` None)."""
+        what = f"changing the disc in {target}" if path is not None else f"ejecting the disc of {target}"
+        return await self._conn.call(lambda c: self._media_sync(c, domain_uuid, target, path), what=what)
+
     # -- delete ------------------------------------------------------------------------------
     def _delete_sync(
         self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, delete_disks: bool, keep: frozenset[str]
     ) -> DeleteResult:
         dom = self._lookup(conn, domain_uuid)
         disks = parse_disks(dom.XMLDesc(0))
-        volumes = [d.path for d in disks if d.device == "disk" and d.path]
+        if dom.isActive() and dom.isPersistent():  # a disk attached from the next boot is its too
+            disks += parse_disks(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        volumes = list(dict.fromkeys(d.path for d in disks if d.device == "disk" and d.path))
         seed_suffix = f"-{domain_uuid.hex[:8]}-cidata.iso"
-        seeds = [d.path for d in disks if d.device == "cdrom" and d.path and d.path.endswith(seed_suffix)]
+        seeds = {d.path for d in disks if d.device == "cdrom" and d.path and d.path.endswith(seed_suffix)}
         _destroy_if_active(dom)
         if dom.isPersistent():
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lxml import etree
@@ -275,8 +276,12 @@ def _parse(xml: str, *, for_edit: bool = False) -> etree._Element:
     return etree.fromstring(xml.encode(), parser)
 
 
-def parse_disks(xml: str) -> list[DiskInfo]:
-    """Disks and CD-ROMs of a domain XML, in document order."""
+# The size of a disk's image, from its path and format (qcow2, raw ...), when it can be told.
+Capacity = Callable[[str, str], int | None]
+
+
+def parse_disks(xml: str, *, capacity: Capacity | None = None) -> list[DiskInfo]:
+    """Disks and CD-ROMs of a domain XML, in document order (`capacity` sizes them)."""
     disks: list[DiskInfo] = []
     for disk in _parse(xml).iterfind("devices/disk"):
         device = disk.get("device", "disk")
@@ -287,11 +292,16 @@ def parse_disks(xml: str) -> list[DiskInfo]:
         path = None
         if source is not None:
             path = source.get("file") or source.get("dev") or source.get("volume")
+        driver = disk.find("driver")
+        fmt = (driver.get("type") if driver is not None else None) or "raw"
         disks.append(
             DiskInfo(
                 target=target.get("dev", "") if target is not None else "",
                 device="disk" if device == "disk" else "cdrom",
                 path=path,
+                bus=target.get("bus") if target is not None else None,
+                readonly=disk.find("readonly") is not None or device == "cdrom",
+                capacity_bytes=capacity(path, fmt) if capacity is not None and path else None,
             )
         )
     return disks

@@ -63,6 +63,14 @@ IMPLIED_STATE: dict[int, DomainState] = {
     libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
 }
 
+# Device events (a disk hot-plugged, released by the guest, or not released): the domain's disks
+# changed while its lifecycle did not. Published as DomainEvents of these names.
+DEVICE_EVENT_NAMES = {
+    libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED: "device-added",
+    libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED: "device-removed",
+    libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED: "device-removal-failed",
+}
+
 POOL_EVENT_NAMES = {
     libvirt.VIR_STORAGE_POOL_EVENT_DEFINED: "defined",
     libvirt.VIR_STORAGE_POOL_EVENT_UNDEFINED: "undefined",
@@ -112,7 +120,8 @@ class EventHub:
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
         self._listeners: set[DomainListener] = set()
-        self._raw: asyncio.Queue[tuple[libvirt.virDomain, int]] = asyncio.Queue()
+        # (domain, event name, the state it implies or None to look it up), in libvirt's order.
+        self._raw: asyncio.Queue[tuple[libvirt.virDomain, str, DomainState | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         # (connection, "domain" or "pool", callback id) of every registration, to undo them.
         self._registrations: list[tuple[libvirt.virConnect, str, int]] = []
@@ -164,6 +173,15 @@ class EventHub:
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
         )
         self._registrations.append((conn, "domain", domain_id))
+        for event_id in DEVICE_EVENT_NAMES:
+            try:
+                device_id = conn.domainEventRegisterAny(None, event_id, self._on_device, event_id)
+            except libvirt.libvirtError as err:
+                if is_connection_lost(err):
+                    raise
+                log.warning("no domain device events from libvirt: %s", err.get_error_message() or err)
+                break
+            self._registrations.append((conn, "domain", device_id))
         pool_callbacks = (
             (libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, self._on_pool_lifecycle),
             (libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH, self._on_pool_refresh),
@@ -199,16 +217,21 @@ class EventHub:
         self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, _detail: int, _o: object
     ) -> None:
         # Runs on the event loop (libvirtaio): no blocking call here, just hand over.
-        self._raw.put_nowait((dom, event))
+        state = IMPLIED_STATE.get(event)
+        if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            state = None  # a transient domain no longer exists once stopped: the lookup says None
+        self._raw.put_nowait((dom, LIFECYCLE_NAMES.get(event, f"event-{event}"), state))
+
+    def _on_device(
+        self, _conn: libvirt.virConnect, dom: libvirt.virDomain, _alias: str, event_id: int
+    ) -> None:
+        self._raw.put_nowait((dom, DEVICE_EVENT_NAMES[event_id], None))
 
     async def _translate(self) -> None:
         """Turn raw callbacks into DomainEvents, in order, looking up the current state."""
         while True:
-            dom, event = await self._raw.get()
-            name = LIFECYCLE_NAMES.get(event, f"event-{event}")
-            state = IMPLIED_STATE.get(event)
-            # A transient domain no longer exists once stopped: the lookup then says None.
-            if state is None or event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            dom, name, state = await self._raw.get()
+            if state is None:
                 try:
                     state = await asyncio.to_thread(_state, dom)
                 except libvirt.libvirtError as err:

@@ -66,7 +66,7 @@ class AgentRuntime:
         self._domains: DomainService | None = None
         self.pools = PoolService(self.conn, changed=self.hub.pools_changed)
         # A volume's bytes are its pool's: after a volume operation, fresh pools are published too.
-        self.volumes = VolumeService(self.conn, changed=self.hub.pools_changed, local_files=self._local)
+        self.volumes = VolumeService(self.conn, changed=self._volumes_changed, local_files=self._local)
         self.uploads = UploadService(
             self.conn,
             changed=self.hub.pools_changed,
@@ -74,6 +74,11 @@ class AgentRuntime:
             expiry_s=config.upload_expiry_s,
         )
         self._last_resources: HostResources | None = None
+
+    def _volumes_changed(self) -> None:
+        self.hub.pools_changed()
+        if self._domains is not None:  # a disk grown through its volume: the domains' sizes too
+            self._domains.invalidate(None)
 
     @property
     def domains(self) -> DomainService:

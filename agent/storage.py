@@ -82,6 +82,12 @@ def _resolve_one(field: str, value: str, pool_dirs: list[str], default_dir: str)
     return real
 
 
+def resolve_file(conn: libvirt.virConnect, field: str, value: str, default_dir: str) -> str:
+    """A file the user names (an ISO): its real path, inside an active pool (relative paths are
+    taken in the default pool), and there (InvalidSpec otherwise)."""
+    return _resolve_one(field, value, active_pool_paths(conn), default_dir)
+
+
 def resolve_boot(
     conn: libvirt.virConnect,
     spec: DomainSpec,
@@ -155,7 +161,7 @@ def _volume_xml(name: str, disk: DiskSpec, *, logical: bool, backing: ResolvedDi
     return etree.tostring(root, encoding="unicode")
 
 
-def _existing_volume(conn: libvirt.virConnect, field: str, path: str, default_dir: str) -> ResolvedDisk:
+def existing_volume(conn: libvirt.virConnect, field: str, path: str, default_dir: str) -> ResolvedDisk:
     """A volume the user names (an existing disk, or a base image): it must be a volume of an
     active pool, after symlinks and `..` are resolved."""
     candidate = path if os.path.isabs(path) else os.path.join(default_dir, path)
@@ -185,6 +191,52 @@ def volume_or_none(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorag
         return None
 
 
+def disk_pool(conn: libvirt.virConnect, disk: DiskSpec, field: str) -> tuple[libvirt.virStoragePool, bool]:
+    """The running pool a new disk's volume goes in, and whether it is an LVM (logical) pool."""
+    try:
+        pool = conn.storagePoolLookupByName(disk.pool)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+            raise InvalidSpec(f"{field}.pool: no storage pool {disk.pool!r}") from err
+        raise
+    if not pool.isActive():
+        raise Conflict(f"{field}.pool: storage pool {disk.pool!r} is not active")
+    return pool, _pool_type(pool) == "logical"
+
+
+def create_disk_volume(
+    conn: libvirt.virConnect,
+    pool: libvirt.virStoragePool,
+    name: str,
+    disk: DiskSpec,
+    *,
+    logical: bool,
+    field: str,
+    default_dir: str,
+) -> libvirt.virStorageVol:
+    """Make volume `name` in `pool` for a new disk: `disk.size_gib`, sparse or preallocated, on its
+    base image (`disk.backing`) if it has one."""
+    backing = None
+    if disk.backing is not None:
+        backing = existing_volume(conn, f"{field}.backing", disk.backing, default_dir)
+        base_capacity = conn.storageVolLookupByPath(backing.path).info()[1]
+        if disk.size_gib is not None and disk.size_gib * GIB < base_capacity:
+            raise InvalidSpec(
+                f"{field}.size_gib: smaller than its base image ({base_capacity / GIB:.1f} GiB)"
+            )
+    flags = 0
+    if disk.allocation == "preallocated" and disk.format == "qcow2" and not logical:
+        flags = libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
+    xml = _volume_xml(name, disk, logical=logical, backing=backing)
+    return pool.createXML(xml, flags)
+
+
+def resolved_volume(vol: libvirt.virStorageVol, disk: DiskSpec, *, logical: bool) -> ResolvedDisk:
+    """How a new disk's volume is attached: its path, format and whether it is a block device."""
+    fmt = "raw" if logical else disk.format
+    return ResolvedDisk(path=vol.path(), format=fmt, block=vol.info()[0] == libvirt.VIR_STORAGE_VOL_BLOCK)
+
+
 def create_volumes(
     conn: libvirt.virConnect, spec: DomainSpec, default_dir: str
 ) -> tuple[list[ResolvedDisk], list[libvirt.virStorageVol]]:
@@ -195,48 +247,39 @@ def create_volumes(
     created: list[libvirt.virStorageVol] = []
     try:
         for index, disk in enumerate(spec.disks):
+            field = f"disks.{index}"
             if disk.existing is not None:
-                disks.append(_existing_volume(conn, f"disks.{index}.existing", disk.existing, default_dir))
+                disks.append(existing_volume(conn, f"{field}.existing", disk.existing, default_dir))
                 continue
-            try:
-                pool = conn.storagePoolLookupByName(disk.pool)
-            except libvirt.libvirtError as err:
-                if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-                    raise InvalidSpec(f"disks.{index}.pool: no storage pool {disk.pool!r}") from err
-                raise
-            if not pool.isActive():
-                raise Conflict(f"disks.{index}.pool: storage pool {disk.pool!r} is not active")
-            logical = _pool_type(pool) == "logical"
+            pool, logical = disk_pool(conn, disk, field)
             name = volume_name(spec, index, logical=logical)
             vol = volume_or_none(pool, name)
             if vol is not None:
                 log.info("reusing existing volume %s in pool %s", name, disk.pool)
             else:
-                backing = None
-                if disk.backing is not None:
-                    backing = _existing_volume(conn, f"disks.{index}.backing", disk.backing, default_dir)
-                    base_capacity = conn.storageVolLookupByPath(backing.path).info()[1]
-                    if disk.size_gib is not None and disk.size_gib * GIB < base_capacity:
-                        raise InvalidSpec(
-                            f"disks.{index}.size_gib: smaller than its base image "
-                            f"({base_capacity / GIB:.1f} GiB)"
-                        )
-                flags = 0
-                if disk.allocation == "preallocated" and disk.format == "qcow2" and not logical:
-                    flags = libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
-                xml = _volume_xml(name, disk, logical=logical, backing=backing)
-                vol = pool.createXML(xml, flags)
-                created.append(vol)
-            fmt = "raw" if logical else disk.format
-            disks.append(
-                ResolvedDisk(
-                    path=vol.path(), format=fmt, block=vol.info()[0] == libvirt.VIR_STORAGE_VOL_BLOCK
+                vol = create_disk_volume(
+                    conn, pool, name, disk, logical=logical, field=field, default_dir=default_dir
                 )
-            )
+                created.append(vol)
+            disks.append(resolved_volume(vol, disk, logical=logical))
     except BaseException:
         delete_volumes(created)
         raise
     return disks, created
+
+
+def free_volume_name(pool: libvirt.virStoragePool, base: str, disk: DiskSpec, *, logical: bool) -> str:
+    """`<base>.qcow2` (`.img` for raw, no suffix on LVM), or `<base>-2.qcow2` and on when a volume
+    (or a file the pool had not listed yet) holds the name: a new volume never replaces one."""
+    with contextlib.suppress(libvirt.libvirtError):
+        pool.refresh(0)  # files copied in by hand since the last scan hold their names too
+    suffix = "" if logical else (".qcow2" if disk.format == "qcow2" else ".img")
+    number = 1
+    while True:
+        name = f"{base}{'' if number == 1 else f'-{number}'}{suffix}"
+        if volume_or_none(pool, name) is None:
+            return name
+        number += 1
 
 
 def delete_volumes(volumes: list[libvirt.virStorageVol]) -> None:

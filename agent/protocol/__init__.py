@@ -136,7 +136,8 @@ TREE_PATH_RE = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_.+/-]{1,512}$")
 
 class DiskSpec(_Strict):
     """One disk: a new volume (`size_gib` in `pool`), a new qcow2 overlay on a base image
-    (`backing`, e.g. a cloud image), or an existing volume used as is (`existing`)."""
+    (`backing`, e.g. a cloud image), or an existing volume used as is (`existing`). With none of
+    them it is nothing: an empty CD-ROM drive in a DiskAttachRequest, refused as a domain's disk."""
 
     size_gib: Annotated[float | None, Field(gt=0, le=65536)] = None
     format: Literal["qcow2", "raw"] = "qcow2"
@@ -154,14 +155,21 @@ class DiskSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> DiskSpec:
-        if self.existing is not None:
-            if self.backing is not None:
-                raise ValueError("give either existing or backing, not both")
-        elif self.size_gib is None:
-            raise ValueError("size_gib is required for a new disk")
+        if self.existing is not None and self.backing is not None:
+            raise ValueError("give either existing or backing, not both")
         if self.backing is not None and self.format != "qcow2":
             raise ValueError("a disk on a base image (backing) must be qcow2")
         return self
+
+
+def _sized(disk: DiskSpec) -> DiskSpec:
+    if disk.existing is None and disk.size_gib is None:
+        raise ValueError("size_gib is required for a new disk")
+    return disk
+
+
+# A disk a domain is defined with, or that is attached as a disk: a new one needs its size.
+DomainDisk = Annotated[DiskSpec, AfterValidator(_sized)]
 
 
 class NicSpec(_Strict):
@@ -289,7 +297,7 @@ class DomainSpec(_Strict):
     os: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.+-]{0,63}$")] = "generic"
     vcpus: Annotated[int, Field(ge=1, le=4096)] = 1
     memory_mib: Annotated[int, Field(ge=16, le=16 * 1024 * 1024)] = 256
-    disks: Annotated[list[DiskSpec], Field(max_length=16)] = []
+    disks: Annotated[list[DomainDisk], Field(max_length=16)] = []
     nics: Annotated[list[NicSpec], Field(max_length=8)] = []
     boot: Boot
     graphics: bool = False  # VNC, on the host's loopback only (reached through the agent)
@@ -396,10 +404,23 @@ class HostFacts(BaseModel):
     resources: HostResources | None = None
 
 
+DiskPending = Literal["attach", "detach", "media"]
+
+
 class DiskInfo(BaseModel):
+    """A disk or CD-ROM drive of a domain: of the running guest when it runs, with `pending` set
+    where its definition for the next boot differs (attach: only there; detach: only in the
+    running guest; media: another ISO there, `path` being the running guest's)."""
+
     target: str  # vda, hdc ...
     device: Literal["disk", "cdrom"]
     path: str | None = None
+    bus: str | None = None  # virtio, sata, scsi, ide, xen ...
+    readonly: bool = False
+    # The size the guest sees, when the agent can tell cheaply (an image's header, a file's or
+    # block device's size); None otherwise (an empty drive, a network disk).
+    capacity_bytes: int | None = None
+    pending: DiskPending | None = None
 
 
 class DomainInfo(BaseModel):
@@ -430,8 +451,55 @@ class ResourcesResult(BaseModel):
     detail: str = ""
 
 
+class DiskAttachRequest(_Strict):
+    """A disk or CD-ROM drive to add to a domain. A disk: a new volume (`disk.size_gib`, in
+    `disk.pool`, named after the domain and its target), a new overlay on a base image
+    (`disk.backing`) or an existing volume (`disk.existing`), as at define. A CD-ROM drive: an ISO
+    (`disk.existing`) or nothing (an empty drive). `disk.bus` None: the domain's default."""
+
+    disk: DiskSpec = Field(default_factory=DiskSpec)
+    device: Literal["disk", "cdrom"] = "disk"
+    readonly: bool = False  # a CD-ROM is always read-only
+
+    @model_validator(mode="after")
+    def _coherent(self) -> DiskAttachRequest:
+        disk = self.disk
+        if self.device == "disk":
+            if disk.existing is None and disk.size_gib is None:
+                raise ValueError("disk.size_gib: required for a new disk (or disk.existing: a volume)")
+        elif disk.size_gib is not None or disk.backing is not None:
+            raise ValueError("disk: a CD-ROM drive takes an ISO (existing) or nothing, not a new volume")
+        elif disk.bus in ("virtio", "xen"):
+            raise ValueError(f"disk.bus: a CD-ROM drive cannot be on {disk.bus}: use sata, scsi or ide")
+        return self
+
+
+class MediaRequest(_Strict):
+    """The ISO to put in a CD-ROM drive (in a host pool); None ejects the disc."""
+
+    path: PathField | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return None if value is None else _no_dotdot(value)
+
+
 class RenameRequest(_Strict):
     name: DomainName
+
+
+class DiskChange(BaseModel):
+    """A disk or CD-ROM drive attached, detached or given another disc: the domain after it, and
+    when it takes effect (now: the running guest has it too, or the domain is shut off; next
+    boot: the running guest could not take it, and `detail` says why)."""
+
+    domain: DomainInfo
+    target: str  # vdb, sdc ...
+    path: str | None = None  # the volume or ISO (None: an empty drive)
+    applied: Literal["now", "next boot"]
+    created: bool = False  # a new volume was made for it
+    detail: str = ""
 
 
 class DeleteResult(BaseModel):

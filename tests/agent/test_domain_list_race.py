@@ -31,10 +31,10 @@ def test_a_domain_undefined_between_the_listing_and_its_read_is_left_out(
     going_uuid = going.UUIDString()
     read = domains_module._static_info
 
-    def undefined_meanwhile(dom: libvirt.virDomain) -> Any:
+    def undefined_meanwhile(dom: libvirt.virDomain, *how: Any) -> Any:
         if dom.UUIDString() == going_uuid:
             conn.lookupByUUIDString(going_uuid).undefine()  # what `virsh undefine` does meanwhile
-        return read(dom)
+        return read(dom, *how)
 
     monkeypatch.setattr(domains_module, "_static_info", undefined_meanwhile)
     service = DomainService(conn=None, domain_type="test", default_pool_dir="/tmp", local_files=False)  # type: ignore[arg-type]
@@ -46,7 +46,7 @@ def test_a_domain_undefined_between_the_listing_and_its_read_is_left_out(
 def test_other_libvirt_errors_still_surface(conn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     conn.defineXML(DOMAIN_XML.format(name="broken"))
 
-    def fails(dom: libvirt.virDomain) -> Any:
+    def fails(dom: libvirt.virDomain, *how: Any) -> Any:
         raise libvirt.libvirtError("internal error: something else")
 
     monkeypatch.setattr(domains_module, "_static_info", fails)

@@ -13,7 +13,7 @@
 # Idempotent: each step is skipped when its outputs exist and its stamp is current.
 set -euo pipefail
 
-RECIPE=2       # bump when the initramfs recipe changes, to force a rebuild
+RECIPE=3       # bump when the initramfs recipe changes, to force a rebuild
 ISO_RECIPE=1   # bump when the ISO recipe (isolinux.cfg, xorriso options) changes
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${DOMUS_GUEST_DIR:-$REPO/.cache/guest}"
@@ -89,8 +89,11 @@ build_kernel_initrd() {
     # are modules (CONFIG_ACPI_BUTTON=m, CONFIG_INPUT_EVDEV=m); copy them plus their
     # dependencies (read from each .ko's modinfo "depends=", since the .deb ships no
     # modules.dep), deps first.
+    # virtio_pci, virtio_blk and virtio_net are modules too: without them the guest sees none
+    # of its virtio disks (one hot-plugged included) nor NICs; sr_mod and ata_piix let it read a
+    # CD-ROM on IDE.
     MODS=()
-    for m in button evdev; do
+    for m in button evdev virtio_pci virtio_blk virtio_net ata_piix sr_mod; do
         # skip if built in (=y): nothing to load
         grep -q "/$m.ko\$" "$WORK/deb/lib/modules/$KVER/modules.builtin" || add_mod "$m"
     done
