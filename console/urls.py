@@ -90,5 +90,11 @@ urlpatterns = [
     path("domains/new/check/", domain_wizard.domain_new_check, name="domain-new-check"),
     path("domains/<int:domain_id>/", domain_views.domain_detail, name="domain-detail"),
     path("domains/<int:domain_id>/serial.log", domain_views.domain_serial_log, name="domain-serial-log"),
+    path("domains/<int:domain_id>/disks/", domain_views.domain_disk_attach_page, name="domain-disks"),
+    path(
+        "domains/<int:domain_id>/disks/<str:target>/<str:op>/",
+        domain_views.domain_disk_op_page,
+        name="domain-disk-op",
+    ),
     path("domains/<int:domain_id>/<str:action>/", domain_views.domain_action, name="domain-action"),
 ]

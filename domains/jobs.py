@@ -10,7 +10,14 @@ from typing import Any, TypeVar
 from django.conf import settings
 
 from agent.client import AgentClient, AgentNotFound
-from agent.protocol import DomainInfo, DomainSpec, ResourcesResult
+from agent.protocol import (
+    DiskAttachRequest,
+    DiskChange,
+    DomainInfo,
+    DomainSpec,
+    ResourcesResult,
+    VolumeResult,
+)
 from console.jobs.models import Job
 from console.jobs.runner import JobCancelled, JobContext, JobFailed, job_handler
 from domains import volumes
@@ -323,3 +330,99 @@ def domain_rename_job(ctx: JobContext) -> dict[str, Any]:
     info = _agent(ctx, domain, rename)
     _observe(domain, info, ctx)
     return {"name": info.name}
+
+
+# -- disks and CD-ROMs (domains.disks) ---------------------------------------------------------
+def _said(ctx: JobContext, domain: Domain, change: DiskChange, what: str) -> dict[str, Any]:
+    """Record the domain as the host has it after a disk change, and say when it applies."""
+    _observe(domain, change.domain, ctx)
+    when = "on the running guest now" if change.applied == "now" else "from the next boot"
+    ctx.log(f"{what}: {when}" + (f" ({change.detail})" if change.detail else ""))
+    return {"target": change.target, "path": change.path, "applied": change.applied, "detail": change.detail}
+
+
+@job_handler("domain.disk.attach", permission="domain.edit")
+def domain_disk_attach_job(ctx: JobContext) -> dict[str, Any]:
+    domain = _domain(ctx)
+    params = dict(ctx.params)
+    what = params.pop("what", "a disk")
+    request = DiskAttachRequest.model_validate(params)
+    ctx.progress(20, f"Attaching {what} to {domain.name}")
+
+    async def attach(client: AgentClient) -> DiskChange:
+        return await client.attach_disk(domain.uuid, request)
+
+    change = _agent(ctx, domain, attach)
+    if change.created and change.path:
+        size = request.disk.size_gib
+        Volume.objects.update_or_create(
+            host=domain.host,
+            path=change.path,
+            defaults={
+                "team": domain.team,
+                "domain": domain,
+                "domain_name": domain.name,
+                "origin": Volume.Origin.DOMAIN,
+                "capacity_bytes": int(size * (1 << 30)) if size else None,
+            },
+        )
+    return _said(ctx, domain, change, f"{change.path or 'an empty drive'} attached as {change.target}")
+
+
+@job_handler("domain.disk.detach", permission="domain.edit")
+def domain_disk_detach_job(ctx: JobContext) -> dict[str, Any]:
+    domain = _domain(ctx)
+    target = str(ctx.params["target"])
+    ctx.progress(20, f"Detaching {target} from {domain.name}")
+
+    async def detach(client: AgentClient) -> DiskChange:
+        return await client.detach_disk(domain.uuid, target)
+
+    change = _agent(ctx, domain, detach)
+    return _said(ctx, domain, change, f"{target} detached (its volume is kept)")
+
+
+@job_handler("domain.disk.media", permission="domain.edit")
+def domain_disk_media_job(ctx: JobContext) -> dict[str, Any]:
+    domain = _domain(ctx)
+    target, path = str(ctx.params["target"]), ctx.params.get("path")
+    ctx.progress(20, f"{'Inserting ' + path if path else 'Ejecting the disc'} in {target} of {domain.name}")
+
+    async def media(client: AgentClient) -> DiskChange:
+        return await client.change_media(domain.uuid, target, path)
+
+    change = _agent(ctx, domain, media)
+    return _said(ctx, domain, change, f"{path} in {target}" if path else f"{target} ejected")
+
+
+@job_handler("domain.disk.resize", permission="domain.edit")
+def domain_disk_resize_job(ctx: JobContext) -> dict[str, Any]:
+    """A disk grown through its volume (live by libvirt's block resize when the guest runs)."""
+    from hosts.jobs import pool_holding
+
+    domain = _domain(ctx)
+    path, capacity = str(ctx.params["path"]), int(ctx.params["capacity_bytes"])
+    where = pool_holding(domain.host, path)
+    if where is None:
+        raise JobFailed(f"{path} is in none of {domain.host.name}'s pools: it cannot be grown from here.")
+    pool, name = where
+    ctx.progress(20, f"Growing {ctx.params['target']} of {domain.name} to {capacity / (1 << 30):g} GiB")
+
+    async def grow(client: AgentClient) -> VolumeResult:
+        return await client.resize_volume(pool, name, capacity)
+
+    result = _agent(ctx, domain, grow)
+    grown = result.volume.capacity_bytes if result.volume is not None else capacity
+    Volume.objects.filter(host=domain.host, path=path).update(capacity_bytes=grown)
+    if result.detail:
+        ctx.log(result.detail)
+
+    async def now(client: AgentClient) -> DomainInfo:
+        return await client.get_domain(domain.uuid)
+
+    # The size the resize answered is the disk's now, whatever the host's reading said of it.
+    info = _agent(ctx, domain, now)
+    target = ctx.params["target"]
+    disks = [d.model_copy(update={"capacity_bytes": grown}) if d.target == target else d for d in info.disks]
+    _observe(domain, info.model_copy(update={"disks": disks}), ctx)
+    return {"capacity_bytes": grown, "detail": result.detail}

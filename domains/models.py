@@ -121,6 +121,9 @@ class Volume(models.Model):
     # With `domain` None, a DOMAIN volume outlived the domain that had it: an orphan.
     origin = models.CharField(max_length=8, choices=Origin.choices, default=Origin.DOMAIN)
     library = models.BooleanField(default=False)  # the site's shared, read-only media
+    # Its size when the console learned it (made, grown or uploaded here, or reported by its
+    # host as a domain's disk): what the team's disk quota counts (console.access.quotas).
+    capacity_bytes = models.BigIntegerField(null=True, blank=True)
     # Teams that use it as its owner does (read-only media, or a disk no other domain writes),
     # without owning it: a delete with disks by one of their domains keeps it.
     granted_to = models.ManyToManyField("access.Team", blank=True, related_name="granted_volumes")

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
@@ -15,6 +17,13 @@ from console.audit.services import origin_of
 from console.errors import DomusError, InvalidInput, PermissionDenied
 from console.jobs.selectors import job_list
 from console.middleware import csp_inline_styles
+from domains.disks import (
+    disk_rows,
+    domain_disk_attach,
+    domain_disk_detach,
+    domain_disk_resize,
+    domain_media_change,
+)
 from domains.models import Domain
 from domains.selectors import DomainFilter, domain_filter_parse, domain_get, domain_jobs, domain_page
 from domains.services import (
@@ -100,8 +109,67 @@ def domain_detail(request: HttpRequest, domain_id: int) -> HttpResponse:
     return render(
         request,
         "domains/detail.html",
-        {"domain": domain, "jobs": domain_jobs(user=request.user, domain=domain)},
+        {
+            "domain": domain,
+            "jobs": domain_jobs(user=request.user, domain=domain),
+            "disks": disk_rows(request.user, domain),
+        },
     )
+
+
+@login_required
+@require_POST
+def domain_disk_attach_page(request: HttpRequest, domain_id: int) -> HttpResponse:
+    """The page's "Attach a disk or CD-ROM drive" form: a job, or the refusal in a flash."""
+    domain = domain_get(user=request.user, domain_id=domain_id)
+    kind = request.POST.get("kind", "new")
+    data: dict[str, Any] = {"device": "cdrom" if kind == "cdrom" else "disk"}
+    if kind == "new":
+        data |= {"size": request.POST.get("size", "").strip(), "pool": request.POST.get("pool", "").strip()}
+    elif kind == "existing":
+        data["existing"] = request.POST.get("existing", "").strip()
+    elif request.POST.get("iso"):
+        data["existing"] = request.POST["iso"]
+    try:
+        job = domain_disk_attach(actor=request.user, domain=domain, data=data, origin=origin_of(request))
+    except DomusError as exc:
+        messages.error(request, _said(exc))
+    else:
+        messages.success(request, f"Attaching {job.params.get('what', 'a disk')} to {domain.name}…")
+    return redirect(f"{reverse('domain-detail', args=[domain.pk])}#disks")
+
+
+@login_required
+@require_POST
+def domain_disk_op_page(request: HttpRequest, domain_id: int, target: str, op: str) -> HttpResponse:
+    domain = domain_get(user=request.user, domain_id=domain_id)
+    origin = origin_of(request)
+    try:
+        if op == "detach":
+            domain_disk_detach(actor=request.user, domain=domain, target=target, origin=origin)
+            said = f"Detaching {target} from {domain.name}…"
+        elif op == "media":
+            path = request.POST.get("path", "").strip() or None
+            domain_media_change(actor=request.user, domain=domain, target=target, path=path, origin=origin)
+            said = f"Inserting {path} in {target}…" if path else f"Ejecting the disc in {target}…"
+        elif op == "resize":
+            size = request.POST.get("size", "").strip()
+            domain_disk_resize(actor=request.user, domain=domain, target=target, size=size, origin=origin)
+            said = f"Growing {target} to {size}…"
+        else:
+            raise Http404("No such disk action.")
+    except DomusError as exc:
+        messages.error(request, _said(exc))
+    else:
+        messages.success(request, said)
+    return redirect(f"{reverse('domain-detail', args=[domain.pk])}#disks")
+
+
+def _said(exc: DomusError) -> str:
+    """A refusal for a flash: its detail, and what each field's problem was."""
+    fields = exc.fields
+    extra = "; ".join(f"{name}: {', '.join(map(str, why))}" for name, why in fields.items())
+    return f"{exc.detail} {extra}".strip() if extra and extra not in exc.detail else exc.detail
 
 
 @login_required

@@ -141,6 +141,28 @@ def register_disks(domains: Iterable[Domain]) -> None:
     ]
     if rows:
         Volume.objects.bulk_create(rows, ignore_conflicts=True)
+    _record_sizes(domains)
+
+
+def _record_sizes(domains: Iterable[Domain]) -> None:
+    """The sizes the hosts report of their domains' disks, on the volumes' records (what the
+    teams' disk quotas count): one read, and a write only for a size that changed."""
+    sizes = {
+        (d.host_id, disk["path"]): disk["capacity_bytes"]
+        for d in domains
+        for disk in d.disks or []
+        if isinstance(disk, dict) and disk.get("path") and isinstance(disk.get("capacity_bytes"), int)
+    }
+    if not sizes:
+        return
+    hosts = {host for host, _ in sizes}
+    paths = {path for _, path in sizes}
+    for volume in Volume.objects.filter(host_id__in=hosts, path__in=paths).only(
+        "host_id", "path", "capacity_bytes"
+    ):
+        size = sizes.get((volume.host_id, volume.path))
+        if size is not None and size != volume.capacity_bytes:
+            Volume.objects.filter(pk=volume.pk).update(capacity_bytes=size)
 
 
 def kept_on_delete(domain: Domain) -> dict[str, str]:

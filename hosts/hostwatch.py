@@ -81,6 +81,10 @@ def _reconcile(host_id: int, event: InventoryEvent) -> None:
         domain_vanished(domain_id=domain_id)
 
 
+# Domain events after which the domain is read again from its agent.
+REREAD_ON = frozenset({"defined", "device-added", "device-removed", "device-removal-failed"})
+
+
 def _domain_defined(host_id: int, info: DomainInfo) -> None:
     host = Host.objects.filter(pk=host_id).first()
     if host is not None:
@@ -225,9 +229,11 @@ class HostWatch:
         if isinstance(event, InventoryEvent):
             logger.info("host %s online: %d domains", key.name, len(event.domains))
             await db(_reconcile)(key.id, event)
-        elif isinstance(event, DomainEvent) and event.event == "defined" and event.state is not None:
-            # A new or changed definition (perhaps made behind Domus's back): the event carries
-            # no vCPUs, memory or disks, so read the domain once (rare, unlike state changes).
+        elif isinstance(event, DomainEvent) and event.event in REREAD_ON and event.state is not None:
+            # A new or changed definition, or a device plugged in or out (perhaps behind Domus's
+            # back): the event carries no vCPUs, memory or disks, so read the domain once (rare,
+            # unlike state changes; recording the disks last known instead would undo a disk
+            # job's record that raced this event).
             try:
                 info = await client.get_domain(event.uuid)
             except AgentNotFound:  # undefined again meanwhile: its own event follows

@@ -91,7 +91,11 @@ def _volume_recorded(ctx: JobContext, host: Host, result: VolumeResult, **record
         ctx.log(result.detail)
     volume = result.volume
     if volume is not None and record:
-        Volume.objects.get_or_create(host=host, path=volume.path, defaults=record)
+        Volume.objects.get_or_create(
+            host=host, path=volume.path, defaults={**record, "capacity_bytes": volume.capacity_bytes}
+        )
+    if volume is not None:  # its size as it is now: what its team's disk quota counts
+        Volume.objects.filter(host=host, path=volume.path).update(capacity_bytes=volume.capacity_bytes)
     _resources_recorded(host)
     return {"volume": volume.model_dump(mode="json") if volume else None, "detail": result.detail}
 
@@ -172,7 +176,7 @@ def _refuse_if_used(host: Host, path: str) -> None:
         raise JobFailed(f"{path} is used by {', '.join(d.name for d in users)} now; it was kept.")
 
 
-def _pool_holding(host: Host, path: str) -> tuple[str, str] | None:
+def pool_holding(host: Host, path: str) -> tuple[str, str] | None:
     """(pool, volume name) of a path directly in one of the host's pools' directories."""
     for pool in host.resources.get("pools") or []:
         directory = (pool.get("path") or "").rstrip("/")
@@ -197,7 +201,7 @@ def volume_orphans_job(ctx: JobContext) -> dict[str, Any]:
             kept.append(path)
             ctx.log(f"Kept {path}: a domain uses it now")
             continue
-        where = _pool_holding(host, path)
+        where = pool_holding(host, path)
         if where is None:
             kept.append(path)
             ctx.log(f"Kept {path}: it is in none of {host.name}'s pools")

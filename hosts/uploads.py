@@ -35,6 +35,7 @@ from agent.client import AgentError, AgentNotFound
 from agent.protocol import VOLUME_NAME, FetchRequest, UploadCreateRequest, UploadStatus
 from console.access.models import Team
 from console.access.policy import has_perm, reach
+from console.access.quotas import quota_check
 from console.audit.services import Origin, audit_record
 from console.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from console.jobs.models import Job
@@ -163,6 +164,8 @@ def upload_create(*, actor: Any, data: dict[str, Any], origin: Origin | None = N
     name = _name(data.get("name") or filename)
     length = _length(data.get("length"))
     team, library = _owner(actor, host, data.get("team"), data.get("library"))
+    if team is not None:  # the team's volume: its disk quota counts it
+        quota_check(team, vcpus=0, memory_mib=0, disk_gib=length / (1 << 30))
     upload_id = uuid.uuid4()
     try:
         UploadCreateRequest(id=upload_id.hex, name=name, length=length)
@@ -263,6 +266,7 @@ def upload_observe(upload: Upload, status: UploadStatus) -> Upload:
                     "library": row.library,
                     "origin": Volume.Origin.POOL,
                     "domain": None,
+                    "capacity_bytes": row.length,
                 },
             )
             audit_record(

@@ -8,6 +8,8 @@ from typing import Any
 from console.access.models import Team
 from console.errors import InvalidInput
 
+GIB = 1 << 30
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -36,26 +38,44 @@ def _disk_sizes(spec: Any, reported: Any) -> tuple[float, int]:
 
 
 def team_usage(team: Team) -> Usage:
-    """What the team's domains use. A disk's size counts when the console set it: a new volume or
-    a qcow2 overlay on a base image (`size_gib` in its spec). A disk that is an existing volume
-    used as is has no size in its spec, and the console keeps no volume sizes (a pool's inventory
-    names ISOs and images only; a volume's record says whose it is, not how big), so it is
-    counted in `disks_of_unknown_size`: never as 0 GiB silently, nor as a guess.
+    """What the team's domains use, and the team's volumes. A disk counts by the larger of the
+    size the console set for it (`size_gib` in the domain's spec: a new volume or a qcow2 overlay)
+    and the size of its volume as last learned (Volume.capacity_bytes: made, grown, uploaded or
+    attached here, or reported by its host); the team's other volumes with a known size count as
+    well (a disk kept when its domain was deleted, an ISO uploaded for the team, a disk detached).
+    A disk of no known size at all (an existing volume used as is, not yet reported) is counted
+    in `disks_of_unknown_size`: never as 0 GiB silently, nor as a guess."""
+    from domains.models import Domain, Volume
 
-    The disk quota therefore bounds the storage the console allocates for the team, which is
-    what a create can add (and a create asks for its new disks only): attaching a volume that
-    already exists takes no new space, and who may attach it is a question of whose volume it
-    is (its owner), not of the quota."""
-    from domains.models import Domain
-
-    rows = list(Domain.objects.filter(team=team).values_list("vcpus", "memory_mib", "spec", "disks"))
-    sizes = [_disk_sizes(spec, reported) for _, _, spec, reported in rows]
+    rows = list(
+        Domain.objects.filter(team=team).values_list("host_id", "vcpus", "memory_mib", "spec", "disks")
+    )
+    sized: dict[tuple[int, str], int] = {
+        (host, path): int(size or 0)
+        for host, path, size in Volume.objects.filter(
+            team=team, library=False, capacity_bytes__isnull=False
+        ).values_list("host_id", "path", "capacity_bytes")
+    }
+    counted: set[tuple[int, str]] = set()
+    disk_gib, unknown = 0.0, 0
+    for host, _, _, spec, reported in rows:
+        known, missing = _disk_sizes(spec, reported)
+        paths = [
+            (host, d["path"])
+            for d in (reported if isinstance(reported, list) else [])
+            if isinstance(d, dict) and d.get("device") == "disk" and d.get("path")
+        ]
+        learned = [key for key in paths if key in sized]
+        counted.update(learned)
+        disk_gib += max(known, sum(sized[key] for key in learned) / GIB)
+        unknown += 0 if paths and len(learned) == len(paths) else missing
+    disk_gib += sum(size for key, size in sized.items() if key not in counted) / GIB
     return Usage(
         domains=len(rows),
-        vcpus=sum(r[0] for r in rows),
-        memory_mib=sum(r[1] for r in rows),
-        disk_gib=sum(known for known, _ in sizes),
-        disks_of_unknown_size=sum(unknown for _, unknown in sizes),
+        vcpus=sum(r[1] for r in rows),
+        memory_mib=sum(r[2] for r in rows),
+        disk_gib=disk_gib,
+        disks_of_unknown_size=unknown,
     )
 
 

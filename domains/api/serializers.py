@@ -228,3 +228,22 @@ class VolumeUpdateSerializer(serializers.Serializer[Any]):
         max_length=1000,
         help_text="the teams that use it as its owner does, besides its owner (replaces the list)",
     )
+
+
+class DiskAttachSerializer(serializers.Serializer[Any]):
+    size = serializers.CharField(required=False, help_text='a new disk: a number of GiB, or e.g. "512 MiB"')
+    pool = serializers.CharField(
+        required=False, help_text="where a new disk goes (default: the host's default)"
+    )
+    format = serializers.ChoiceField(choices=["qcow2", "raw"], required=False)
+    allocation = serializers.ChoiceField(choices=["sparse", "preallocated"], required=False)
+    bus = serializers.ChoiceField(choices=["virtio", "sata", "scsi", "ide", "xen"], required=False)
+    existing = serializers.CharField(
+        required=False, help_text="an existing volume's path (or an ISO for a cdrom)"
+    )
+    device = serializers.ChoiceField(choices=["disk", "cdrom"], required=False)
+
+
+class DiskOpSerializer(serializers.Serializer[Any]):
+    path = serializers.CharField(required=False, allow_null=True, help_text="media: the ISO; null ejects")
+    size = serializers.CharField(required=False, help_text="resize: the new, larger size")

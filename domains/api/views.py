@@ -25,6 +25,8 @@ from domains.api.serializers import (
     AutostartSerializer,
     ConsoleTicketRequestSerializer,
     ConsoleTicketSerializer,
+    DiskAttachSerializer,
+    DiskOpSerializer,
     DomainAcceptedSerializer,
     DomainCreateSerializer,
     DomainSerializer,
@@ -36,6 +38,7 @@ from domains.api.serializers import (
     VolumeUpdateSerializer,
 )
 from domains.consoles import console_ticket_issue
+from domains.disks import domain_disk_attach, domain_disk_detach, domain_disk_resize, domain_media_change
 from domains.models import Domain, Volume
 from domains.placement import host_place
 from domains.selectors import (
@@ -220,6 +223,42 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
             vcpus=body.get("vcpus"),
             origin=origin_of(request),
         )
+        return _accepted(job)
+
+    @extend_schema(request=DiskAttachSerializer, responses={202: JobAcceptedSerializer})
+    @action(detail=True, methods=["post"])
+    def disks(self, request: Request, pk: str | None = None) -> Response:
+        """Attach a new disk (`size`), an existing volume (`existing`: its path) or a CD-ROM drive
+        (`device: "cdrom"`, `existing`: an ISO or nothing): hot-plugged into a running KVM guest
+        where libvirt can, else from the next boot (the job's result and the domain's disks'
+        `pending` say which)."""
+        domain = self.get_object()
+        return _accepted(
+            domain_disk_attach(
+                actor=request.user, domain=domain, data=request.data, origin=origin_of(request)
+            )
+        )
+
+    @extend_schema(request=DiskOpSerializer, responses={202: JobAcceptedSerializer})
+    @action(
+        detail=True, methods=["post"], url_path=r"disks/(?P<target>[a-z]{2,5})/(?P<op>detach|media|resize)"
+    )
+    def disk_op(self, request: Request, pk: str | None = None, target: str = "", op: str = "") -> Response:
+        """`detach` (its volume is kept), `media` (`{"path": iso}` inserts or changes a CD-ROM's
+        disc, `{"path": null}` ejects it), `resize` (`{"size": "30 GiB"}`: grown, never shrunk)."""
+        domain = self.get_object()
+        data = request.data if isinstance(request.data, dict) else {}
+        origin = origin_of(request)
+        if op == "detach":
+            job = domain_disk_detach(actor=request.user, domain=domain, target=target, origin=origin)
+        elif op == "media":
+            job = domain_media_change(
+                actor=request.user, domain=domain, target=target, path=data.get("path"), origin=origin
+            )
+        else:
+            job = domain_disk_resize(
+                actor=request.user, domain=domain, target=target, size=data.get("size"), origin=origin
+            )
         return _accepted(job)
 
     @extend_schema(request=RenameSerializer, responses={202: JobAcceptedSerializer})

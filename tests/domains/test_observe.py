@@ -24,7 +24,8 @@ def test_a_rename_on_the_host_renames_the_row_and_records_its_disks(host: Host) 
     domain_observe(host=host, info=_info(domain, "new"))
     domain.refresh_from_db()
     assert domain.name == "new"
-    assert domain.disks == [{"target": "vda", "device": "disk", "path": "/p/x.qcow2"}]
+    assert domain.disks == [DiskInfo(target="vda", device="disk", path="/p/x.qcow2").model_dump(mode="json")]
+    assert domain.disks[0]["path"] == "/p/x.qcow2"
 
 
 def test_a_name_another_row_holds_is_not_taken(host: Host) -> None:
