@@ -29,9 +29,9 @@ from channels.db import database_sync_to_async
 from agent.client import AgentConflict, AgentError, AgentUnreachable
 from console.access.models import ApiToken
 from console.access.websocket import ApiTokenWebSocketMiddleware
-from hosts.agent import agent_client
+from hosts.agent import agent_client, run_agent
 from hosts.models import Upload
-from hosts.uploads import may_send, upload_observe
+from hosts.uploads import may_send, upload_forget_on_agent, upload_observe
 
 logger = logging.getLogger(__name__)
 
@@ -191,3 +191,43 @@ async def _patch(scope: Scope, receive: Receive, send: Send) -> None:
         logger.info("upload %s: sender went away at %d of %s bytes", key, result.offset, upload.length)
         return
     await _answer(send, 204, offset=recorded.offset)
+
+
+def patch_buffered(
+    user: Any, token: Any, raw_id: str, headers: dict[str, str], body: bytes
+) -> tuple[int, dict[str, str], dict[str, Any] | None]:
+    """The same PATCH for a request whose body the server already read (Django reached some
+    other way than console.asgi: WSGI, or the test client): (status, headers, problem). The
+    bytes go to the agent in one piece; nothing is kept here."""
+    upload, status, why = _upload_for(user, token, raw_id)
+    if upload is None:
+        return status, {}, _problem("upload", why)
+    version = headers.get("Tus-Resumable")
+    if version is not None and version != TUS_VERSION:
+        return 412, {}, _problem("upload", f"Only tus {TUS_VERSION} is spoken here.")
+    raw = headers.get("Upload-Offset", "")
+    if not raw.isdigit():
+        return 400, {}, _problem("upload", "Send Upload-Offset: the offset the bytes start at.")
+    offset = int(raw)
+    if upload.length is not None and offset + len(body) > upload.length:
+        return 400, {}, _problem("upload", f"The body would go past Upload-Length ({upload.length}).")
+    try:
+        result = run_agent(
+            upload.host,
+            lambda client: client.upload_chunk(upload.pool, upload.pk.hex, offset, body),
+            timeout=READ_TIMEOUT_SECONDS,
+        )
+    except AgentConflict as exc:
+        return 409, {}, _problem("upload", exc.detail)
+    except AgentUnreachable as exc:
+        return 503, {}, _problem("upload", f"{upload.host.name} cannot be reached now: {exc.detail}")
+    except AgentError as exc:
+        return (
+            (exc.status if exc.status in (400, 404, 409, 413, 507) else 502),
+            {},
+            _problem("upload", exc.detail),
+        )
+    recorded = upload_observe(upload, result)
+    if recorded.state == Upload.State.COMPLETE:
+        upload_forget_on_agent(recorded)
+    return 204, {"Upload-Offset": str(recorded.offset)}, None

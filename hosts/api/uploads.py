@@ -16,7 +16,7 @@ from console.audit.services import origin_of
 from console.errors import InvalidInput
 from hosts.api.serializers import UploadCreateSerializer, UploadFetchSerializer, UploadSerializer
 from hosts.selectors import host_list
-from hosts.tus import TUS_VERSION
+from hosts.tus import TUS_VERSION, patch_buffered
 from hosts.uploads import (
     MAX_LENGTH,
     parse_metadata,
@@ -130,16 +130,13 @@ class UploadView(APIView):
         },
     )
     def patch(self, request: Request, upload_id: str) -> Response:
-        """tus: send bytes from Upload-Offset on (streamed to the host by the console's ASGI
-        application, hosts.tus: this view only describes it and answers when the console is
-        served some other way)."""
-        return Response(
-            {
-                "error": "upload",
-                "detail": "Upload bytes are served by console.asgi under uvicorn (`make run`).",
-            },
-            status=status.HTTP_501_NOT_IMPLEMENTED,
+        """tus: send bytes from Upload-Offset on. Under console.asgi (`make run`, the image)
+        they stream through to the host as they arrive (hosts.tus); a console served some other
+        way reaches this view with the body already read, and sends it on in one piece."""
+        status_code, headers, problem = patch_buffered(
+            request.user, request.auth, upload_id, dict(request.headers), request.body
         )
+        return _tus(Response(problem, status=status_code), **headers)
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, upload_id: str) -> Response:

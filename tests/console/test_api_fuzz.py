@@ -41,6 +41,9 @@ from tests.conftest import builtin_role, grant
 
 pytestmark = pytest.mark.django_db
 
+# tus's PATCH body (an upload's bytes) is sent as raw bytes, as octet-stream bodies are.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
+
 # Examples per operation in the fuzzing phase (valid and invalid); the coverage phase adds its
 # boundary and wrong-type cases, about 1,400 in all.
 MAX_EXAMPLES = 12
