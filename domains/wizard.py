@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 
 from agent.domxml import ResolvedBoot, ResolvedDisk, render_domain_xml
 from agent.protocol import DomainSpec, volume_name
-from console.access.policy import has_site_perm
+from console.access.policy import has_perm, has_site_perm
 from console.access.selectors import team_list
 from console.audit.services import origin_of
 from console.errors import DomusError, InvalidInput
@@ -29,7 +29,7 @@ from domains.specs import build_spec, host_facts, parse_size_mib, vcpu_limit
 from domains.volumes import check_spec, visible_resources, writers_on
 from hosts.models import Host
 from hosts.selectors import host_list
-from hosts.uploads import UPLOAD_POOL_TYPES, upload_form, uploaded_checksums
+from hosts.uploads import UPLOAD_POOL_TYPES, uploaded_checksums
 
 # The fields each step owns (a field belongs to the step whose name prefixes it).
 STEP_FIELDS: dict[int, tuple[str, ...]] = {
@@ -53,7 +53,7 @@ def _step_of(field: str) -> int:
     return REVIEW_STEP
 
 
-def _host_option(host: Host, user: Any) -> dict[str, Any]:
+def _host_option(host: Host, user: Any, checksums: dict[str, str]) -> dict[str, Any]:
     """What the wizard needs to know about a host to offer only what it can do (and only the
     volumes `user`'s teams may use)."""
     facts = host_facts(host)
@@ -61,7 +61,6 @@ def _host_option(host: Host, user: Any) -> dict[str, Any]:
     # An image another domain writes is that domain's disk: not offered as "an existing image"
     # nor as a base to layer on (the server refuses both: domains.volumes.refusal).
     written = set(writers_on(host))
-    checksums = uploaded_checksums(host)
     pools = [
         {
             **pool,
@@ -88,7 +87,7 @@ def _host_option(host: Host, user: Any) -> dict[str, Any]:
         "modes": [m.model_dump() for m in caps.modes] if caps else [],
         "graphics": caps.graphics if caps else [],
         "pools": pools,
-        "may_upload": upload_form(user, host) is not None,
+        "may_upload": has_perm(user, "media.upload", host),
         "upload_pools": list(UPLOAD_POOL_TYPES),
         "networks": resources.get("networks", []),
         "bridges": resources.get("bridges", []),
@@ -118,12 +117,13 @@ def domain_new(request: HttpRequest) -> HttpResponse:
         }
         for v in os_variants()
     ]
+    checksums = uploaded_checksums(hosts)
     context = {
         "hosts": hosts,
         "teams": teams,
         "site_wide": has_site_perm(request.user, "domain.create"),
         "wizard": {
-            "hosts": [_host_option(h, request.user) for h in hosts],
+            "hosts": [_host_option(h, request.user, checksums.get(h.pk, {})) for h in hosts],
             "os": catalog,
             "families": os_families(),
             # Which step owns each field, for the errors the server returns (STEP_FIELDS).

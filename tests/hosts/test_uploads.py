@@ -449,3 +449,32 @@ def test_the_agent_fetches_a_url_into_the_pool_as_a_job(
     assert not [p.name for p in target.iterdir() if p.name not in ("net.iso",)]
     actions = sorted(AuditEvent.objects.filter(action="media.fetch").values_list("action", flat=True))
     assert actions == ["media.fetch"] * 3
+
+
+@pytest.mark.django_db
+def test_the_wizard_offers_isos_with_their_checksum_and_the_upload(
+    admin_user: Any, client: Any, django_user_model: Any
+) -> None:
+    from tests.conftest import grant
+
+    host = Host.objects.create(name="h", url="http://127.0.0.1:1", secret="x" * 32)
+    iso = {"name": "net.iso", "path": f"{IMAGES}/net.iso", "kind": "iso", "capacity_bytes": 5 << 20}
+    give_pools(host, pool("default", IMAGES, volumes=[iso]))
+    digest = "ab" * 32
+    Upload.objects.create(
+        id=uuid.uuid4(),
+        host=host,
+        pool="default",
+        name="net.iso",
+        length=5 << 20,
+        state=Upload.State.COMPLETE,
+        path=iso["path"],
+        sha256=digest,
+    )
+    client.force_login(admin_user)
+    page = client.get("/domains/new/").content.decode()
+    assert f'"sha256": "{digest}"' in page and '"may_upload": true' in page
+    operator = django_user_model.objects.create_user("op", password="x-pass-1234")
+    grant(operator, "Operator", host)
+    client.force_login(operator)
+    assert '"may_upload": false' in client.get("/domains/new/").content.decode()
