@@ -82,7 +82,11 @@ def _reconcile(host_id: int, event: InventoryEvent) -> None:
 
 
 # Domain events after which the domain is read again from its agent.
-REREAD_ON = frozenset({"defined", "device-added", "device-removed", "device-removal-failed"})
+# A start or a stop too: what was pending for the next boot (a disk attached to the definition
+# only) is the running guest's now, or gone.
+REREAD_ON = frozenset(
+    {"defined", "started", "stopped", "device-added", "device-removed", "device-removal-failed"}
+)
 
 
 def _domain_defined(host_id: int, info: DomainInfo) -> None:

@@ -6,6 +6,7 @@ follows each job without a reload and says what waits for the next boot."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +109,14 @@ def test_disks_and_cds_of_a_running_guest_from_its_page(
                 done = stack.api("POST", f"/api/v1/domains/{domain['id']}/{action}/")
                 assert stack.wait_job(done.json()["job"])["status"] == "succeeded"
                 stack.wait_state(domain["id"], state)
+            # (the host's report of the started domain may follow its job by a moment)
+            deadline = time.monotonic() + 30
             page.reload()
-            _terminal_has(page, "guest#", 120_000)
+            while cd.locator("[data-disk-pending]").count() and time.monotonic() < deadline:
+                page.wait_for_timeout(1000)
+                page.reload()
             assert cd.locator("[data-disk-pending]").count() == 0
+            _terminal_has(page, "guest#", 120_000)
         expect(cd.locator("[data-disk-path]")).to_have_text(guest_iso)
         _run(page, "cat /sys/block/sr0/size", "32768")  # the test ISO's 16 MiB, in 512-byte sectors
         # Ejected, then the disc put back, live (the host's view: the guest's kernel only looks

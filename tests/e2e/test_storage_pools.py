@@ -69,8 +69,8 @@ def test_a_pool_is_defined_stopped_and_deleted_from_the_host_page(
         with page.expect_navigation():
             row.locator(f"a:has-text('{name}')").click()
         page.locator("details.volume-new summary").click()
-        page.locator("input[name=name]").fill("vol1.qcow2")
-        page.locator("input[name=size]").fill("64 MiB")
+        page.locator("details.volume-new input[name=name]").fill("vol1.qcow2")
+        page.locator("details.volume-new input[name=size]").fill("64 MiB")
         with page.expect_navigation():
             page.locator("button:has-text('Create volume')").click()
         volume = page.locator('tr[data-volume-name="vol1.qcow2"]')
