@@ -106,6 +106,21 @@ def _upload_for(user: Any, token: Any, raw_id: str) -> tuple[Upload | None, int,
     return upload, 200, ""
 
 
+def _headers_refusal(
+    upload: Upload, version: str | None, raw_offset: str | None, body_length: int | None
+) -> tuple[int, int, str]:
+    """(offset, 0, "") for a PATCH whose headers may go on; else (0, status, why). The body's
+    length, when known, must not take the upload past its Upload-Length."""
+    if version is not None and version != TUS_VERSION:
+        return 0, 412, f"Only tus {TUS_VERSION} is spoken here."
+    if raw_offset is None or not raw_offset.isdigit():
+        return 0, 400, "Send Upload-Offset: the offset the bytes start at."
+    offset = int(raw_offset)
+    if body_length is not None and upload.length is not None and offset + body_length > upload.length:
+        return 0, 400, f"The body would go past Upload-Length ({upload.length})."
+    return offset, 0, ""
+
+
 async def _patch(scope: Scope, receive: Receive, send: Send) -> None:
     match = UPLOAD_PATH.match(scope["path"])
     assert match is not None  # routed here by UploadPatch
@@ -115,28 +130,16 @@ async def _patch(scope: Scope, receive: Receive, send: Send) -> None:
     if upload is None:
         await _answer(send, status, problem=_problem("upload", why))
         return
-    version = _header(scope, b"tus-resumable")
-    if version is not None and version != TUS_VERSION:
-        await _answer(send, 412, problem=_problem("upload", f"Only tus {TUS_VERSION} is spoken here."))
-        return
-    try:
-        offset = int(_header(scope, b"upload-offset") or "")
-        if offset < 0:
-            raise ValueError
-    except ValueError:
-        await _answer(
-            send, 400, problem=_problem("upload", "Send Upload-Offset: the offset the bytes start at.")
-        )
-        return
     declared = _header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and upload.length is not None:
-        if offset + int(declared) > upload.length:
-            await _answer(
-                send,
-                400,
-                problem=_problem("upload", f"The body would go past Upload-Length ({upload.length})."),
-            )
-            return
+    offset, status, why = _headers_refusal(
+        upload,
+        _header(scope, b"tus-resumable"),
+        _header(scope, b"upload-offset"),
+        int(declared) if declared is not None and declared.isdigit() else None,
+    )
+    if status:
+        await _answer(send, status, problem=_problem("upload", why))
+        return
     gone = False
 
     async def body() -> AsyncIterator[bytes]:
@@ -202,15 +205,11 @@ def patch_buffered(
     upload, status, why = _upload_for(user, token, raw_id)
     if upload is None:
         return status, {}, _problem("upload", why)
-    version = headers.get("Tus-Resumable")
-    if version is not None and version != TUS_VERSION:
-        return 412, {}, _problem("upload", f"Only tus {TUS_VERSION} is spoken here.")
-    raw = headers.get("Upload-Offset", "")
-    if not raw.isdigit():
-        return 400, {}, _problem("upload", "Send Upload-Offset: the offset the bytes start at.")
-    offset = int(raw)
-    if upload.length is not None and offset + len(body) > upload.length:
-        return 400, {}, _problem("upload", f"The body would go past Upload-Length ({upload.length}).")
+    offset, status, why = _headers_refusal(
+        upload, headers.get("Tus-Resumable"), headers.get("Upload-Offset"), len(body)
+    )
+    if status:
+        return status, {}, _problem("upload", why)
     try:
         result = run_agent(
             upload.host,

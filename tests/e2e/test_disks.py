@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import ARTIFACTS, POOL, Stack, kernel_guest_body, sign_in
@@ -70,7 +71,7 @@ def test_disks_and_cds_of_a_running_guest_from_its_page(
         row = page.locator('tr[data-disk="vda"]')
         try:
             row.wait_for(timeout=60_000)
-        except Exception as exc:
+        except (PlaywrightTimeout, AssertionError) as exc:
             disks = stack.api("GET", f"/api/v1/domains/{domain['id']}/").json().get("disks")
             shown = page.inner_html("[data-domain-disks] table")
             raise AssertionError((_jobs(stack, domain["id"]), disks, shown)) from exc
@@ -83,7 +84,7 @@ def test_disks_and_cds_of_a_running_guest_from_its_page(
         _submit(page, grow)
         try:
             expect(page.locator('tr[data-disk="vda"] td').nth(3)).to_have_text("128.0\xa0MiB", timeout=60_000)
-        except Exception as exc:
+        except (PlaywrightTimeout, AssertionError) as exc:
             disks = stack.api("GET", f"/api/v1/domains/{domain['id']}/").json().get("disks")
             raise AssertionError((_jobs(stack, domain["id"])[:1], disks)) from exc
         _run(page, "cat /sys/block/vda/size", "262144")
