@@ -9,6 +9,7 @@ async with AgentClient("http://127.0.0.1:8901", secret) as agent:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -160,6 +161,7 @@ async def fetch_fingerprint(url: str, *, timeout: float = 10.0) -> str:
 
 
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+WS_ABORT_CLOSE_SECONDS = 1.0  # a WebSocket left on an error: how long its close handshake may take
 # A volume copy, or a preallocation where the file system cannot reserve space at once, writes
 # the whole volume before it answers: minutes for a big one.
 _VOLUME_COPY_TIMEOUT = aiohttp.ClientTimeout(total=6 * 3600, sock_connect=30)
@@ -593,7 +595,15 @@ class AgentClient:
             raise self._unreachable(err) from err
         try:
             yield ws
-        finally:
+        except BaseException:
+            # Perhaps the agent is why (frozen, gone, too slow): its goodbye is not awaited for
+            # ws_close's 10 s, which would hold back the caller's own handling of the failure
+            # (hostwatch marking the host offline).
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
+                async with asyncio.timeout(WS_ABORT_CLOSE_SECONDS):
+                    await ws.close()
+            raise
+        else:
             await ws.close()
 
     def events(self) -> AbstractAsyncContextManager[aiohttp.ClientWebSocketResponse]:

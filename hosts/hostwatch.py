@@ -238,8 +238,10 @@ class HostWatch:
             # back): the event carries no vCPUs, memory or disks, so read the domain once (rare,
             # unlike state changes; recording the disks last known instead would undo a disk
             # job's record that raced this event).
+            # Bounded like the stream itself: an agent that froze right after sending the event
+            # must still be marked offline in time, not after the client's long timeout.
             try:
-                info = await client.get_domain(event.uuid)
+                info = await asyncio.wait_for(client.get_domain(event.uuid), self.offline_after)
             except AgentNotFound:  # undefined again meanwhile: its own event follows
                 return
             await db(_domain_defined)(key.id, info)

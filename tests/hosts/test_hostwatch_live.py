@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,8 +16,10 @@ import pytest
 import requests
 from channels.db import database_sync_to_async
 
+from agent.client import AgentClient
+from agent.protocol import DomainEvent
 from domains.models import Domain
-from hosts.hostwatch import HostWatch
+from hosts.hostwatch import HostKey, HostWatch
 from hosts.models import Host
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -132,3 +135,50 @@ async def test_a_dead_watcher_is_restarted(agent: Agent) -> None:
     for task in watch.watchers.values():
         task.cancel()
     await asyncio.gather(*watch.watchers.values(), return_exceptions=True)
+
+
+async def test_a_reread_of_a_frozen_agent_is_bounded_like_the_stream(agent: Agent) -> None:
+    """A domain stopped just before its agent froze: reading it again must not outlast the offline
+    deadline (the client's own timeout is far longer), or the host stays online while it hangs."""
+    watch = HostWatch()
+    watch.offline_after = 1.5
+    key = HostKey(1, "frozen", f"http://127.0.0.1:{agent.port}", SECRET, "")
+    client = AgentClient(key.url, SECRET)
+    async with client:
+        (test_domain,) = [d for d in await client.list_domains() if d.name == "test"]
+        event = DomainEvent(uuid=test_domain.uuid, name="test", event="stopped", state="shutoff")
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGSTOP)
+        try:
+            reread = asyncio.ensure_future(watch._apply(key, event, client))
+            done, _ = await asyncio.wait([reread], timeout=6)  # far under the client's timeout
+            assert done, "the re-read outlasted the offline deadline"
+            assert isinstance(reread.exception(), TimeoutError)
+        finally:
+            reread.cancel()
+            agent.proc.send_signal(signal.SIGCONT)
+
+
+async def test_leaving_a_frozen_agents_stream_on_an_error_does_not_wait_for_its_goodbye(
+    agent: Agent,
+) -> None:
+    """What follows a failure (the host marked offline) must not wait ws_close's 10 s for the
+    close frame of an agent that cannot answer."""
+    assert agent.proc is not None
+    client = AgentClient(f"http://127.0.0.1:{agent.port}", SECRET)
+
+    async def fail_inside_the_stream() -> None:
+        async with client, client.events() as ws:
+            await ws.receive()  # the inventory: the stream is up
+            agent.proc.send_signal(signal.SIGSTOP)
+            raise TimeoutError("no heartbeat")
+
+    leaving = asyncio.ensure_future(fail_inside_the_stream())
+    try:
+        done, _ = await asyncio.wait([leaving], timeout=5)  # ws_close is 10 s
+        assert done, "leaving the stream waited for the frozen agent"
+        assert isinstance(leaving.exception(), TimeoutError)  # the failure itself, not the close's
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+        leaving.cancel()
+        await asyncio.gather(leaving, return_exceptions=True)
