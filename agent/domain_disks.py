@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 Applied = Literal["now", "next boot"]
 _LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 _CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+_FORCE = libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE
 _QCOW2_MAGIC = b"QFI\xfb"
 # Buses QEMU (and so libvirt) cannot hot-plug a device on: its IDE and AHCI (SATA) controllers.
 _NO_HOTPLUG = frozenset({"ide", "sata"})
@@ -334,8 +335,12 @@ def change_media(
     if path is not None:
         refuse_writers(conn, path, "path")
     if live is not None:
+        # Forced, as a person pressing eject means it: a guest whose kernel has the drive open
+        # (it locks the tray while it probes or reads the disc) would otherwise refuse, at
+        # random. A CD is read-only: the guest at worst sees its disc go mid-read.
+        flags = _LIVE | _FORCE | (_CONFIG if planned is not None else 0)
         try:
-            dom.updateDeviceFlags(media_xml(live, path), _LIVE | (_CONFIG if planned is not None else 0))
+            dom.updateDeviceFlags(media_xml(live, path), flags)
         except libvirt.libvirtError as err:
             if is_connection_lost(err) or err.get_error_code() in _NOT_THE_GUEST:
                 raise
