@@ -21,16 +21,20 @@ from agent import __version__
 from agent.errors import AgentProblem, Conflict, InvalidSpec, NotFound, OffsetConflict, Unauthorized
 from agent.identity import AgentIdentity, ConsoleKeys
 from agent.protocol import (
+    NETWORK_NAME,
     POOL_NAME,
     PROBLEM_HEADER,
     UPLOAD_ID,
     VOLUME_PAGE_DEFAULT,
     VOLUME_PAGE_MAX,
+    DhcpSettings,
     DiskAttachRequest,
     DomainInfo,
     DomainSpec,
     FetchRequest,
     MediaRequest,
+    NetworkAutostartRequest,
+    NetworkSpec,
     PairRequest,
     PairResult,
     PoolAutostartRequest,
@@ -57,6 +61,7 @@ PUBLIC_PATHS = frozenset({("GET", "/v1/health"), ("POST", "/v1/pair")})
 DOMAIN_LIST = TypeAdapter(list[DomainInfo])
 CONSOLE_ID = web.RequestKey("console_id", str)  # which paired console is calling
 POOL_NAME_RE = re.compile(POOL_NAME)
+NETWORK_NAME_RE = re.compile(NETWORK_NAME)
 # A volume named in a URL: any name a pool lists (files copied in by hand need not follow
 # VOLUME_NAME, as new ones do), never a path: no '/', no control character, not hidden ('.').
 VOLUME_REF_RE = re.compile(r"^[^/.\x00-\x1f\x7f][^/\x00-\x1f\x7f]{0,254}$")
@@ -149,6 +154,13 @@ def _pool_name(request: web.Request) -> str:
     raw = request.match_info["name"]
     if not POOL_NAME_RE.match(raw) or raw in (".", ".."):
         raise NotFound(f"no storage pool {raw!r} (not a valid pool name)")
+    return raw
+
+
+def _network_name(request: web.Request) -> str:
+    raw = request.match_info["name"]
+    if not NETWORK_NAME_RE.match(raw) or raw in (".", ".."):
+        raise NotFound(f"no network {raw!r} (not a valid network name)")
     return raw
 
 
@@ -336,6 +348,38 @@ async def delete_pool(request: web.Request) -> web.Response:
     name = _pool_name(request)
     body = await _model_body(request, PoolDeleteRequest)
     return model_response(await request.app[RUNTIME].pools.delete(name, delete_storage=body.delete_storage))
+
+
+# -- virtual networks ----------------------------------------------------------------------------
+async def define_network(request: web.Request) -> web.Response:
+    spec = await _model_body(request, NetworkSpec)
+    result, created = await request.app[RUNTIME].networks.define(spec)
+    return model_response(result, status=201 if created else 200)
+
+
+async def start_network(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].networks.start(_network_name(request)))
+
+
+async def stop_network(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].networks.stop(_network_name(request)))
+
+
+async def autostart_network(request: web.Request) -> web.Response:
+    name = _network_name(request)
+    body = await _model_body(request, NetworkAutostartRequest)
+    return model_response(await request.app[RUNTIME].networks.set_autostart(name, body.autostart))
+
+
+async def network_dhcp(request: web.Request) -> web.Response:
+    """The whole DHCP part (range and static hosts) as it is to be: what is not listed goes."""
+    name = _network_name(request)
+    body = await _model_body(request, DhcpSettings)
+    return model_response(await request.app[RUNTIME].networks.update_dhcp(name, body))
+
+
+async def delete_network(request: web.Request) -> web.Response:
+    return model_response(await request.app[RUNTIME].networks.delete(_network_name(request)))
 
 
 # -- the volumes of a pool ---------------------------------------------------------------------
@@ -535,3 +579,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_patch("/v1/pools/{name}/uploads/{upload}", upload_piece, name="upload-piece")
     app.router.add_delete("/v1/pools/{name}/uploads/{upload}", delete_upload)
     app.router.add_post("/v1/pools/{name}/fetches", fetch_into_pool)
+    app.router.add_post("/v1/networks", define_network)
+    app.router.add_post("/v1/networks/{name}/start", start_network)
+    app.router.add_post("/v1/networks/{name}/stop", stop_network)
+    app.router.add_post("/v1/networks/{name}/autostart", autostart_network)
+    app.router.add_put("/v1/networks/{name}/dhcp", network_dhcp)
+    app.router.add_delete("/v1/networks/{name}", delete_network)

@@ -18,6 +18,7 @@ from lxml import etree
 
 from agent.errors import is_connection_lost
 from agent.hostfacts import hypervisor_for
+from agent.netxml import network_info
 from agent.pools import read_pool, supported_pool_types
 from agent.protocol import (
     Accel,
@@ -242,22 +243,17 @@ def _read_networks(conn: libvirt.virConnect) -> list[NetworkInfo]:
     networks = []
     for network in conn.listAllNetworks(0):
         try:
-            root = _parse(network.XMLDesc(0))
-            active = bool(network.isActive())
+            persistent = bool(network.isPersistent())
+            info = network_info(
+                network.XMLDesc(0),
+                active=bool(network.isActive()),
+                autostart=persistent and bool(network.autostart()),
+                persistent=persistent,
+            )
         except libvirt.libvirtError as err:
             _skip_vanished(err, "network")
             continue
-        forward = root.find("forward")
-        bridge = root.find("bridge")
-        networks.append(
-            NetworkInfo(
-                name=root.findtext("name") or str(network.name()),
-                active=active,
-                # <forward/> without a mode means NAT; no <forward> at all means isolated.
-                forward="isolated" if forward is None else forward.get("mode") or "nat",
-                bridge=bridge.get("name") if bridge is not None else None,
-            )
-        )
+        networks.append(info if info.name else info.model_copy(update={"name": str(network.name())}))
     return sorted(networks, key=lambda n: n.name)
 
 

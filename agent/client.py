@@ -31,6 +31,7 @@ from agent.protocol import (
     UPLOAD_ID,
     VOLUME_PAGE_DEFAULT,
     DeleteResult,
+    DhcpSettings,
     DiskAttachRequest,
     DiskChange,
     DomainInfo,
@@ -38,6 +39,9 @@ from agent.protocol import (
     FetchRequest,
     HostFacts,
     MediaRequest,
+    NetworkAutostartRequest,
+    NetworkResult,
+    NetworkSpec,
     PairRequest,
     PairResult,
     PoolAutostartRequest,
@@ -419,6 +423,51 @@ class AgentClient:
         domain has a disk in it)."""
         body = PoolDeleteRequest(delete_storage=delete_storage).model_dump()
         return await self._model(PoolResult, "POST", f"/v1/pools/{quote(name, safe='')}/delete", json=body)
+
+    # -- virtual networks --------------------------------------------------------------------
+    @staticmethod
+    def _network_path(name: str) -> str:
+        # '.' and '..' survive quoting and the URL would be normalised into another route: never sent.
+        if name in ("", ".", ".."):
+            raise AgentNotFound(404, "not_found", f"no network {name!r} (not a valid network name)")
+        return f"/v1/networks/{quote(name, safe='')}"
+
+    async def define_network(self, spec: NetworkSpec) -> NetworkResult:
+        """Define a network (and start it, set it to start with the host, as `spec` says). The
+        same network defined again is answered as it is; another network under the name is an
+        AgentConflict; a bridge the host lacks, or a subnet or bridge another network has, is
+        AgentInvalid naming the field."""
+        payload = json.loads(spec.model_dump_json())
+        return await self._model(NetworkResult, "POST", "/v1/networks", json=payload)
+
+    async def network_action(self, name: str, action: Literal["start", "stop"]) -> NetworkResult:
+        """Start or stop it (doing it again is no error). Stopping is an AgentConflict while a
+        running domain has a network card on it."""
+        if action not in ("start", "stop"):
+            raise ValueError(f"unknown network action {action!r}")
+        return await self._model(NetworkResult, "POST", f"{self._network_path(name)}/{action}")
+
+    async def set_network_autostart(self, name: str, autostart: bool) -> NetworkResult:
+        body = NetworkAutostartRequest(autostart=autostart).model_dump()
+        # The value is part of the key: a job that turns it on, then off, makes two requests.
+        suffix = " on" if autostart else " off"
+        path = f"{self._network_path(name)}/autostart"
+        return await self._model(NetworkResult, "POST", path, json=body, key_suffix=suffix)
+
+    async def update_network_dhcp(self, name: str, settings: DhcpSettings) -> NetworkResult:
+        """Make the network's DHCP range and static hosts those of `settings` (hosts not listed
+        go), in its definition and, when it runs, live; `detail` says when it takes effect.
+        AgentInvalid naming the field when they do not fit the network's address."""
+        body = settings.model_dump_json()
+        # The settings are part of the key: a job that changes DHCP twice makes two requests.
+        suffix = f" {hashlib.sha256(body.encode()).hexdigest()[:16]}"
+        path = f"{self._network_path(name)}/dhcp"
+        return await self._model(NetworkResult, "PUT", path, json=json.loads(body), key_suffix=suffix)
+
+    async def delete_network(self, name: str) -> NetworkResult:
+        """Stop it if it runs, undefine it (AgentConflict while a running domain has a network
+        card on it)."""
+        return await self._model(NetworkResult, "DELETE", self._network_path(name))
 
     # -- the volumes of a pool ---------------------------------------------------------------
     @staticmethod

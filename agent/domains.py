@@ -35,6 +35,7 @@ from agent.domxml import (
 )
 from agent.errors import Conflict, NotFound
 from agent.events import STATE_NAMES
+from agent.netxml import domain_nics
 from agent.protocol import (
     DeleteResult,
     DiskAttachRequest,
@@ -44,6 +45,7 @@ from agent.protocol import (
     DomainInfo,
     DomainSpec,
     NetworkInstall,
+    NicInfo,
     ResourcesRequest,
     ResourcesResult,
 )
@@ -74,6 +76,7 @@ class _StaticInfo:
     persistent: bool
     autostart: bool
     disks: list[DiskInfo]
+    nics: list[NicInfo]
     running: bool  # read from a running domain's live definition (its disks then show what is pending)
     # The DomainInfo for each state seen, built once: listing 1,000 domains is then one bulk
     # libvirt call and dictionary lookups, not 1,000 pydantic validations.
@@ -109,6 +112,7 @@ def _static_info(dom: libvirt.virDomain, capacity: Capacity | None = None) -> _S
         persistent=bool(persistent),
         autostart=bool(persistent and dom.autostart()),
         disks=_disks(dom, xml, root, capacity),
+        nics=domain_nics(root),
         running=root.get("id") is not None,
     )
 
@@ -192,6 +196,7 @@ class DomainService:
                 persistent=static.persistent,
                 autostart=static.autostart,
                 disks=static.disks,
+                nics=static.nics,
             )
             static.by_state[state_name] = info
         return info

@@ -1,5 +1,5 @@
 """Event hub: libvirt lifecycle events fanned out to every /v1/events subscriber, with heartbeats,
-periodic stats, and fresh resources soon after a storage pool changes.
+periodic stats, and fresh resources soon after a storage pool or a virtual network changes.
 
 Each subscriber has a bounded queue; a subscriber whose queue is full is dropped (it gets a
 `None` sentinel and its socket is closed), so one slow reader never blocks the others.
@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 2.0
 STATS_EVERY_S = 10.0
 SUBSCRIBER_QUEUE = 256
-# A storage pool event is answered by fresh resources this long after it; the events that come
-# meanwhile (a define, build, start and autostart in one go) share that one reading.
+# A storage pool or network event is answered by fresh resources this long after it; the events
+# that come meanwhile (a define, build, start and autostart in one go) share that one reading.
 POOL_DEBOUNCE_S = 0.5
 
 LIFECYCLE_NAMES = {
@@ -80,6 +80,13 @@ POOL_EVENT_NAMES = {
     libvirt.VIR_STORAGE_POOL_EVENT_DELETED: "storage deleted",
 }
 
+NETWORK_EVENT_NAMES = {
+    libvirt.VIR_NETWORK_EVENT_DEFINED: "defined",
+    libvirt.VIR_NETWORK_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_NETWORK_EVENT_STARTED: "started",
+    libvirt.VIR_NETWORK_EVENT_STOPPED: "stopped",
+}
+
 DomainListener = Callable[[DomainEvent], None]
 InventoryProvider = Callable[[], Awaitable[InventoryEvent]]
 StatsProvider = Callable[[], Awaitable[StatsEvent]]
@@ -123,7 +130,7 @@ class EventHub:
         # (domain, event name, the state it implies or None to look it up), in libvirt's order.
         self._raw: asyncio.Queue[tuple[libvirt.virDomain, str, DomainState | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        # (connection, "domain" or "pool", callback id) of every registration, to undo them.
+        # (connection, "domain", "pool" or "network", callback id) of every registration, to undo them.
         self._registrations: list[tuple[libvirt.virConnect, str, int]] = []
         self.inventory: InventoryProvider | None = None
         self.stats: StatsProvider | None = None
@@ -132,6 +139,7 @@ class EventHub:
         self._pools_task: asyncio.Task[None] | None = None
         self._pools_dirty = False
         self._pools_changed = False  # a lifecycle event or an operation in the batch, not only refreshes
+        self._changed_kinds: set[str] = set()  # "storage pool", "network": what the batch is about
 
     # -- subscribers -------------------------------------------------------------------------
     def subscribe(self) -> Subscriber:
@@ -161,7 +169,7 @@ class EventHub:
 
     # -- libvirt side ------------------------------------------------------------------------
     async def attach(self, conn: libvirt.virConnect) -> None:
-        """Register for domain lifecycle and storage pool events on a (new) connection; a hook
+        """Register for domain lifecycle, storage pool and network events on a (new) connection; a hook
         of LibvirtConnection (`detach` undoes it before the connection is closed)."""
         await asyncio.to_thread(self._register, conn)
         if self._subscribers and self.inventory is not None:
@@ -194,8 +202,19 @@ class EventHub:
                     raise
                 # A driver without storage events: pool changes then show in the periodic stats.
                 log.warning("no storage pool events from libvirt: %s", err.get_error_message() or err)
-                return
+                break
             self._registrations.append((conn, "pool", pool_id))
+        try:
+            network_id = conn.networkEventRegisterAny(
+                None, libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE, self._on_network_lifecycle, None
+            )
+        except libvirt.libvirtError as err:
+            if is_connection_lost(err):
+                raise
+            # A driver without network events: network changes then show in the periodic stats.
+            log.warning("no network events from libvirt: %s", err.get_error_message() or err)
+            return
+        self._registrations.append((conn, "network", network_id))
 
     def detach(self, conn: libvirt.virConnect) -> None:
         """Blocking: deregister `conn`'s callbacks before it is closed (a registered callback holds
@@ -206,8 +225,10 @@ class EventHub:
             with contextlib.suppress(libvirt.libvirtError):
                 if kind == "domain":
                     conn.domainEventDeregisterAny(callback_id)
-                else:
+                elif kind == "pool":
                     conn.storagePoolEventDeregisterAny(callback_id)
+                else:
+                    conn.networkEventDeregisterAny(callback_id)
 
     async def _resend_inventory(self) -> None:
         if self.inventory is not None:
@@ -255,10 +276,27 @@ class EventHub:
     def _on_pool_refresh(self, _conn: libvirt.virConnect, _pool: libvirt.virStoragePool, _o: object) -> None:
         self.pools_changed(refreshed_only=True)
 
+    # -- networks --------------------------------------------------------------------------
+    def _on_network_lifecycle(
+        self, _conn: libvirt.virConnect, network: libvirt.virNetwork, event: int, _detail: int, _o: object
+    ) -> None:
+        # On the event loop, like _on_lifecycle: name() is the handle's own, no libvirt call.
+        log.info("network %s %s", network.name(), NETWORK_EVENT_NAMES.get(event, f"event-{event}"))
+        self.networks_changed()
+
+    def networks_changed(self) -> None:
+        """Networks changed (an event, or an operation of the API): fresh resources follow, as
+        after a storage pool change (one reading for both when they come together)."""
+        self._resources_changed("network", refreshed_only=False)
+
     def pools_changed(self, *, refreshed_only: bool = False) -> None:
         """Storage pools changed (an event, or an operation of the API): subscribers get a
         StatsEvent with fresh resources once things settle (POOL_DEBOUNCE_S). Non-blocking."""
+        self._resources_changed("storage pool", refreshed_only=refreshed_only)
+
+    def _resources_changed(self, kind: str, *, refreshed_only: bool) -> None:
         self._pools_dirty = True
+        self._changed_kinds.add(kind)
         if not refreshed_only:
             self._pools_changed = True
         if self._pools_task is None or self._pools_task.done():
@@ -268,17 +306,20 @@ class EventHub:
         while self._pools_dirty:  # again if more came while the last reading was under way
             await asyncio.sleep(self.pool_debounce_s)
             refreshed_only = not self._pools_changed
+            kinds = sorted(self._changed_kinds, reverse=True)  # storage pool, network
             self._pools_dirty = self._pools_changed = False
+            self._changed_kinds.clear()
             if not self._subscribers or self.pool_stats is None:
                 continue  # nobody listens: an inventory will tell the next one
             try:
                 event = await self.pool_stats(refreshed_only)
             except AgentProblem:
-                log.warning("cannot read host resources after a storage pool change", exc_info=True)
+                log.warning("cannot read host resources after a %s change", " or ".join(kinds), exc_info=True)
                 continue
             if event is not None:
                 self.publish(event)
-                log.info("published fresh resources after storage pool changes")
+                for kind in kinds:  # a line for each: what follows the changes of a kind is found by it
+                    log.info("published fresh resources after %s changes", kind)
 
     async def _heartbeat(self) -> None:
         next_stats = time.monotonic() + STATS_EVERY_S

@@ -17,6 +17,7 @@ from agent.domains import DomainService
 from agent.events import EventHub
 from agent.hostfacts import Capabilities, domain_type_for, hypervisor_for, read_capabilities, read_host_facts
 from agent.identity import AgentIdentity, ConsoleKeys
+from agent.networks import NetworkService
 from agent.pools import PoolService
 from agent.protocol import HostCapabilities, HostFacts, HostResources, InventoryEvent, StatsEvent
 from agent.uploads import DEFAULT_EXPIRY_S, UploadService
@@ -65,6 +66,7 @@ class AgentRuntime:
         self.pool_dir: str = config.pool_path
         self._domains: DomainService | None = None
         self.pools = PoolService(self.conn, changed=self.hub.pools_changed)
+        self.networks = NetworkService(self.conn, changed=self.hub.networks_changed, local=self._local)
         # A volume's bytes are its pool's: after a volume operation, fresh pools are published too.
         self.volumes = VolumeService(self.conn, changed=self._volumes_changed, local_files=self._local)
         self.uploads = UploadService(

@@ -56,6 +56,13 @@ urlpatterns = [
         "hosts/<int:host_id>/orphans/delete/", host_views.host_orphans_delete_page, name="host-orphans-delete"
     ),
     path("hosts/<int:host_id>/pools/<str:pool>/", host_views.host_pool_page, name="host-pool"),
+    path("hosts/<int:host_id>/networks/", host_views.host_network_create_page, name="host-network-create"),
+    path("hosts/<int:host_id>/networks/<str:network>/", host_views.host_network_page, name="host-network"),
+    path(
+        "hosts/<int:host_id>/networks/<str:network>/<str:action>/",
+        host_views.host_network_action_page,
+        name="host-network-action",
+    ),
     path(
         "hosts/<int:host_id>/pools/<str:pool>/volumes/",
         host_views.host_pool_volume_create_page,

@@ -38,6 +38,8 @@ class Domain(models.Model):
     autostart = models.BooleanField(default=False)  # started with the host, as its agent reports
     # Disks and CD-ROMs as its agent reports them: [{"target", "device", "path"}]
     disks = models.JSONField(default=list, blank=True)
+    # Network cards as its agent reports them: [{"mac", "source", "name", "model", "target", "link"}]
+    nics = models.JSONField(default=list, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -41,6 +41,7 @@ LIST_FIELDS = (
     "state",
     "failure",
     "disks",
+    "nics",
     "autostart",
     "spec",
     "created_at",

@@ -331,12 +331,13 @@ def domain_delete(*, actor: Any, domain: Domain, delete_disks: bool, origin: Ori
 
 
 # What the console copies from an agent's report onto a domain's row (both have these names).
-OBSERVED_FIELDS = ("state", "vcpus", "memory_mib", "autostart", "disks")
+OBSERVED_FIELDS = ("state", "vcpus", "memory_mib", "autostart", "disks", "nics")
 
 
 def observed(info: DomainInfo) -> dict[str, Any]:
     values = {field: getattr(info, field) for field in OBSERVED_FIELDS}
     values["disks"] = [disk.model_dump(mode="json") for disk in info.disks]
+    values["nics"] = [nic.model_dump(mode="json") for nic in info.nics]
     return values
 
 

@@ -297,7 +297,11 @@ def _check_network(spec: DomainSpec, host: Host, resources: HostResources, error
                     f"{field}.name", f"{host.name} has no virtual network {nic.name!r} (networks: {known})"
                 )
             elif not network.active:
-                errors.add(f"{field}.name", f"virtual network {nic.name!r} is not active on {host.name}")
+                errors.add(
+                    f"{field}.name",
+                    f"virtual network {nic.name!r} is not running on {host.name}: start it (the wizard's "
+                    "Start it, or the host page) or choose another",
+                )
         elif nic.name not in bridges:
             known = ", ".join(sorted(bridges)) or "none"
             errors.add(f"{field}.name", f"{host.name} has no bridge {nic.name!r} (bridges: {known})")

@@ -91,6 +91,7 @@ def _host_option(host: Host, user: Any, checksums: dict[str, str]) -> dict[str, 
         "upload_pools": list(UPLOAD_POOL_TYPES),
         "networks": resources.get("networks", []),
         "bridges": resources.get("bridges", []),
+        "may_manage_networks": has_perm(user, "host.manage", host),
     }
 
 

@@ -53,6 +53,21 @@ def pools_changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
     return key(before) != key(after)
 
 
+def resources_changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether a page showing `before` should be told about `after`: its pools changed (as
+    pools_changed says), or a network or host bridge came, went or changed."""
+    if pools_changed(before, after):
+        return True
+    return any((before.get(k) or []) != (after.get(k) or []) for k in ("networks", "bridges"))
+
+
 def host_resources_event(host: Host) -> dict[str, Any]:
-    """A host's storage pools changed: each as the host page's table shows it."""
-    return {"type": "host.resources", "host": _host_payload(host), "pools": pools_summary(host.resources)}
+    """A host's storage pools or networks changed: each as the host page's tables show them."""
+    resources = host.resources
+    return {
+        "type": "host.resources",
+        "host": _host_payload(host),
+        "pools": pools_summary(resources),
+        "networks": list(resources.get("networks") or []),
+        "bridges": list(resources.get("bridges") or []),
+    }

@@ -32,7 +32,7 @@ from agent.client import AgentClient, AgentError, AgentIdentityChanged, AgentNot
 from agent.protocol import AgentEvent, DomainEvent, DomainInfo, HeartbeatEvent, InventoryEvent, StatsEvent
 from domains.models import Domain
 from domains.services import OBSERVED_FIELDS, domain_observe, domain_vanished, domains_discovered, observed
-from hosts.events import pools_changed
+from hosts.events import resources_changed
 from hosts.models import Host
 from hosts.services import host_observe, host_resources_observed
 
@@ -112,6 +112,7 @@ def _domain_changed(host_id: int, event: DomainEvent) -> None:
         memory_mib=known.memory_mib if known else 0,
         autostart=known.autostart if known else False,  # lifecycle events do not carry these
         disks=known.disks if known else [],
+        nics=known.nics if known else [],
     )
     domain_observe(host=host, info=info)
 
@@ -253,9 +254,9 @@ class HostWatch:
             stats["received_at"] = time.time()  # the console's clock: see Host.resources
             self._stats[key.id] = stats
             resources = stats.get("resources")
-            # A pool made, started, filled or removed (perhaps behind Domus's back): recorded and
-            # told to the pages now, not at the next flush; the rest waits for it.
-            if resources is not None and pools_changed(self._resources.get(key.id) or {}, resources):
+            # A pool or network made, started, filled or removed (perhaps behind Domus's back):
+            # recorded and told to the pages now, not at the next flush; the rest waits for it.
+            if resources is not None and resources_changed(self._resources.get(key.id) or {}, resources):
                 await db(host_resources_observed)(host_id=key.id, resources=resources)
                 self._resources[key.id] = resources
         elif isinstance(event, HeartbeatEvent):

@@ -8,7 +8,17 @@ from functools import partial
 from typing import Any, Literal, cast
 
 from agent.client import AgentClient, AgentError, AgentNotFound, is_transient
-from agent.protocol import FetchRequest, PoolResult, PoolSpec, UploadStatus, VolumeCreateRequest, VolumeResult
+from agent.protocol import (
+    DhcpSettings,
+    FetchRequest,
+    NetworkResult,
+    NetworkSpec,
+    PoolResult,
+    PoolSpec,
+    UploadStatus,
+    VolumeCreateRequest,
+    VolumeResult,
+)
 from console.jobs.runner import JobCancelled, JobContext, JobFailed, job_handler
 from domains.models import Volume
 from hosts.agent import run_agent, run_agent_for_job
@@ -82,6 +92,51 @@ for _action in ("start", "stop", "refresh", "autostart", "delete"):
     job_handler(f"pool.{_action}", permission="host.manage")(partial(_pool_action_job, action=_action))
 
 
+# -- virtual networks (hosts/networks.py) ---------------------------------------------------------
+
+
+def _network_result_recorded(ctx: JobContext, host: Host, result: NetworkResult) -> dict[str, Any]:
+    """Say what the agent did, and record the host's networks as they are now."""
+    if result.detail:
+        ctx.log(result.detail)
+    _resources_recorded(host)
+    network = result.network.model_dump(mode="json") if result.network else None
+    return {"network": network, "detail": result.detail}
+
+
+@job_handler("network.create", permission="host.manage")
+def network_create_job(ctx: JobContext) -> dict[str, Any]:
+    host = _job_host(ctx)
+    spec = NetworkSpec.model_validate(ctx.job.params)
+    steps = ["define"] + (["start"] if spec.start else [])
+    ctx.progress(10, f"Asking {host.name} to {' and '.join(steps)} the {spec.mode} network {spec.name}")
+    result = run_agent_for_job(ctx, host, lambda client: client.define_network(spec))
+    return _network_result_recorded(ctx, host, result)
+
+
+def _network_action_job(ctx: JobContext, *, action: str) -> dict[str, Any]:
+    host = _job_host(ctx)
+    params = ctx.job.params
+    name = params["network"]
+    ctx.progress(10, f"Asking {host.name} to {action} the network {name}")
+
+    async def op(client: AgentClient) -> NetworkResult:
+        if action == "autostart":
+            return await client.set_network_autostart(name, bool(params["autostart"]))
+        if action == "delete":
+            return await client.delete_network(name)
+        if action == "dhcp":
+            settings = DhcpSettings.model_validate({k: v for k, v in params.items() if k != "network"})
+            return await client.update_network_dhcp(name, settings)
+        return await client.network_action(name, cast(Literal["start", "stop"], action))
+
+    return _network_result_recorded(ctx, host, run_agent_for_job(ctx, host, op))
+
+
+for _action in ("start", "stop", "autostart", "delete", "dhcp"):
+    job_handler(f"network.{_action}", permission="host.manage")(partial(_network_action_job, action=_action))
+
+
 # -- volumes of a pool (hosts/pool_volumes.py) -----------------------------------------------------
 
 
@@ -101,12 +156,12 @@ def _volume_recorded(ctx: JobContext, host: Host, result: VolumeResult, **record
 
 
 def _resources_recorded(host: Host) -> None:
-    """Record the host's pools as they are now. The work is done by then: an agent that cannot
+    """Record the host's pools and networks as they are now. The work is done by then: an agent that cannot
     answer this last question does not make it fail (its next report, or hostwatch, tells)."""
     try:
         facts = run_agent(host, lambda client: client.host())
     except AgentError:
-        logger.warning("host %s: pools not read after a storage job; its next report will say", host.name)
+        logger.warning("host %s: resources not read after a job; its next report will say", host.name)
         return
     if facts.resources is not None:
         host_resources_observed(host_id=host.pk, resources=facts.resources.model_dump(mode="json"))

@@ -140,7 +140,7 @@ def visible_names(actor: Any, domains: list[Domain]) -> tuple[list[str], int]:
     return shown, len(domains) - len(shown)
 
 
-def _named(actor: Any, domains: list[Domain]) -> str:
+def named_domains(actor: Any, domains: list[Domain]) -> str:
     """The domains the actor may see by name (the first NAMED), the others counted."""
     shown, hidden = visible_names(actor, domains)
     parts = shown[:NAMED]
@@ -151,18 +151,23 @@ def _named(actor: Any, domains: list[Domain]) -> str:
     return ", ".join(parts)
 
 
+def invalid_input(exc: ValidationError, what: str) -> InvalidInput:
+    """A model's refusal as the API's: each message under its field's dotted path."""
+    fields: dict[str, list[str]] = {}
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "non_field_errors"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        fields.setdefault(field, []).append(message)
+    return InvalidInput(f"Invalid {what}.", fields=fields)
+
+
 def _spec(data: Any) -> PoolSpec:
     if not isinstance(data, dict):
         raise InvalidInput("Send the pool as a JSON object.")
     try:
         return PoolSpec.model_validate(data)
     except ValidationError as exc:
-        fields: dict[str, list[str]] = {}
-        for error in exc.errors():
-            field = ".".join(str(p) for p in error["loc"]) or "non_field_errors"
-            message = str(error["msg"]).removeprefix("Value error, ")
-            fields.setdefault(field, []).append(message)
-        raise InvalidInput("Invalid storage pool.", fields=fields) from exc
+        raise invalid_input(exc, "storage pool") from exc
 
 
 @transaction.atomic
@@ -230,7 +235,7 @@ def pool_action(
             verb = "stopped" if action == "stop" else "deleted"
             which = "running domains use" if action == "stop" else "domains have disks in"
             raise Conflict(
-                f"Storage pool {name!r} cannot be {verb}: these {which} it: {_named(actor, users)}."
+                f"Storage pool {name!r} cannot be {verb}: these {which} it: {named_domains(actor, users)}."
             )
     if action == "start" and pool.get("active"):
         raise Conflict(f"Storage pool {name!r} is already running.")

@@ -14,7 +14,7 @@ from console.errors import InvalidInput, PermissionDenied
 from console.jobs.models import Job
 from console.jobs.services import job_enqueue
 from console.realtime.events import publish_on_commit
-from hosts.events import host_event, host_resources_event, pools_changed
+from hosts.events import host_event, host_resources_event, resources_changed
 from hosts.models import Host
 
 
@@ -127,7 +127,7 @@ def host_refresh(*, host: Host, actor: Any) -> Job:
 @transaction.atomic
 def host_resources_observed(*, host_id: int, resources: dict[str, Any]) -> Host | None:
     """Record a host's pools, networks and bridges as its agent reports them now (after a pool
-    job, or a change it saw behind Domus's back), and tell the pages when its pools changed."""
+    job, or a change it saw behind Domus's back), and tell the pages when they changed."""
     host = Host.objects.select_for_update().filter(pk=host_id).first()
     if host is None:
         return None
@@ -136,6 +136,6 @@ def host_resources_observed(*, host_id: int, resources: dict[str, Any]) -> Host 
     # stats read before this change and written after it does not hide it.
     host.facts = {**host.facts, "resources": resources, "resources_at": time.time()}
     host.save(update_fields=["facts"])
-    if pools_changed(before, resources):
+    if resources_changed(before, resources):
         publish_on_commit(host_resources_event(host))
     return host

@@ -27,6 +27,13 @@ from domains.volumes import (
 )
 from hosts.enrolment import host_enrol, host_remove, host_rotate_secret
 from hosts.models import Host
+from hosts.networks import (
+    network_action,
+    network_create,
+    network_dhcp_update,
+    network_modes,
+    network_rows,
+)
 from hosts.pool_volumes import orphans, orphans_delete, volume_action, volume_create, volume_rows
 from hosts.pools import Users, pool_action, pool_create, pool_rows, pool_types
 from hosts.selectors import host_list
@@ -134,6 +141,8 @@ def host_detail_page(request: HttpRequest, host_id: int) -> HttpResponse:
             "may_manage_pools": manages_volumes,
             "orphans_count": len(orphans(user=request.user, host=host, users=users)),
             "pool_types": pool_types(host),
+            "networks": network_rows(request.user, host),
+            "network_modes": network_modes(),
         },
     )
 
@@ -192,6 +201,137 @@ def host_pool_action_page(request: HttpRequest, host_id: int, pool: str, action:
         else:
             messages.success(request, f"{said.get(action, action)} the storage pool {pool}…")
     return redirect("host-detail", host.pk)
+
+
+# -- virtual networks -------------------------------------------------------------------------------
+NETWORK_FIELDS = ("bridge", "ipv4", "ipv6", "forward_dev", "dhcp_start", "dhcp_end")
+
+
+def _dhcp_hosts(text: str) -> list[dict[str, str]]:
+    """The page's static hosts, one per line: `MAC IP [name]` (commas or spaces between)."""
+    hosts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = line.replace(",", " ").split()
+        if not words or words[0].startswith("#"):
+            continue
+        if len(words) not in (2, 3):
+            raise InvalidInput(
+                "Invalid DHCP hosts.",
+                fields={
+                    "hosts": [
+                        f"line {number}: write MAC, IP and optionally a name, e.g. 52:54:00:12:34:56 "
+                        "192.168.150.20 web1"
+                    ]
+                },
+            )
+        entry = {"mac": words[0], "ip": words[1]}
+        if len(words) == 3:
+            entry["name"] = words[2]
+        hosts.append(entry)
+    return hosts
+
+
+@login_required
+@require_POST
+def host_network_create_page(request: HttpRequest, host_id: int) -> HttpResponse:
+    """The host page's "New virtual network" form, through the same service as the API."""
+    host = _visible(request, host_id)
+    data: dict[str, Any] = {
+        "name": request.POST.get("name", "").strip(),
+        "mode": request.POST.get("mode", "nat"),
+        "start": request.POST.get("start") == "on",
+        "autostart": request.POST.get("autostart") == "on",
+    }
+    for field in NETWORK_FIELDS:
+        if value := request.POST.get(field, "").strip():
+            data[field] = value
+    try:
+        if hosts := request.POST.get("hosts", "").strip():
+            data["hosts"] = _dhcp_hosts(hosts)
+        network_create(actor=request.user, host=host, data=data, origin=origin_of(request))
+    except DomusError as exc:
+        _refused(request, exc)
+    else:
+        messages.success(request, f"Defining the virtual network {data['name']} on {host.name}…")
+    return redirect("host-detail", host.pk)
+
+
+def _back(request: HttpRequest, host: Host) -> HttpResponse:
+    """Back where the form was: a page of this console only (the wizard, the network's page)."""
+    target = request.POST.get("next", "")
+    if target.startswith("/") and not target.startswith("//"):
+        return redirect(target)
+    return redirect("host-detail", host.pk)
+
+
+@login_required
+@require_POST
+def host_network_action_page(request: HttpRequest, host_id: int, network: str, action: str) -> HttpResponse:
+    host = _visible(request, host_id)
+    try:
+        network_action(
+            actor=request.user,
+            host=host,
+            name=network,
+            action=action,
+            autostart=request.POST.get("autostart") == "1" if action == "autostart" else None,
+            origin=origin_of(request),
+        )
+    except DomusError as exc:
+        messages.error(request, exc.detail)
+    else:
+        said = {"start": "Starting", "stop": "Stopping", "delete": "Deleting"}
+        if action == "autostart":
+            on = request.POST.get("autostart") == "1"
+            messages.success(request, f"Turning autostart {'on' if on else 'off'} for the network {network}…")
+        else:
+            messages.success(request, f"{said.get(action, action)} the virtual network {network}…")
+    if action == "delete":
+        return redirect("host-detail", host.pk)
+    return _back(request, host)
+
+
+@login_required
+def host_network_page(request: HttpRequest, host_id: int, network: str) -> HttpResponse:
+    """One network: its addresses, DHCP range and static hosts (editable), domains attached."""
+    host = _visible(request, host_id)
+    rows = [row for row in network_rows(request.user, host) if row["name"] == network]
+    if not rows:
+        raise Http404(f"{host.name} has no virtual network {network!r}")
+    may_manage = has_perm(request.user, "host.manage", host)
+    if request.method == "POST":
+        if not may_manage:
+            messages.error(request, "You may not change this host's networks.")
+            return redirect("host-network", host.pk, network)
+        data: dict[str, Any] = {
+            "dhcp_start": request.POST.get("dhcp_start", "").strip() or None,
+            "dhcp_end": request.POST.get("dhcp_end", "").strip() or None,
+        }
+        try:
+            data["hosts"] = _dhcp_hosts(request.POST.get("hosts", ""))
+            network_dhcp_update(
+                actor=request.user, host=host, name=network, data=data, origin=origin_of(request)
+            )
+        except DomusError as exc:
+            _refused(request, exc)
+        else:
+            messages.success(request, f"Changing the DHCP of {network}…")
+        return redirect("host-network", host.pk, network)
+    row = rows[0]
+    hosts_text = "\n".join(
+        " ".join(filter(None, (h.get("mac"), h.get("ip"), h.get("name")))) for h in row["hosts"]
+    )
+    return render(
+        request,
+        "hosts/network.html",
+        {
+            "host": host,
+            "network": row,
+            "hosts_text": hosts_text,
+            "may_manage": may_manage,
+            "jobs": job_list(user=request.user).filter(host=host, target_name=f"network {network}")[:10],
+        },
+    )
 
 
 @login_required

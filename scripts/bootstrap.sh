@@ -29,6 +29,9 @@ pkgs=(libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-syst
 # (dockerd; the debian:bookworm base image is debootstrapped from Debian's mirror when no registry
 # is reachable; Debian's docker-compose where the Docker CLI has no `compose`).
 pkgs+=(docker.io debootstrap docker-compose)
+# libvirt's virtual networks: dnsmasq serves the DHCP and DNS of NAT, routed and isolated ones,
+# iptables makes their NAT and firewall rules (tests/agent/test_networks_real.py runs them).
+pkgs+=(dnsmasq-base iptables)
 # tests/drills: PostgreSQL restarted mid-job, on a server of the drill's own (initdb, pg_ctl).
 pkgs+=(postgresql)
 # python3-venv: Debian splits ensurepip out of python3, so `python3 -m venv` fails without it.

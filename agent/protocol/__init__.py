@@ -33,6 +33,22 @@ from agent.protocol.media import (
     UploadState,
     UploadStatus,
 )
+from agent.protocol.networks import (
+    IFACE_NAME,
+    MAX_DHCP_HOSTS,
+    NETWORK_ADDRESSED,
+    NETWORK_MODES,
+    NETWORK_NAME,
+    NETWORK_NEEDS_IPV4,
+    DhcpHost,
+    DhcpSettings,
+    NetworkAutostartRequest,
+    NetworkInfo,
+    NetworkMode,
+    NetworkResult,
+    NetworkSpec,
+    NicInfo,
+)
 from agent.protocol.storage import (
     MAX_POOL_VOLUMES,
     POOL_BUILDABLE,
@@ -66,8 +82,14 @@ from agent.protocol.storage import (
 __all__ = [
     "DEFAULT_FETCH_MAX_BYTES",
     "FETCH_SCHEMES",
+    "IFACE_NAME",
+    "MAX_DHCP_HOSTS",
     "MAX_POOL_VOLUMES",
     "MAX_UPLOAD_BYTES",
+    "NETWORK_ADDRESSED",
+    "NETWORK_MODES",
+    "NETWORK_NAME",
+    "NETWORK_NEEDS_IPV4",
     "POOL_BUILDABLE",
     "POOL_FIELDS",
     "POOL_FORMATS",
@@ -79,8 +101,16 @@ __all__ = [
     "VOLUME_PAGE_DEFAULT",
     "VOLUME_PAGE_MAX",
     "AbsPath",
+    "DhcpHost",
+    "DhcpSettings",
     "FetchRequest",
     "HostName",
+    "NetworkAutostartRequest",
+    "NetworkInfo",
+    "NetworkMode",
+    "NetworkResult",
+    "NetworkSpec",
+    "NicInfo",
     "PoolAutostartRequest",
     "PoolDeleteRequest",
     "PoolInfo",
@@ -372,13 +402,6 @@ class HostCapabilities(BaseModel):
     firmware: list[str] = []  # bios, efi
 
 
-class NetworkInfo(BaseModel):
-    name: str
-    active: bool
-    forward: str  # nat, route, bridge, open, isolated ...
-    bridge: str | None = None
-
-
 class HostResources(BaseModel):
     pools: list[PoolInfo] = []
     pool_types: list[str] = []  # the POOL_TYPES this host's libvirt can run
@@ -432,6 +455,7 @@ class DomainInfo(BaseModel):
     persistent: bool = True
     autostart: bool = False  # started with the host (persistent domains only)
     disks: list[DiskInfo] = []
+    nics: list[NicInfo] = []
 
 
 class ResourcesRequest(_Strict):

@@ -61,7 +61,13 @@ DEPENDS = [
     "python3 (<< 3.12)",  # the vendored extension modules are built for CPython 3.11
     "python3-libvirt",
 ]
-RECOMMENDS = ["libvirt-daemon-system", "libvirt-daemon-driver-qemu", "qemu-system-x86", "qemu-utils"]
+RECOMMENDS = [
+    "libvirt-daemon-system",
+    "libvirt-daemon-driver-qemu",
+    "qemu-system-x86",
+    "qemu-utils",
+    "dnsmasq-base",  # libvirt's NAT and isolated networks hand out addresses with it
+]
 SUGGESTS = ["libvirt-daemon-driver-xen"]
 DESCRIPTION = """\
 Domus agent: drives this host's libvirt for the Domus console

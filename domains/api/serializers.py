@@ -34,6 +34,7 @@ class DomainSerializer(serializers.ModelSerializer[Domain]):
             "failure",
             "autostart",
             "disks",
+            "nics",
             "spec",
             "created_at",
             "updated_at",

@@ -141,6 +141,63 @@ class PoolAutostartSerializer(serializers.Serializer[Any]):
     autostart = serializers.BooleanField()
 
 
+class DhcpHostSerializer(serializers.Serializer[Any]):
+    mac = serializers.CharField(help_text="52:54:00:12:34:56")
+    ip = serializers.IPAddressField(protocol="IPv4")
+    name = serializers.CharField(required=False, allow_null=True, help_text="a host name for DNS")
+
+
+class NetworkSerializer(serializers.Serializer[Any]):
+    """A virtual network as the host's agent last reported it, and the domains attached."""
+
+    name = serializers.CharField()
+    mode = serializers.CharField(help_text="nat, route, open, isolated, bridge (or what virsh made)")
+    mode_label = serializers.CharField()
+    active = serializers.BooleanField()
+    autostart = serializers.BooleanField()
+    persistent = serializers.BooleanField()
+    bridge = serializers.CharField(allow_null=True, help_text="its bridge (bridge mode: the host bridge)")
+    ipv4 = serializers.CharField(allow_null=True, help_text="the host's address on it, 192.168.122.1/24")
+    ipv6 = serializers.CharField(allow_null=True)
+    forward_dev = serializers.CharField(allow_null=True, help_text="the host interface it forwards through")
+    dhcp_start = serializers.CharField(allow_null=True)
+    dhcp_end = serializers.CharField(allow_null=True)
+    hosts = DhcpHostSerializer(many=True, help_text="static DHCP entries")
+    attached = serializers.ListField(
+        child=serializers.CharField(), help_text="the domains with a card on it (those the caller may see)"
+    )
+    attached_others = serializers.IntegerField(help_text="how many more, of teams the caller cannot see")
+    running_attached = serializers.IntegerField(help_text="how many attached domains run")
+
+
+class NetworkDhcpSerializer(serializers.Serializer[Any]):
+    """A network's DHCP range (both ends or neither) and static hosts, replacing what it has."""
+
+    dhcp_start = serializers.IPAddressField(protocol="IPv4", required=False, allow_null=True)
+    dhcp_end = serializers.IPAddressField(protocol="IPv4", required=False, allow_null=True)
+    hosts = DhcpHostSerializer(many=True, required=False)
+
+
+class NetworkCreateSerializer(NetworkDhcpSerializer):
+    """A network to define; what each mode takes is in the README (a field a mode does not use is
+    refused by name). The agent's NetworkSpec validates it."""
+
+    name = serializers.RegexField(r"^[A-Za-z0-9_.-]{1,64}$")
+    mode = serializers.ChoiceField(choices=["nat", "route", "open", "isolated", "bridge"], default="nat")
+    bridge = serializers.CharField(
+        required=False, help_text="bridge mode: the host bridge to join; else the name libvirt gives its own"
+    )
+    ipv4 = serializers.CharField(required=False, help_text="the host's address and prefix: 192.168.150.1/24")
+    ipv6 = serializers.CharField(required=False, help_text="fd00:150::1/64")
+    forward_dev = serializers.CharField(required=False, help_text="nat, route: through this interface")
+    start = serializers.BooleanField(required=False, default=True)
+    autostart = serializers.BooleanField(required=False, default=True)
+
+
+class NetworkAutostartSerializer(serializers.Serializer[Any]):
+    autostart = serializers.BooleanField()
+
+
 class PoolVolumeSerializer(serializers.Serializer[Any]):
     name = serializers.CharField()
     path = serializers.CharField()

@@ -13,6 +13,10 @@ from hosts.api.serializers import (
     HostAddSerializer,
     HostSerializer,
     MaintenanceSerializer,
+    NetworkAutostartSerializer,
+    NetworkCreateSerializer,
+    NetworkDhcpSerializer,
+    NetworkSerializer,
     OrphansDeleteSerializer,
     OrphanVolumeSerializer,
     PoolAutostartSerializer,
@@ -24,6 +28,7 @@ from hosts.api.serializers import (
 )
 from hosts.enrolment import host_enrol, host_remove, host_rotate_secret
 from hosts.models import Host
+from hosts.networks import network_action, network_create, network_dhcp_update, network_rows
 from hosts.pool_volumes import orphans, orphans_delete, volume_action, volume_create, volume_rows
 from hosts.pools import pool_action, pool_create, pool_rows
 from hosts.selectors import host_list
@@ -163,6 +168,68 @@ class HostViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.Re
             action=op,
             autostart=request.data.get("autostart") if isinstance(request.data, dict) else None,
             origin=origin_of(request),
+        )
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(methods=["GET"], responses={200: NetworkSerializer(many=True)})
+    @extend_schema(methods=["POST"], request=NetworkCreateSerializer, responses={202: dict})
+    @action(detail=True, methods=["get", "post"], pagination_class=None)  # a host has few networks
+    def networks(self, request: Request, pk: str | None = None) -> Response:
+        """GET: the host's virtual networks, with the domains attached. POST: define one (and,
+        unless told not to, start it and mark it autostart): a job, for `host.manage` holders."""
+        host = self.get_object()
+        if request.method == "GET":
+            return Response(network_rows(request.user, host))
+        job = network_create(actor=request.user, host=host, data=request.data, origin=origin_of(request))
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(methods=["GET"], responses={200: NetworkSerializer})
+    @extend_schema(methods=["DELETE"], responses={202: dict})
+    @action(detail=True, methods=["get", "delete"], url_path=r"networks/(?P<network>[A-Za-z0-9_.-]{1,64})")
+    def network(self, request: Request, pk: str | None = None, network: str = "") -> Response:
+        """GET: one network. DELETE: stop and remove it (refused while a running domain is
+        attached to it)."""
+        host = self.get_object()
+        if request.method == "GET":
+            for row in network_rows(request.user, host):
+                if row["name"] == network:
+                    return Response(row)
+            return Response({"detail": f"{host.name} has no virtual network {network!r}."}, status=404)
+        job = network_action(
+            actor=request.user, host=host, name=network, action="delete", origin=origin_of(request)
+        )
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=NetworkAutostartSerializer, responses={202: dict})
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path=r"networks/(?P<network>[A-Za-z0-9_.-]{1,64})/(?P<op>start|stop|autostart)",
+    )
+    def network_op(
+        self, request: Request, pk: str | None = None, network: str = "", op: str = ""
+    ) -> Response:
+        """start, stop (refused while a running domain is attached) or autostart
+        (`{"autostart": true|false}`): a job."""
+        host = self.get_object()
+        job = network_action(
+            actor=request.user,
+            host=host,
+            name=network,
+            action=op,
+            autostart=request.data.get("autostart") if isinstance(request.data, dict) else None,
+            origin=origin_of(request),
+        )
+        return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=NetworkDhcpSerializer, responses={202: dict})
+    @action(detail=True, methods=["put"], url_path=r"networks/(?P<network>[A-Za-z0-9_.-]{1,64})/dhcp")
+    def network_dhcp(self, request: Request, pk: str | None = None, network: str = "") -> Response:
+        """Replace the network's DHCP range and static hosts (MAC -> IP, name): a job, applied to
+        the running network as well as to its definition."""
+        host = self.get_object()
+        job = network_dhcp_update(
+            actor=request.user, host=host, name=network, data=request.data, origin=origin_of(request)
         )
         return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
 

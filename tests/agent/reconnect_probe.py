@@ -47,6 +47,7 @@ async def probe(pool_name: str, directory: str) -> dict[str, Any]:
         "registered_before": registered_before,
         "old_domain_callbacks": len(getattr(old, "domainEventCallbackID", {})),
         "old_pool_callbacks": len(getattr(old, "storagePoolEventCallbackID", {})),
+        "old_network_callbacks": len(getattr(old, "networkEventCallbackID", {})),
         "registered_after": [kind for conn, kind, _id in hub._registrations if conn is new],
         "stale_registrations": sum(1 for conn, _kind, _id in hub._registrations if conn is not new),
     }

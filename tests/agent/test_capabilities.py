@@ -346,7 +346,18 @@ def test_read_host_resources_on_the_test_driver(test_conn: libvirt.virConnect) -
     ]
     # The test driver cannot say which pool types it runs: it is taken to run them all.
     assert resources.pool_types == list(POOL_TYPES)
-    assert resources.networks == [NetworkInfo(name="default", active=True, forward="nat", bridge="virbr0")]
+    assert resources.networks == [
+        NetworkInfo(
+            name="default",
+            active=True,
+            forward="nat",
+            bridge="virbr0",
+            persistent=True,
+            ipv4="192.168.122.1/24",
+            dhcp_start="192.168.122.2",
+            dhcp_end="192.168.122.254",
+        )
+    ]
     assert resources.bridges == []  # its only interface, eth1, is plain ethernet
 
 
@@ -385,7 +396,7 @@ def test_test_driver_bridges_come_from_its_interfaces(test_conn: libvirt.virConn
         name=f"lan-{suffix}", active=False, forward="bridge", bridge=bridge
     )
     assert networks[f"iso-{suffix}"] == NetworkInfo(
-        name=f"iso-{suffix}", active=True, forward="isolated", bridge=owned
+        name=f"iso-{suffix}", active=True, forward="isolated", bridge=owned, persistent=False
     )
 
 
@@ -472,7 +483,7 @@ def test_read_host_resources_on_qemu_system(
     assert ours.capacity_bytes > 0 and 0 < ours.available_bytes <= ours.capacity_bytes
     networks = {n.name: n for n in resources.networks}
     assert networks[f"domus-caps-{suffix}"] == NetworkInfo(
-        name=f"domus-caps-{suffix}", active=True, forward="isolated", bridge=net_bridge
+        name=f"domus-caps-{suffix}", active=True, forward="isolated", bridge=net_bridge, persistent=False
     )
     assert host_bridge in resources.bridges
     # The isolated network's bridge exists on the host, but it belongs to libvirt.

@@ -454,7 +454,7 @@ async def test_a_new_connection_hears_pool_events_and_the_old_one_is_let_go(
     scratch: Path, pool_name: str
 ) -> None:
     """As when libvirtd restarts: the agent's connection is dropped and made again. The new one
-    registers its domain and pool callbacks; the old one's are deregistered (a registered
+    registers its domain, pool and network callbacks; the old one's are deregistered (a registered
     callback keeps a closed connection alive), and pool events keep coming, once each."""
     out = await asyncio.to_thread(
         subprocess.run,
@@ -467,11 +467,13 @@ async def test_a_new_connection_hears_pool_events_and_the_old_one_is_let_go(
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    registered = ["domain"] * 4 + ["pool"] * 2  # lifecycle and 3 device events; pool lifecycle, refresh
+    # Domain lifecycle and 3 device events; pool lifecycle and refresh; network lifecycle.
+    registered = ["domain"] * 4 + ["pool"] * 2 + ["network"]
     assert result == {
         "registered_before": registered,
         "old_domain_callbacks": 0,
         "old_pool_callbacks": 0,
+        "old_network_callbacks": 0,
         "registered_after": registered,
         "stale_registrations": 0,
         "heard": [False, False],  # defined, undefined: lifecycle events, not refreshes

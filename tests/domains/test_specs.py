@@ -144,7 +144,7 @@ def test_generated_macs_follow_the_hypervisor(xen: Host) -> None:
         ({"disks": [{"size_gib": 1, "pool": "old"}]}, "disks.0.pool", "not active"),
         ({"disks": [{"size_gib": 1, "pool": "vg0"}]}, "disks.0.format", "LVM pool"),
         ({"nics": [{"name": "nope"}]}, "nics.0.name", "no virtual network 'nope'"),
-        ({"nics": [{"name": "down"}]}, "nics.0.name", "not active"),
+        ({"nics": [{"name": "down"}]}, "nics.0.name", "not running on"),
         ({"nics": [{"source": "bridge", "name": "br9"}]}, "nics.0.name", "no bridge 'br9'"),
         ({"nics": [{"mac": "01:00:5e:00:00:01"}]}, "nics.0.mac", "unicast"),
         (

@@ -13,7 +13,7 @@
 # Idempotent: each step is skipped when its outputs exist and its stamp is current.
 set -euo pipefail
 
-RECIPE=3       # bump when the initramfs recipe changes, to force a rebuild
+RECIPE=4       # bump when the initramfs recipe changes, to force a rebuild
 ISO_RECIPE=1   # bump when the ISO recipe (isolinux.cfg, xorriso options) changes
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${DOMUS_GUEST_DIR:-$REPO/.cache/guest}"
@@ -105,6 +105,21 @@ build_kernel_initrd() {
     chmod 755 "$R/etc/acpi/PWRF/00000080"
     echo 'PWRF PWRF/00000080' > "$R/etc/acpid.conf"
 
+    # busybox udhcpc only asks; this script applies the lease (address, default route), and
+    # leaves the address in /tmp/lease-<nic> for a test to read over the serial console.
+    cat > "$R/etc/udhcpc.script" <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+  deconfig) ifconfig "$interface" 0.0.0.0 up ;;
+  bound|renew)
+    ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
+    if [ -n "$router" ]; then route add default gw "${router%% *}" dev "$interface" 2>/dev/null; fi
+    echo "$ip" > "/tmp/lease-$interface" ;;
+esac
+exit 0
+SCRIPT
+    chmod 755 "$R/etc/udhcpc.script"
+
     cat > "$R/init" <<'EOF'
 #!/bin/sh
 export PATH=/bin:/sbin HOME=/root
@@ -116,6 +131,13 @@ for m in $(cat /lib/modules/load-order); do insmod /lib/modules/$m; done
 i=0; while [ ! -e /dev/input/event0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 acpid -c /etc/acpi -a /etc/acpid.conf -l /tmp/acpid.log
 hostname domus-guest
+# Every NIC asks for an address by DHCP, quietly (the serial console stays the tests' own).
+ifconfig lo 127.0.0.1 up
+for n in /sys/class/net/eth*; do
+  [ -e "$n" ] || continue
+  n=${n##*/}
+  udhcpc -i "$n" -s /etc/udhcpc.script -x hostname:domus-guest >"/tmp/udhcpc-$n.log" 2>&1 &
+done
 echo "DOMUS-TEST-GUEST READY"
 export PS1='guest# '
 # A second shell on the VGA console, so that the graphical console has something to type into.

@@ -1,27 +1,30 @@
-// A host's storage: the "New storage pool" form shows only the fields its type uses, and the
-// pools table (host page) and volumes table (pool page) follow changes live: a "host.resources"
-// event (a pool made, started, filled or removed, perhaps with virsh) or a pool or volume job on
-// this host ending, both passed on by live.js as "domus:<type>" DOM events, and the live socket
-// (re)connecting ("domus:resync": what happened while it was down). The table is then
-// read again from the page itself, so what it shows is always what the server renders.
+// A host's storage and networks: the "New storage pool" and "New virtual network" forms show
+// only the fields their type or mode uses, and the pools and networks tables (host page) and
+// volumes table (pool page) follow changes live: a "host.resources" event (a pool or network made,
+// started, filled or removed, perhaps with virsh) or a pool, volume or network job on this host
+// ending, both passed on by live.js as "domus:<type>" DOM events, and the live socket
+// (re)connecting ("domus:resync": what happened while it was down). The tables are then read
+// again from the page itself, so what they show is always what the server renders.
 (() => {
-  const form = document.querySelector("[data-pool-form]");
-  if (form) {
-    const type = form.querySelector("[data-pool-type]");
+  const follow = (form, select) => {
+    if (!form) return;
+    const kind = form.querySelector(select);
     const show = () => {
       form.querySelectorAll("[data-for]").forEach((el) => {
-        const on = el.dataset.for.split(" ").includes(type.value);
+        const on = el.dataset.for.split(" ").includes(kind.value);
         el.hidden = !on;
-        el.querySelectorAll("input").forEach((input) => { input.disabled = !on; });
+        el.querySelectorAll("input, select").forEach((input) => { input.disabled = !on; });
       });
     };
-    type.addEventListener("change", show);
+    kind.addEventListener("change", show);
     show();
-  }
+  };
+  follow(document.querySelector("[data-pool-form]"), "[data-pool-type]");
+  follow(document.querySelector("[data-network-form]"), "[data-network-mode]");
 
-  const table = document.querySelector("[data-storage-host]");
+  const table = document.querySelector("[data-storage-host], [data-networks-host]");
   if (!table) return;
-  const host = table.dataset.storageHost;
+  const host = table.dataset.storageHost || table.dataset.networksHost;
   let pending = null;
   const reread = () => {
     clearTimeout(pending); // a burst of changes: read the page once
@@ -29,9 +32,11 @@
       const resp = await fetch(location.pathname + location.search, { credentials: "same-origin" });
       if (!resp.ok) return;
       const page = new DOMParser().parseFromString(await resp.text(), "text/html");
-      const fresh = page.querySelector("[data-storage-host] tbody");
-      const shown = document.querySelector("[data-storage-host] tbody");
-      if (fresh && shown) shown.replaceWith(document.adoptNode(fresh));
+      for (const which of ["[data-storage-host] tbody", "[data-networks-host] tbody"]) {
+        const fresh = page.querySelector(which);
+        const shown = document.querySelector(which);
+        if (fresh && shown) shown.replaceWith(document.adoptNode(fresh));
+      }
       const count = page.querySelector("[data-volume-count]");
       const said = document.querySelector("[data-volume-count]");
       if (count && said) said.replaceWith(document.adoptNode(count));
@@ -44,6 +49,6 @@
   document.addEventListener("domus:job.updated", (e) => {
     const job = e.detail.job;
     const ended = ["succeeded", "failed", "cancelled"].includes(job.status);
-    if (ended && String(job.host) === host && /^(pool|volume)\./.test(job.kind)) reread();
+    if (ended && String(job.host) === host && /^(pool|volume|network)\./.test(job.kind)) reread();
   });
 })();

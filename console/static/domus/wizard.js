@@ -255,10 +255,6 @@
   function addNic() {
     const index = $$(".nic-row").length;
     const h = host();
-    const sources = [
-      ...h.networks.map((n) => [`network:${n.name}`, `Virtual network ${n.name} (${n.forward || "isolated"}${n.active ? "" : ", inactive"})`, !n.active]),
-      ...h.bridges.map((b) => [`bridge:${b}`, `Bridge ${b} (to the physical network)`]),
-    ];
     const row = make("fieldset", { class: "nic-row" }, [
       make("legend", { text: `Network card ${index + 1}` }),
       make("div", { class: "row" }, [
@@ -266,16 +262,75 @@
         make("label", {}, ["Model", make("select", { name: "n_model" })]),
         make("label", {}, ["MAC", make("input", { name: "n_mac", placeholder: "generated", size: "17" })]),
       ]),
+      make("p", { class: "hint nic-inactive", hidden: true }, [
+        make("span", { "data-inactive-text": "" }),
+        " ",
+        make("button", { type: "button", class: "small", "data-start-network": "", text: "Start it" }),
+      ]),
       make("small", { class: "field-error", "data-error-for": `nics.${index}.name` }),
       make("small", { class: "field-error", "data-error-for": `nics.${index}.mac` }),
       make("small", { class: "field-error", "data-error-for": `nics.${index}.model` }),
       make("button", { type: "button", class: "small danger", "data-remove": "", text: "Remove" }),
     ]);
-    options($("[name=n_source]", row), sources.length ? sources : [["", "— this host has no network or bridge —"]]);
+    nicSources(row, h);
+    // The first active network is the default; an inactive one stays offered, with "Start it".
+    const firstActive = h.networks.find((n) => n.active);
+    if (firstActive) $("[name=n_source]", row).value = `network:${firstActive.name}`;
+    $("[name=n_source]", row).addEventListener("change", () => nicInactive(row));
+    $("[data-start-network]", row).addEventListener("click", () => startNetwork(row));
+    nicInactive(row);
     options($("[name=n_model]", row), MODELS);
     $("[data-remove]", row).addEventListener("click", () => { row.remove(); renumber("nic-row", "Network card"); });
     $("#nics").append(row);
     $("#no-nic").hidden = true;
+  }
+  function nicSources(row, h) {
+    const sources = [
+      ...h.networks.map((n) => [`network:${n.name}`, `Virtual network ${n.name} (${n.forward || "isolated"}${n.active ? "" : ", inactive"})`]),
+      ...h.bridges.map((b) => [`bridge:${b}`, `Bridge ${b} (to the physical network)`]),
+    ];
+    options($("[name=n_source]", row), sources.length ? sources : [["", "— this host has no network or bridge —"]], true);
+  }
+  function chosenNetwork(row) {
+    const [source, name] = ($("[name=n_source]", row).value || "").split(/:(.*)/s);
+    return source === "network" ? host().networks.find((n) => n.name === name) : null;
+  }
+  // An inactive network is said so beside the card, with "Start it" for those who may (a job).
+  function nicInactive(row) {
+    const network = chosenNetwork(row);
+    const note = $(".nic-inactive", row);
+    note.hidden = !network || network.active;
+    if (note.hidden) return;
+    const h = host();
+    $("[data-inactive-text]", row).textContent = h.may_manage_networks
+      ? `The network ${network.name} is not running on ${h.name}: a domain on it cannot start until it is.`
+      : `The network ${network.name} is not running on ${h.name}; ask someone who manages ${h.name} to start it, or choose another.`;
+    $("[data-start-network]", row).hidden = !h.may_manage_networks;
+  }
+  async function startNetwork(row) {
+    const network = chosenNetwork(row);
+    const h = host();
+    if (!network) return;
+    const button = $("[data-start-network]", row);
+    const said = $("[data-inactive-text]", row);
+    button.disabled = true;
+    said.textContent = `Starting ${network.name} on ${h.name}…`;
+    try {
+      const [status, answer] = await post(`/api/v1/hosts/${h.id}/networks/${encodeURIComponent(network.name)}/start/`, {});
+      if (status !== 202) throw new Error(answer.detail || `HTTP ${status}`);
+      let job = { status: "queued" };
+      for (let i = 0; i < 120 && !["succeeded", "failed", "cancelled"].includes(job.status); i++) {
+        await new Promise((done) => setTimeout(done, 500));
+        const resp = await fetch(`/api/v1/jobs/${answer.job}/`, { credentials: "same-origin" });
+        if (resp.ok) job = await resp.json();
+      }
+      if (job.status !== "succeeded") throw new Error(job.error || `the job ${job.status}`);
+      for (const n of h.networks) { if (n.name === network.name) n.active = true; }
+      for (const other of $$(".nic-row")) { nicSources(other, h); nicInactive(other); }
+      showErrors({});
+    } catch (err) {
+      said.textContent = `${network.name} did not start: ${err.message || err}`;
+    } finally { button.disabled = false; }
   }
   function nicsSpec() {
     return $$(".nic-row").map((row) => {
