@@ -407,7 +407,12 @@ async def test_networks_changed_with_virsh_reach_the_events_socket(
             )
             log = box_agent.log()
             assert f"network {name} defined" in log and f"network {name} started" in log  # heard from libvirt
-            assert log.count(PUBLISHED) > published
+            # Its own publication, not only the periodic stats (which may have come first: the
+            # publication waits out the debounce, so give it a few seconds to be logged).
+            deadline = time.monotonic() + 10
+            while box_agent.log().count(PUBLISHED) <= published and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert box_agent.log().count(PUBLISHED) > published
         finally:
             for command in ("net-destroy", "net-undefine"):
                 with contextlib.suppress(IsolatedHostError):  # (not there, if the test failed early)
