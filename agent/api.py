@@ -35,6 +35,8 @@ from agent.protocol import (
     MediaRequest,
     NetworkAutostartRequest,
     NetworkSpec,
+    NicAttachRequest,
+    NicChangeRequest,
     PairRequest,
     PairResult,
     PoolAutostartRequest,
@@ -68,6 +70,8 @@ VOLUME_REF_RE = re.compile(r"^[^/.\x00-\x1f\x7f][^/\x00-\x1f\x7f]{0,254}$")
 UPLOAD_ID_RE = re.compile(UPLOAD_ID)
 # A disk's target in a URL: vdb, sdc, hda, xvdaa ... (libvirt's names are letters and digits).
 DISK_TARGET_RE = re.compile(r"^[a-z][a-z0-9]{1,31}$")
+# A network card in a URL: its MAC, six hex pairs with colons (either case; answered lowercase).
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 OFFSET_HEADER = "Upload-Offset"  # where a piece of an upload starts (tus's name for it)
 # Routes whose body is a stream of bytes, read a piece at a time and never whole (so never by the
 # idempotency middleware: a repeated piece is refused by its offset instead).
@@ -318,6 +322,30 @@ async def change_media(request: web.Request) -> web.Response:
     return model_response(await request.app[RUNTIME].domains.change_media(domain_uuid, target, body.path))
 
 
+def _mac(request: web.Request) -> str:
+    raw = request.match_info["mac"]
+    if not MAC_RE.match(raw):
+        raise NotFound(f"no network card {raw!r} (a card is named by its MAC, such as 52:54:00:12:34:56)")
+    return raw.lower()
+
+
+async def attach_nic(request: web.Request) -> web.Response:
+    domain_uuid = _uuid(request)
+    body = await _model_body(request, NicAttachRequest)
+    return model_response(await request.app[RUNTIME].domains.attach_nic(domain_uuid, body), status=201)
+
+
+async def detach_nic(request: web.Request) -> web.Response:
+    domain_uuid, mac = _uuid(request), _mac(request)
+    return model_response(await request.app[RUNTIME].domains.detach_nic(domain_uuid, mac))
+
+
+async def change_nic(request: web.Request) -> web.Response:
+    domain_uuid, mac = _uuid(request), _mac(request)
+    body = await _model_body(request, NicChangeRequest)
+    return model_response(await request.app[RUNTIME].domains.change_nic(domain_uuid, mac, body))
+
+
 async def define_pool(request: web.Request) -> web.Response:
     spec = await _model_body(request, PoolSpec)
     result, created = await request.app[RUNTIME].pools.define(spec)
@@ -562,6 +590,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/domains/{uuid}/disks", attach_disk)
     app.router.add_post("/v1/domains/{uuid}/disks/{target}/detach", detach_disk)
     app.router.add_post("/v1/domains/{uuid}/disks/{target}/media", change_media)
+    app.router.add_post("/v1/domains/{uuid}/nics", attach_nic)
+    app.router.add_post("/v1/domains/{uuid}/nics/{mac}/detach", detach_nic)
+    app.router.add_patch("/v1/domains/{uuid}/nics/{mac}", change_nic)
     app.router.add_post("/v1/pools", define_pool)
     app.router.add_post("/v1/pools/{name}/start", start_pool)
     app.router.add_post("/v1/pools/{name}/stop", stop_pool)

@@ -8,9 +8,12 @@ blocking libvirt calls around it; callers run them off the event loop.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import os
 import re
+import subprocess
 from collections.abc import Iterable
 
 import libvirt
@@ -266,6 +269,51 @@ def sysfs_bridges(net_dir: str = SYS_CLASS_NET) -> list[str]:
     return sorted(n for n in names if os.path.isdir(os.path.join(net_dir, n, "bridge")))
 
 
+def parse_bridge_addresses(ip_json: str, bridges: Iterable[str]) -> dict[str, list[str]]:
+    """The addresses (with prefixes) of these bridges in `ip -j addr show`'s answer, without
+    link-local ones: bridge -> ["192.168.1.5/24", "2001:db8::5/64"]. A bridge without any is
+    listed with none; one the answer does not have is left out."""
+    wanted = set(bridges)
+    try:
+        links = json.loads(ip_json)
+    except ValueError:
+        return {}
+    found: dict[str, list[str]] = {}
+    for link in links if isinstance(links, list) else []:
+        name = link.get("ifname") if isinstance(link, dict) else None
+        if name not in wanted:
+            continue
+        addresses = found.setdefault(name, [])
+        for info in link.get("addr_info") or []:
+            if info.get("family") not in ("inet", "inet6") or info.get("scope") == "link":
+                continue
+            try:
+                iface = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}")
+            except (KeyError, ValueError):
+                continue
+            addresses.append(str(iface))
+    return found
+
+
+def bridge_addresses(bridges: list[str]) -> dict[str, list[str]]:
+    """Blocking: this machine's own addresses on `bridges` (iproute2's `ip -j addr show type
+    bridge`); {} when there are none to ask for or `ip` cannot say."""
+    if not bridges:
+        return {}
+    try:
+        answer = subprocess.run(
+            ["ip", "-j", "addr", "show", "type", "bridge"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        log.info("cannot read the host bridges' addresses: %s", err)
+        return {}
+    return parse_bridge_addresses(answer.stdout, bridges)
+
+
 def _libvirt_bridges(conn: libvirt.virConnect) -> list[str]:
     try:
         interfaces = conn.listAllInterfaces(0)
@@ -291,7 +339,7 @@ def read_host_resources(
     conn: libvirt.virConnect, *, local: bool, refresh_pools: bool = True
 ) -> HostResources:
     """Blocking: storage pools (and the types this host can define), libvirt networks and host
-    bridges a guest NIC can join.
+    bridges a guest NIC can join (with the host's own addresses on them, when local).
 
     `local` means libvirt runs on this machine, so sysfs is the truth about bridges; otherwise
     (and for the test driver, whose simulated host defines its own interfaces) libvirt's
@@ -304,9 +352,12 @@ def read_host_resources(
     # A NAT/route/isolated network owns its bridge (virbr0); a bridge-mode network only
     # points at a host bridge, which stays joinable directly.
     owned = {n.bridge for n in networks if n.bridge and n.forward != "bridge"}
+    bridges = [b for b in candidates if b not in owned]
     return HostResources(
         pools=pools,
         pool_types=supported_pool_types(conn),
         networks=networks,
-        bridges=[b for b in candidates if b not in owned],
+        bridges=bridges,
+        # The host's own addresses there are known only where its kernel is this machine's.
+        bridge_addresses=bridge_addresses(bridges) if use_sysfs else {},
     )

@@ -42,6 +42,9 @@ from agent.protocol import (
     NetworkAutostartRequest,
     NetworkResult,
     NetworkSpec,
+    NicAttachRequest,
+    NicChangeRequest,
+    NicOutcome,
     PairRequest,
     PairResult,
     PoolAutostartRequest,
@@ -384,6 +387,41 @@ class AgentClient:
         if target in ("", ".", ".."):
             raise AgentNotFound(404, "not_found", f"no disk {target!r}")
         return f"/v1/domains/{domain_uuid}/disks/{quote(target, safe='')}"
+
+    # -- network cards -----------------------------------------------------------------------
+    async def attach_nic(self, domain_uuid: uuid_mod.UUID, request: NicAttachRequest) -> NicOutcome:
+        """Add a network card with the MAC the request names: `applied` "now" (the running guest
+        has it, or the domain is off) or "next boot" (`detail` says why). The same card again is
+        answered as it is. AgentInvalid: no such network or bridge on the host; AgentConflict: the
+        MAC is another card's, or the network is not running while the domain is."""
+        body = request.model_dump_json()
+        # The request is part of the key: a job that attaches two cards makes two requests.
+        suffix = f" {hashlib.sha256(body.encode()).hexdigest()[:16]}"
+        path = f"/v1/domains/{domain_uuid}/nics"
+        return await self._model(NicOutcome, "POST", path, json=json.loads(body), key_suffix=suffix)
+
+    async def detach_nic(self, domain_uuid: uuid_mod.UUID, mac: str) -> NicOutcome:
+        """Take the card with this MAC off the domain. `applied` "next boot" when the running guest
+        did not release it (`detail` says so). AgentNotFound: no such card."""
+        return await self._model(NicOutcome, "POST", f"{self._nic_path(domain_uuid, mac)}/detach")
+
+    async def change_nic(self, domain_uuid: uuid_mod.UUID, mac: str, request: NicChangeRequest) -> NicOutcome:
+        """Change a card's link state, network or bridge, or MAC (shut off only); `applied` "next
+        boot" when the running guest could not take it (`detail` says why). AgentConflict: a MAC
+        change while the domain runs, or a MAC another card has; AgentInvalid: no such network or
+        bridge."""
+        body = request.model_dump_json(exclude_none=True)
+        # The change is part of the key: a job that takes the link down, then up, makes two requests.
+        suffix = f" {hashlib.sha256(body.encode()).hexdigest()[:16]}"
+        return await self._model(
+            NicOutcome, "PATCH", self._nic_path(domain_uuid, mac), json=json.loads(body), key_suffix=suffix
+        )
+
+    @staticmethod
+    def _nic_path(domain_uuid: uuid_mod.UUID, mac: str) -> str:
+        if mac in ("", ".", ".."):
+            raise AgentNotFound(404, "not_found", f"no network card {mac!r}")
+        return f"/v1/domains/{domain_uuid}/nics/{quote(mac, safe=':')}"
 
     async def reboot(self, domain_uuid: uuid_mod.UUID) -> DomainInfo:
         return await self._model(DomainInfo, "POST", f"/v1/domains/{domain_uuid}/reboot")

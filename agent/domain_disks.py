@@ -20,6 +20,7 @@ import libvirt
 from lxml import etree
 
 from agent import storage
+from agent.devicedefs import Definitions, definitions
 from agent.diskxml import (
     attach_bus,
     disk_targets,
@@ -55,33 +56,6 @@ class DiskOutcome:
     applied: Applied
     created: bool = False
     detail: str = ""
-
-
-@dataclass(frozen=True)
-class _Definitions:
-    """A domain's definitions: `live` is the running guest's (the only one when shut off or
-    transient); `config` its definition for the next boot, when it runs and has one."""
-
-    name: str
-    active: bool
-    persistent: bool
-    live: etree._Element
-    config: etree._Element | None
-
-    @property
-    def next_boot(self) -> etree._Element | None:
-        """The definition a CONFIG change affects (None: a transient domain has none)."""
-        if not self.active:
-            return self.live if self.persistent else None
-        return self.config
-
-
-def _definitions(dom: libvirt.virDomain) -> _Definitions:
-    active = bool(dom.isActive())
-    persistent = bool(dom.isPersistent())
-    live = domain_root(dom.XMLDesc(0))
-    config = domain_root(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) if active and persistent else None
-    return _Definitions(name=str(dom.name()), active=active, persistent=persistent, live=live, config=config)
 
 
 def _source_path(disk: etree._Element) -> str | None:
@@ -141,7 +115,7 @@ def refuse_writers(conn: libvirt.virConnect, path: str, field: str) -> None:
 
 # -- attach -----------------------------------------------------------------------------------
 def _new_volume(
-    conn: libvirt.virConnect, defs: _Definitions, request: DiskAttachRequest, target: str, default_dir: str
+    conn: libvirt.virConnect, defs: Definitions, request: DiskAttachRequest, target: str, default_dir: str
 ) -> tuple[ResolvedDisk, libvirt.virStorageVol]:
     disk = request.disk
     pool, logical = storage.disk_pool(conn, disk, "disk")
@@ -158,7 +132,7 @@ def _new_volume(
 
 
 def _source(
-    conn: libvirt.virConnect, defs: _Definitions, request: DiskAttachRequest, target: str, default_dir: str
+    conn: libvirt.virConnect, defs: Definitions, request: DiskAttachRequest, target: str, default_dir: str
 ) -> tuple[ResolvedDisk | None, libvirt.virStorageVol | None]:
     """What the new disk or drive holds (None: an empty drive), and the volume made for it."""
     existing = request.disk.existing
@@ -176,7 +150,7 @@ def _source(
 
 
 def _attach_xml(
-    dom: libvirt.virDomain, defs: _Definitions, xml: str, target: str, bus: str
+    dom: libvirt.virDomain, defs: Definitions, xml: str, target: str, bus: str
 ) -> tuple[Applied, str]:
     if not defs.active:
         dom.attachDeviceFlags(xml, _CONFIG)
@@ -204,7 +178,7 @@ def attach(
     conn: libvirt.virConnect, dom: libvirt.virDomain, request: DiskAttachRequest, *, default_dir: str
 ) -> DiskOutcome:
     """Add a disk or CD-ROM drive on the next free target of its bus."""
-    defs = _definitions(dom)
+    defs = definitions(dom)
     try:
         bus = attach_bus(
             defs.next_boot if defs.next_boot is not None else defs.live, request.device, request.disk.bus
@@ -245,14 +219,14 @@ class DetachStarted:
     waiting: bool
 
 
-def _no_disk(defs: _Definitions, target: str) -> NotFound:
+def _no_disk(defs: Definitions, target: str) -> NotFound:
     return NotFound(f"{defs.name} has no disk or CD-ROM drive {target}")
 
 
 def detach(dom: libvirt.virDomain, target: str) -> DetachStarted:
     """Take the disk at `target` out of the definition, and ask the running guest to release it
     (the caller then waits for the guest: `live_has`). The volume is kept."""
-    defs = _definitions(dom)
+    defs = definitions(dom)
     live = find_disk(defs.live, target) if defs.active else None
     planned = find_disk(defs.next_boot, target) if defs.next_boot is not None else None
     if live is None and planned is None:
@@ -323,7 +297,7 @@ def change_media(
     conn: libvirt.virConnect, dom: libvirt.virDomain, target: str, iso: str | None, *, default_dir: str
 ) -> DiskOutcome:
     """Put the ISO at `iso` in the CD-ROM drive at `target`, or eject its disc (`iso` None)."""
-    defs = _definitions(dom)
+    defs = definitions(dom)
     live = find_disk(defs.live, target) if defs.active else None
     planned = find_disk(defs.next_boot, target) if defs.next_boot is not None else None
     drive = live if live is not None else planned

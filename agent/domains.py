@@ -14,14 +14,14 @@ import os
 import threading
 import time
 import uuid as uuid_mod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import libvirt
 from lxml import etree
 
-from agent import domain_disks, netinstall, storage
+from agent import domain_disks, domain_nics, netinstall, netxml, storage
 from agent.connection import LibvirtConnection
 from agent.diskxml import with_pending
 from agent.domxml import (
@@ -35,7 +35,6 @@ from agent.domxml import (
 )
 from agent.errors import Conflict, NotFound
 from agent.events import STATE_NAMES
-from agent.netxml import domain_nics
 from agent.protocol import (
     DeleteResult,
     DiskAttachRequest,
@@ -45,7 +44,10 @@ from agent.protocol import (
     DomainInfo,
     DomainSpec,
     NetworkInstall,
+    NicAttachRequest,
+    NicChangeRequest,
     NicInfo,
+    NicOutcome,
     ResourcesRequest,
     ResourcesResult,
 )
@@ -59,7 +61,8 @@ _UNDEFINE_FLAGS = (
     | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
 )
 _MEMORY_UNITS = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "m": 1024, "mib": 1024}
-# How long a detach waits for the running guest to release the disk (libvirt's own wait included).
+# How long a detach waits for the running guest to release the disk or card (libvirt's own wait
+# included).
 DETACH_WAIT_S = 10.0
 _DETACH_POLL_S = 0.25
 
@@ -83,21 +86,13 @@ class _StaticInfo:
     by_state: dict[str, DomainInfo] = field(default_factory=dict)
 
 
-def _disks(
-    dom: libvirt.virDomain, xml: str, root: etree._Element, capacity: Capacity | None
-) -> list[DiskInfo]:
-    """The disks of `xml`; of a running domain with a definition for its next boot, marked with
-    what that definition changes (a shut-off domain has nothing pending)."""
-    disks = parse_disks(xml, capacity=capacity)
-    if root.get("id") is None or not dom.isPersistent():  # no id: not running
-        return disks
-    config = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-    return with_pending(disks, parse_disks(config, capacity=capacity))
-
-
 def _static_info(dom: libvirt.virDomain, capacity: Capacity | None = None) -> _StaticInfo:
+    """A domain's static part. The disks and cards of a running domain with a definition for its
+    next boot are marked with what that definition changes (a shut-off domain has nothing
+    pending): one more XMLDesc, for both."""
     xml = dom.XMLDesc(0)
     root = etree.fromstring(xml.encode())
+    running = root.get("id") is not None  # no id: not running
     vcpu = root.find("vcpu")
     vcpus = int((vcpu.get("current") or vcpu.text or "1") if vcpu is not None else "1")
     memory = root.find("memory")
@@ -105,15 +100,19 @@ def _static_info(dom: libvirt.virDomain, capacity: Capacity | None = None) -> _S
     if memory is not None and memory.text:
         kib = int(memory.text) * _MEMORY_UNITS.get(memory.get("unit", "KiB").lower(), 1)
     persistent = dom.isPersistent()
+    config = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if running and persistent else None
+    disks = parse_disks(xml, capacity=capacity)
+    if config is not None:
+        disks = with_pending(disks, parse_disks(config, capacity=capacity))
     return _StaticInfo(
         name=root.findtext("name") or dom.name(),
         vcpus=vcpus,
         memory_mib=int(kib // 1024),
         persistent=bool(persistent),
         autostart=bool(persistent and dom.autostart()),
-        disks=_disks(dom, xml, root, capacity),
-        nics=domain_nics(root),
-        running=root.get("id") is not None,
+        disks=disks,
+        nics=netxml.domain_nics(root, netxml.parse(config) if config is not None else None),
+        running=running,
     )
 
 
@@ -153,7 +152,7 @@ class DomainService:
         self._cache: dict[str, _StaticInfo] = {}
         self._generation = 0
         self._lock = threading.Lock()
-        self._disk_locks: dict[str, threading.Lock] = {}  # one disk change at a time per domain
+        self._device_locks: dict[str, threading.Lock] = {}  # one device change at a time per domain
 
     # -- cache -------------------------------------------------------------------------------
     def invalidate(self, event: DomainEvent | None = None) -> None:
@@ -522,12 +521,13 @@ class DomainService:
 
     # -- disks and CD-ROM drives (agent/domain_disks.py) ---------------------------------------
     @contextlib.contextmanager
-    def _disk_change(self, dom: libvirt.virDomain) -> Iterator[None]:
-        """One disk change at a time per domain (two attaches would pick the same target); the
-        cached domain is forgotten after each, whatever happened."""
+    def _device_change(self, dom: libvirt.virDomain) -> Iterator[None]:
+        """One disk or card change at a time per domain (two attaches would pick the same target,
+        a card's change would undo another's); the cached domain is forgotten after each,
+        whatever happened."""
         key = dom.UUIDString()
         with self._lock:
-            lock = self._disk_locks.setdefault(key, threading.Lock())
+            lock = self._device_locks.setdefault(key, threading.Lock())
         try:
             with lock:
                 yield
@@ -549,7 +549,7 @@ class DomainService:
         self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, request: DiskAttachRequest
     ) -> DiskChange:
         dom = self._lookup(conn, domain_uuid)
-        with self._disk_change(dom):
+        with self._device_change(dom):
             outcome = domain_disks.attach(conn, dom, request, default_dir=self.default_pool_dir)
         return self._changed(dom, outcome)
 
@@ -563,7 +563,7 @@ class DomainService:
         self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, target: str
     ) -> domain_disks.DetachStarted:
         dom = self._lookup(conn, domain_uuid)
-        with self._disk_change(dom):
+        with self._device_change(dom):
             return domain_disks.detach(dom, target)
 
     async def detach_disk(self, domain_uuid: uuid_mod.UUID, target: str) -> DiskChange:
@@ -574,17 +574,11 @@ class DomainService:
         deadline = time.monotonic() + DETACH_WAIT_S
         started = await self._conn.call(lambda c: self._detach_sync(c, domain_uuid, target), what=what)
         outcome = started.outcome
-        if started.waiting:
-
-            def still_there(c: libvirt.virConnect) -> bool:
-                return domain_disks.live_has(self._lookup(c, domain_uuid), target)
-
-            while await self._conn.call(still_there, what=what):
-                if time.monotonic() >= deadline:
-                    outcome = domain_disks.not_released(outcome)
-                    log.info("%s of %s: %s", target, domain_uuid, outcome.detail)
-                    break
-                await asyncio.sleep(_DETACH_POLL_S)
+        if started.waiting and not await self._released(
+            domain_uuid, lambda dom: domain_disks.live_has(dom, target), deadline, what
+        ):
+            outcome = domain_disks.not_released(outcome)
+            log.info("%s of %s: %s", target, domain_uuid, outcome.detail)
         return await self._conn.call(
             lambda c: self._changed(self._lookup(c, domain_uuid), outcome), what="reading domain"
         )
@@ -593,7 +587,7 @@ class DomainService:
         self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, target: str, path: str | None
     ) -> DiskChange:
         dom = self._lookup(conn, domain_uuid)
-        with self._disk_change(dom):
+        with self._device_change(dom):
             outcome = domain_disks.change_media(conn, dom, target, path, default_dir=self.default_pool_dir)
         return self._changed(dom, outcome)
 
@@ -601,6 +595,82 @@ class DomainService:
         """Insert (or change) the ISO in a CD-ROM drive, or eject it (`path` None)."""
         what = f"changing the disc in {target}" if path is not None else f"ejecting the disc of {target}"
         return await self._conn.call(lambda c: self._media_sync(c, domain_uuid, target, path), what=what)
+
+    async def _released(
+        self,
+        domain_uuid: uuid_mod.UUID,
+        still_there: Callable[[libvirt.virDomain], bool],
+        deadline: float,
+        what: str,
+    ) -> bool:
+        """Whether the running guest released a device before `deadline` (libvirt's detach from a
+        QEMU guest is asynchronous: the guest's kernel decides)."""
+        while await self._conn.call(lambda c: still_there(self._lookup(c, domain_uuid)), what=what):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(_DETACH_POLL_S)
+        return True
+
+    # -- network cards (agent/domain_nics.py) --------------------------------------------------
+    def _nic_outcome(self, dom: libvirt.virDomain, result: domain_nics.NicResult) -> NicOutcome:
+        self._forget_cached(dom)
+        return NicOutcome(
+            domain=self._info_now(dom), mac=result.mac, applied=result.applied, detail=result.detail
+        )
+
+    def _attach_nic_sync(
+        self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, request: NicAttachRequest
+    ) -> NicOutcome:
+        dom = self._lookup(conn, domain_uuid)
+        with self._device_change(dom):
+            result = domain_nics.attach(conn, dom, request, local=self.local_files)
+        return self._nic_outcome(dom, result)
+
+    async def attach_nic(self, domain_uuid: uuid_mod.UUID, request: NicAttachRequest) -> NicOutcome:
+        """Add a network card: to the running guest and its next boot, or (a guest that cannot
+        take it now) from the next boot only. The same card again (a retried job) is answered as
+        it is."""
+        return await self._conn.call(
+            lambda c: self._attach_nic_sync(c, domain_uuid, request), what="attaching a network card"
+        )
+
+    def _detach_nic_sync(
+        self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, mac: str
+    ) -> domain_nics.DetachStarted:
+        dom = self._lookup(conn, domain_uuid)
+        with self._device_change(dom):
+            return domain_nics.detach(conn, dom, mac)
+
+    async def detach_nic(self, domain_uuid: uuid_mod.UUID, mac: str) -> NicOutcome:
+        """Take a network card off the domain: from its definition at once, and from the running
+        guest once the guest releases it (DETACH_WAIT_S at most, or it goes at the next boot)."""
+        what = f"detaching network card {mac}"
+        deadline = time.monotonic() + DETACH_WAIT_S
+        started = await self._conn.call(lambda c: self._detach_nic_sync(c, domain_uuid, mac), what=what)
+        result = started.result
+        if started.waiting and not await self._released(
+            domain_uuid, lambda dom: domain_nics.live_has(dom, mac), deadline, what
+        ):
+            result = domain_nics.not_released(result)
+            log.info("%s of %s: %s", mac, domain_uuid, result.detail)
+        return await self._conn.call(
+            lambda c: self._nic_outcome(self._lookup(c, domain_uuid), result), what="reading domain"
+        )
+
+    def _change_nic_sync(
+        self, conn: libvirt.virConnect, domain_uuid: uuid_mod.UUID, mac: str, request: NicChangeRequest
+    ) -> NicOutcome:
+        dom = self._lookup(conn, domain_uuid)
+        with self._device_change(dom):
+            result = domain_nics.change(conn, dom, mac, request, local=self.local_files)
+        return self._nic_outcome(dom, result)
+
+    async def change_nic(self, domain_uuid: uuid_mod.UUID, mac: str, request: NicChangeRequest) -> NicOutcome:
+        """Change a card's link state (live), the network or bridge it is on (live where libvirt
+        can, else from the next boot) or its MAC (shut off only)."""
+        return await self._conn.call(
+            lambda c: self._change_nic_sync(c, domain_uuid, mac, request), what=f"changing network card {mac}"
+        )
 
     # -- delete ------------------------------------------------------------------------------
     def _delete_sync(

@@ -72,14 +72,35 @@ def disk_bus(spec: DomainSpec, disk: DiskSpec, *, xen: bool) -> str:
 
 def nic_model(spec: DomainSpec, nic: NicSpec, *, xen: bool) -> str | None:
     """The NIC model; None for PV/PVH, whose only card is Xen's netfront."""
-    if spec.mode in ("pv", "pvh"):
+    return nic_model_for(nic.model, paravirt=spec.mode in ("pv", "pvh"), xen=xen)
+
+
+def nic_model_for(asked: str | None, *, paravirt: bool, xen: bool) -> str | None:
+    """The model of a card asked as `asked` (None: virtio) on a domain of this kind: none on a
+    PV/PVH guest, netfront for virtio under Xen, virtio for netfront under KVM/QEMU."""
+    if paravirt:
         return None
-    model = nic.model or "virtio"
+    model = asked or "virtio"
     if xen and model == "virtio":
         return "netfront"
     if not xen and model == "netfront":
         return "virtio"
     return model
+
+
+def nic_element(nic: NicSpec, model: str | None) -> etree._Element:
+    """The <interface> of a card on a libvirt network or a host bridge (at define, and when one
+    is attached later)."""
+    iface = etree.Element("interface", type=nic.source)
+    if nic.mac:
+        _sub(iface, "mac", address=nic.mac)
+    if nic.source == "network":
+        _sub(iface, "source", network=nic.name)
+    else:
+        _sub(iface, "source", bridge=nic.name)
+    if model is not None:
+        _sub(iface, "model", type=model)
+    return iface
 
 
 def render_domain_xml(
@@ -218,15 +239,7 @@ def _render_devices(
         _sub(cdrom, "target", dev=target(bus), bus=bus)
         _sub(cdrom, "readonly")
     for nic in spec.nics:
-        iface = _sub(devices, "interface", type=nic.source)
-        if nic.mac:
-            _sub(iface, "mac", address=nic.mac)
-        if nic.source == "network":
-            _sub(iface, "source", network=nic.name)
-        else:
-            _sub(iface, "source", bridge=nic.name)
-        if (model := nic_model(spec, nic, xen=xen)) is not None:
-            _sub(iface, "model", type=model)
+        devices.append(nic_element(nic, nic_model(spec, nic, xen=xen)))
     if spec.mode == "hvm" and spec.serial:
         serial = _sub(devices, "serial", type="pty")
         _sub(serial, "target", port="0")

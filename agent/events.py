@@ -1,5 +1,7 @@
 """Event hub: libvirt lifecycle events fanned out to every /v1/events subscriber, with heartbeats,
 periodic stats, and fresh resources soon after a storage pool or a virtual network changes.
+Listeners inside the agent hear of domain, network and guest agent events too (the domain cache,
+the address watcher), and may add events that follow the inventory a subscriber starts from.
 
 Each subscriber has a bounded queue; a subscriber whose queue is full is dropped (it gets a
 `None` sentinel and its socket is closed), so one slow reader never blocks the others.
@@ -12,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import libvirt
 from pydantic import BaseModel
@@ -88,6 +90,12 @@ NETWORK_EVENT_NAMES = {
 }
 
 DomainListener = Callable[[DomainEvent], None]
+# A network's name and what happened to it (NETWORK_EVENT_NAMES).
+NetworkListener = Callable[[str, str], None]
+# A domain's uuid and whether its guest agent is now connected (False: disconnected).
+GuestAgentListener = Callable[[uuid.UUID, bool], None]
+# Events that complete the picture an inventory gives (every domain's addresses), sent right after it.
+InventoryFollowers = Callable[[], Sequence[BaseModel]]
 InventoryProvider = Callable[[], Awaitable[InventoryEvent]]
 StatsProvider = Callable[[], Awaitable[StatsEvent]]
 # Fresh figures after storage pool events; the argument says that they were only refreshes
@@ -127,12 +135,15 @@ class EventHub:
     def __init__(self) -> None:
         self._subscribers: set[Subscriber] = set()
         self._listeners: set[DomainListener] = set()
+        self._network_listeners: set[NetworkListener] = set()
+        self._agent_listeners: set[GuestAgentListener] = set()
         # (domain, event name, the state it implies or None to look it up), in libvirt's order.
         self._raw: asyncio.Queue[tuple[libvirt.virDomain, str, DomainState | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         # (connection, "domain", "pool" or "network", callback id) of every registration, to undo them.
         self._registrations: list[tuple[libvirt.virConnect, str, int]] = []
         self.inventory: InventoryProvider | None = None
+        self.followers: InventoryFollowers | None = None
         self.stats: StatsProvider | None = None
         self.pool_stats: PoolStatsProvider | None = None
         self.pool_debounce_s = POOL_DEBOUNCE_S
@@ -155,6 +166,16 @@ class EventHub:
 
     def remove_listener(self, listener: DomainListener) -> None:
         self._listeners.discard(listener)
+
+    def add_network_listener(self, listener: NetworkListener) -> None:
+        self._network_listeners.add(listener)
+
+    def add_guest_agent_listener(self, listener: GuestAgentListener) -> None:
+        self._agent_listeners.add(listener)
+
+    def inventory_followers(self) -> Sequence[BaseModel]:
+        """What a subscriber gets right after an inventory (none when nobody adds any)."""
+        return self.followers() if self.followers is not None else []
 
     @property
     def subscriber_count(self) -> int:
@@ -190,6 +211,17 @@ class EventHub:
                 log.warning("no domain device events from libvirt: %s", err.get_error_message() or err)
                 break
             self._registrations.append((conn, "domain", device_id))
+        try:
+            agent_id = conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, self._on_guest_agent, None
+            )
+        except libvirt.libvirtError as err:
+            if is_connection_lost(err):
+                raise
+            # A driver without guest agents (Xen): addresses come from the other sources only.
+            log.info("no guest agent events from libvirt: %s", err.get_error_message() or err)
+        else:
+            self._registrations.append((conn, "domain", agent_id))
         pool_callbacks = (
             (libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, self._on_pool_lifecycle),
             (libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH, self._on_pool_refresh),
@@ -233,6 +265,8 @@ class EventHub:
     async def _resend_inventory(self) -> None:
         if self.inventory is not None:
             self.publish(await self.inventory())
+            for event in self.inventory_followers():
+                self.publish(event)
 
     def _on_lifecycle(
         self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, _detail: int, _o: object
@@ -242,6 +276,16 @@ class EventHub:
         if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
             state = None  # a transient domain no longer exists once stopped: the lookup says None
         self._raw.put_nowait((dom, LIFECYCLE_NAMES.get(event, f"event-{event}"), state))
+
+    def _on_guest_agent(
+        self, _conn: libvirt.virConnect, dom: libvirt.virDomain, state: int, _reason: int, _o: object
+    ) -> None:
+        # On the event loop: UUIDString() is the handle's own, no libvirt call.
+        connected = state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED
+        log.debug("guest agent of %s %s", dom.name(), "connected" if connected else "disconnected")
+        domain_uuid = uuid.UUID(dom.UUIDString())
+        for listener in list(self._agent_listeners):
+            listener(domain_uuid, connected)
 
     def _on_device(
         self, _conn: libvirt.virConnect, dom: libvirt.virDomain, _alias: str, event_id: int
@@ -281,7 +325,10 @@ class EventHub:
         self, _conn: libvirt.virConnect, network: libvirt.virNetwork, event: int, _detail: int, _o: object
     ) -> None:
         # On the event loop, like _on_lifecycle: name() is the handle's own, no libvirt call.
-        log.info("network %s %s", network.name(), NETWORK_EVENT_NAMES.get(event, f"event-{event}"))
+        name, happened = str(network.name()), NETWORK_EVENT_NAMES.get(event, f"event-{event}")
+        log.info("network %s %s", name, happened)
+        for listener in list(self._network_listeners):
+            listener(name, happened)
         self.networks_changed()
 
     def networks_changed(self) -> None:

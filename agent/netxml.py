@@ -280,32 +280,82 @@ def network_ipv4(xml: str) -> str | None:
 
 
 # -- a domain's network cards --------------------------------------------------------------------
-def domain_nics(root: etree._Element) -> list[NicInfo]:
-    """The network cards of a domain's XML (already parsed), in document order."""
-    nics = []
+def nic_mac(iface: etree._Element) -> str:
+    """An <interface>'s MAC, lowercase ("" when it has none)."""
+    mac = iface.find("mac")
+    return (mac.get("address", "") if mac is not None else "").lower()
+
+
+def find_nic(root: etree._Element, mac: str) -> etree._Element | None:
+    """The <interface> of a domain's XML with this MAC (any case), if any."""
     for iface in root.iterfind("devices/interface"):
-        kind = iface.get("type")
-        source = iface.find("source")
-        mac = iface.find("mac")
-        model = iface.find("model")
-        target = iface.find("target")
-        link = iface.find("link")
-        where: Literal["network", "bridge", "other"] = "other"
-        name = ""
-        if kind == "network" and source is not None:
-            where, name = "network", source.get("network", "")
-        elif kind == "bridge" and source is not None:
-            where, name = "bridge", source.get("bridge", "")
-        nics.append(
-            NicInfo(
-                mac=(mac.get("address", "") if mac is not None else "").lower(),
-                source=where,
-                name=name,
-                model=model.get("type") if model is not None else None,
-                target=target.get("dev") if target is not None else None,
-                link="down" if link is not None and link.get("state") == "down" else "up",
-            )
-        )
+        if nic_mac(iface) == mac.lower():
+            return iface
+    return None
+
+
+def nic_info(iface: etree._Element) -> NicInfo:
+    """One <interface> as the console is told of it."""
+    kind = iface.get("type")
+    source = iface.find("source")
+    model = iface.find("model")
+    target = iface.find("target")
+    link = iface.find("link")
+    where: Literal["network", "bridge", "other"] = "other"
+    name = ""
+    if kind == "network" and source is not None:
+        where, name = "network", source.get("network", "")
+    elif kind == "bridge" and source is not None:
+        where, name = "bridge", source.get("bridge", "")
+    return NicInfo(
+        mac=nic_mac(iface),
+        source=where,
+        name=name,
+        model=model.get("type") if model is not None else None,
+        target=target.get("dev") if target is not None else None,
+        link="down" if link is not None and link.get("state") == "down" else "up",
+    )
+
+
+def _same_card(a: NicInfo, b: NicInfo) -> bool:
+    """Whether two readings of a card agree on what the guest sees of it (not the host side's
+    interface name, which only a running guest has)."""
+    return (a.mac, a.source, a.name, a.model, a.link) == (b.mac, b.source, b.name, b.model, b.link)
+
+
+def _slot(iface: etree._Element) -> tuple[tuple[str, str], ...] | None:
+    """Where the card sits on its bus (its <address>), which a MAC change leaves as it was."""
+    address = iface.find("address")
+    if address is None or not len(address.attrib):
+        return None
+    return tuple(sorted((str(key), str(value)) for key, value in address.attrib.items()))
+
+
+def domain_nics(root: etree._Element, config: etree._Element | None = None) -> list[NicInfo]:
+    """The network cards of a domain's XML (already parsed), in document order. With `config`
+    (a running domain's definition for its next boot), each is marked with what that changes: a
+    card only there is listed too (attach), one only in the running guest goes (detach), one on
+    another network or bridge, with another model, link state or MAC there changes (change; what
+    is shown stays the running guest's). A card is the same card by its MAC, or, for a MAC
+    changed behind the agent's back, by its slot on the bus."""
+    live = [(iface, nic_info(iface)) for iface in root.iterfind("devices/interface")]
+    if config is None:
+        return [nic for _iface, nic in live]
+    planned = [(iface, nic_info(iface)) for iface in config.iterfind("devices/interface")]
+    unmatched = list(range(len(planned)))
+    nics: list[NicInfo] = []
+    for iface, nic in live:
+        index = next((i for i in unmatched if planned[i][1].mac == nic.mac), None)
+        if index is None and (slot := _slot(iface)) is not None:
+            index = next((i for i in unmatched if _slot(planned[i][0]) == slot), None)
+        if index is None:
+            nics.append(nic.model_copy(update={"pending": "detach"}))
+            continue
+        unmatched.remove(index)
+        same = _same_card(nic, planned[index][1])
+        nics.append(nic if same else nic.model_copy(update={"pending": "change"}))
+    # (A card not in the running guest has no interface on the host side yet.)
+    nics += [planned[i][1].model_copy(update={"pending": "attach", "target": None}) for i in unmatched]
     return nics
 
 

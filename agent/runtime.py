@@ -11,6 +11,7 @@ import libvirt
 
 from agent import storage
 from agent.accel import AccelDecision, AccelRequest, decide_accel
+from agent.addresses import ARP_PATH, LEASE_DIR, AddressWatcher
 from agent.capabilities import read_host_capabilities, read_host_resources
 from agent.connection import LibvirtConnection
 from agent.domains import DomainService
@@ -76,6 +77,15 @@ class AgentRuntime:
             expiry_s=config.upload_expiry_s,
         )
         self._last_resources: HostResources | None = None
+        # Guests' addresses: the lease files and the neighbour table are this machine's only when
+        # libvirt is (not for the test driver, whose leases are none and whose guests are not here).
+        local = self._local
+        self.addresses = AddressWatcher(
+            self.conn,
+            self.hub,
+            lease_dir=LEASE_DIR if local else None,
+            arp_path=ARP_PATH if local else None,
+        )
 
     def _volumes_changed(self) -> None:
         self.hub.pools_changed()
@@ -99,6 +109,7 @@ class AgentRuntime:
         await self.hub.attach(conn)
         if self._domains is not None:
             self._domains.invalidate(None)
+        self.addresses.reconnected()
 
     async def start(self) -> None:
         if self.identity is not None:
@@ -127,10 +138,12 @@ class AgentRuntime:
         )
         self.hub.add_listener(self._domains.invalidate)
         self.hub.start()
+        self.addresses.start()
         self.uploads.start()
 
     async def stop(self) -> None:
         await self.uploads.stop()
+        await self.addresses.stop()
         await self.hub.stop()
         await self.conn.close()
 

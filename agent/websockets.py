@@ -47,6 +47,9 @@ async def events(request: web.Request) -> web.WebSocketResponse:
     try:
         try:
             await ws.send_str((await runtime.inventory()).model_dump_json())
+            # What completes the picture (every domain's addresses), before any queued change.
+            for event in runtime.hub.inventory_followers():
+                await ws.send_str(event.model_dump_json())
         except AgentProblem as err:
             # The socket is already upgraded: say why in the close frame (at most 123 bytes).
             reason = f"{err.code}: {err.detail}"[:120]
@@ -62,6 +65,8 @@ async def events(request: web.Request) -> web.WebSocketResponse:
                 reason = "event queue overflow" if sub.dropped else "agent stopping"
                 break
             await ws.send_str(message)
+    except ConnectionResetError:
+        log.debug("events subscriber went while it was being sent to")  # (as a close: nothing amiss)
     finally:
         runtime.hub.unsubscribe(sub)
         reader.cancel()

@@ -98,6 +98,12 @@ urlpatterns = [
     path("domains/<int:domain_id>/", domain_views.domain_detail, name="domain-detail"),
     path("domains/<int:domain_id>/serial.log", domain_views.domain_serial_log, name="domain-serial-log"),
     path("domains/<int:domain_id>/disks/", domain_views.domain_disk_attach_page, name="domain-disks"),
+    path("domains/<int:domain_id>/nics/", domain_views.domain_nic_attach_page, name="domain-nics"),
+    path(
+        "domains/<int:domain_id>/nics/<str:mac>/<str:op>/",
+        domain_views.domain_nic_op_page,
+        name="domain-nic-op",
+    ),
     path(
         "domains/<int:domain_id>/disks/<str:target>/<str:op>/",
         domain_views.domain_disk_op_page,

@@ -32,11 +32,12 @@ TARGET = re.compile(r"^(vd|sd|hd|xvd)[a-z]{1,2}$")
 CHANGING = (Domain.State.RUNNING, Domain.State.PAUSED, Domain.State.SHUTOFF, Domain.State.CRASHED)
 
 
-def _allowed(actor: Any, domain: Domain) -> None:
+def edit_allowed(actor: Any, domain: Domain, what: str = "its disks") -> None:
+    """`domain.edit` on the domain, and a state in which its devices can change."""
     if not has_perm(actor, "domain.edit", domain):
         raise PermissionDenied(explain(actor, "domain.edit", domain))
     if domain.state not in CHANGING:
-        raise Conflict(f"{domain.name} is {domain.get_state_display().lower()}: its disks cannot change now.")
+        raise Conflict(f"{domain.name} is {domain.get_state_display().lower()}: {what} cannot change now.")
 
 
 def _disk(domain: Domain, target: Any) -> dict[str, Any]:
@@ -63,7 +64,9 @@ def _quota(domain: Domain, gib: float) -> None:
         quota_check(domain.team, vcpus=0, memory_mib=0, disk_gib=gib)
 
 
-def _enqueue(*, actor: Any, domain: Domain, kind: str, params: dict[str, Any], origin: Origin | None) -> Job:
+def enqueue_change(
+    *, actor: Any, domain: Domain, kind: str, params: dict[str, Any], origin: Origin | None
+) -> Job:
     job = job_enqueue(kind=kind, actor=actor, host=domain.host, domain=domain, params=params)
     audit_record(action=kind, actor=actor, origin=origin, obj=domain, changes={**params, "job": job.pk})
     return job
@@ -81,7 +84,7 @@ def _path_refused(actor: Any, domain: Domain, path: str, field: str, *, writable
 def domain_disk_attach(*, actor: Any, domain: Domain, data: Any, origin: Origin | None = None) -> Job:
     """A new disk (`size`, optional `pool`, `format`, `allocation`, `bus`), an existing volume
     (`existing`: a path), or a CD-ROM drive (`device: "cdrom"`, with `existing`: an ISO, or empty)."""
-    _allowed(actor, domain)
+    edit_allowed(actor, domain)
     if not isinstance(data, dict):
         raise InvalidInput("Send the disk as a JSON object.")
     device = data.get("device") or "disk"
@@ -118,7 +121,7 @@ def domain_disk_attach(*, actor: Any, domain: Domain, data: Any, origin: Origin 
         ) from exc
     _quota(domain, size_gib)
     what = existing or f"a new {size_gib:g} GiB disk"
-    return _enqueue(
+    return enqueue_change(
         actor=actor,
         domain=domain,
         kind="domain.disk.attach",
@@ -130,9 +133,9 @@ def domain_disk_attach(*, actor: Any, domain: Domain, data: Any, origin: Origin 
 @transaction.atomic
 def domain_disk_detach(*, actor: Any, domain: Domain, target: Any, origin: Origin | None = None) -> Job:
     """Take a disk or CD-ROM drive off the domain; its volume stays (delete it from its pool)."""
-    _allowed(actor, domain)
+    edit_allowed(actor, domain)
     disk = _disk(domain, target)
-    return _enqueue(
+    return enqueue_change(
         actor=actor,
         domain=domain,
         kind="domain.disk.detach",
@@ -146,7 +149,7 @@ def domain_media_change(
     *, actor: Any, domain: Domain, target: Any, path: Any, origin: Origin | None = None
 ) -> Job:
     """Insert or change (`path`: an ISO the team may read) or eject (`path` empty) a CD-ROM's ISO."""
-    _allowed(actor, domain)
+    edit_allowed(actor, domain)
     disk = _disk(domain, target)
     if disk.get("device") != "cdrom":
         raise InvalidInput(
@@ -159,7 +162,7 @@ def domain_media_change(
         _path_refused(actor, domain, iso, "path", writable=False)
     else:
         raise InvalidInput("Invalid path.", fields={"path": ["must be an ISO's path, or empty to eject"]})
-    return _enqueue(
+    return enqueue_change(
         actor=actor,
         domain=domain,
         kind="domain.disk.media",
@@ -174,7 +177,7 @@ def domain_disk_resize(
 ) -> Job:
     """Grow a disk (live through the running guest where libvirt can; never shrunk). The growth
     counts against the team's disk quota."""
-    _allowed(actor, domain)
+    edit_allowed(actor, domain)
     disk = _disk(domain, target)
     if disk.get("device") != "disk" or not disk.get("path"):
         raise InvalidInput(
@@ -188,7 +191,7 @@ def domain_disk_resize(
             fields={"size": [f"must be larger than its {known / GIB:g} GiB: disks are grown, never shrunk"]},
         )
     _quota(domain, gib - (known / GIB if isinstance(known, int) else 0))
-    return _enqueue(
+    return enqueue_change(
         actor=actor,
         domain=domain,
         kind="domain.disk.resize",

@@ -5,6 +5,14 @@ from typing import Any
 from domains.models import Domain
 
 
+def flat_addresses(addresses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every address of every card of a domain, IPv4 first: what a list's cell shows."""
+    rows = [
+        {**address, "mac": nic.get("mac", "")} for nic in addresses for address in nic.get("addresses") or []
+    ]
+    return sorted(rows, key=lambda a: a.get("family") != "ipv4")
+
+
 def domain_event(domain: Domain) -> dict[str, Any]:
     return {
         "type": "domain.state",
@@ -20,6 +28,10 @@ def domain_event(domain: Domain) -> dict[str, Any]:
             "memory_mib": domain.memory_mib,
             "autostart": domain.autostart,
             "failure": domain.failure,
+            "addresses": [
+                {k: a.get(k) for k in ("address", "prefix", "family", "source", "mac")}
+                for a in flat_addresses(domain.addresses)
+            ],
         },
     }
 

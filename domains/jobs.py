@@ -15,6 +15,9 @@ from agent.protocol import (
     DiskChange,
     DomainInfo,
     DomainSpec,
+    NicAttachRequest,
+    NicChangeRequest,
+    NicOutcome,
     ResourcesResult,
     VolumeResult,
 )
@@ -426,3 +429,64 @@ def domain_disk_resize_job(ctx: JobContext) -> dict[str, Any]:
     disks = [d.model_copy(update={"capacity_bytes": grown}) if d.target == target else d for d in info.disks]
     _observe(domain, info.model_copy(update={"disks": disks}), ctx)
     return {"capacity_bytes": grown, "detail": result.detail}
+
+
+# -- network cards (domains/nics.py) ---------------------------------------------------------------
+
+
+def _nic_said(ctx: JobContext, domain: Domain, outcome: NicOutcome, what: str) -> dict[str, Any]:
+    """Record the domain as the host has it after a card's change, and say when it applies."""
+    _observe(domain, outcome.domain, ctx)
+    when = "on the running guest now" if outcome.applied == "now" else "from the next boot"
+    ctx.log(f"{what}: {when}" + (f" ({outcome.detail})" if outcome.detail else ""))
+    return {"mac": outcome.mac, "applied": outcome.applied, "detail": outcome.detail}
+
+
+@job_handler("domain.nic.attach", permission="domain.edit")
+def domain_nic_attach_job(ctx: JobContext) -> dict[str, Any]:
+    domain = _domain(ctx)
+    request = NicAttachRequest.model_validate(ctx.params)
+    nic = request.nic
+    ctx.progress(20, f"Attaching a card on {nic.source} {nic.name} to {domain.name}")
+
+    async def attach(client: AgentClient) -> NicOutcome:
+        return await client.attach_nic(domain.uuid, request)
+
+    return _nic_said(
+        ctx, domain, _agent(ctx, domain, attach), f"card {nic.mac} on {nic.source} {nic.name} attached"
+    )
+
+
+@job_handler("domain.nic.detach", permission="domain.edit")
+def domain_nic_detach_job(ctx: JobContext) -> dict[str, Any]:
+    domain = _domain(ctx)
+    mac = str(ctx.params["mac"])
+    ctx.progress(20, f"Detaching the card {mac} from {domain.name}")
+
+    async def detach(client: AgentClient) -> NicOutcome:
+        try:
+            return await client.detach_nic(domain.uuid, mac)
+        except AgentNotFound:
+            # Gone already: a retry after the agent restarted (and forgot the first answer), or
+            # unplugged behind Domus's back. What was asked is so; the domain as it is now.
+            info = await client.get_domain(domain.uuid)
+            if any(nic.mac == mac for nic in info.nics):
+                raise
+            return NicOutcome(domain=info, mac=mac, applied="now", detail=f"{mac} was already detached")
+
+    return _nic_said(ctx, domain, _agent(ctx, domain, detach), f"card {mac} detached")
+
+
+@job_handler("domain.nic.change", permission="domain.edit")
+def domain_nic_change_job(ctx: JobContext) -> dict[str, Any]:
+    domain = _domain(ctx)
+    params = dict(ctx.params)
+    mac = str(params.pop("card"))
+    change = NicChangeRequest.model_validate(params)
+    said = ", ".join(f"{k} {v}" for k, v in change.model_dump(exclude_none=True).items())
+    ctx.progress(20, f"Changing the card {mac} of {domain.name}: {said}")
+
+    async def apply(client: AgentClient) -> NicOutcome:
+        return await client.change_nic(domain.uuid, mac, change)
+
+    return _nic_said(ctx, domain, _agent(ctx, domain, apply), f"card {mac}: {said}")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -40,6 +41,12 @@ class Domain(models.Model):
     disks = models.JSONField(default=list, blank=True)
     # Network cards as its agent reports them: [{"mac", "source", "name", "model", "target", "link"}]
     nics = models.JSONField(default=list, blank=True)
+    # Each card's addresses as its agent last said: [{"mac", "addresses": [{"address", "prefix",
+    # "family", "source"}]}]; with them as one searchable text ("which guest has 10.1.2.3?") and
+    # a sort key (the first IPv4 address, zero-padded so that text order is numeric order).
+    addresses = models.JSONField(default=list, blank=True)
+    address_text = models.CharField(max_length=1024, blank=True, default="")
+    address_sort = models.CharField(max_length=64, blank=True, default="")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -57,10 +64,18 @@ class Domain(models.Model):
             models.Index(fields=["memory_mib", "name", "id"], name="domain_list_by_memory"),
             models.Index(fields=["vcpus", "name", "id"], name="domain_list_by_vcpus"),
             models.Index(fields=["created_at", "id"], name="domain_list_by_created"),
+            models.Index(fields=["address_sort", "name", "id"], name="domain_list_by_address"),
         ]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def flat_addresses(self) -> list[dict[str, Any]]:
+        """Every address of every card, IPv4 first (domains.events.flat_addresses)."""
+        from domains.events import flat_addresses  # events imports this module
+
+        return flat_addresses(self.addresses or [])
 
     @property
     def may_have_display(self) -> bool:

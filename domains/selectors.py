@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, Max, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 from django.utils.functional import cached_property
 
 from console.access.policy import restrict
@@ -26,6 +26,7 @@ ORDERINGS: dict[str, tuple[str, ...]] = {
     "memory_mib": ("memory_mib", "name", "id"),
     "vcpus": ("vcpus", "name", "id"),
     "created_at": ("created_at", "id"),
+    "address": ("address_sort", "name", "id"),  # the first IPv4 address; none first
 }
 ORDERING_CHOICES = [f"{sign}{name}" for name in ORDERINGS for sign in ("", "-")]
 # What a list shows of each domain (the API's DomainSerializer, the overview's rows): the host's
@@ -42,12 +43,13 @@ LIST_FIELDS = (
     "failure",
     "disks",
     "nics",
+    "addresses",
     "autostart",
     "spec",
     "created_at",
     "updated_at",
 )
-Q_MAX_LENGTH = 63  # a domain name is never longer
+Q_MAX_LENGTH = 63  # a domain name is never longer, nor an IPv6 address
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class DomainFilter:
     host: int | None = None
     team: int | None = None
     state: str = ""
-    q: str = ""  # part of the name, any case
+    q: str = ""  # part of the name (any case) or of an address
 
     @property
     def order_by(self) -> tuple[str, ...]:
@@ -114,8 +116,8 @@ def domain_search(*, user: Any, filters: DomainFilter) -> QuerySet[Domain]:
         domains = domains.filter(team_id=filters.team)
     if filters.state:
         domains = domains.filter(state=filters.state)
-    if filters.q:
-        domains = domains.filter(name__icontains=filters.q)
+    if filters.q:  # "web" or "10.1.2.3": a name, or an address ("which guest has 10.1.2.3?")
+        domains = domains.filter(Q(name__icontains=filters.q) | Q(address_text__icontains=filters.q))
     return domains.order_by(*filters.order_by)
 
 

@@ -25,6 +25,7 @@ from domains.disks import (
     domain_media_change,
 )
 from domains.models import Domain
+from domains.nics import domain_nic_attach, domain_nic_change, domain_nic_detach, nic_rows
 from domains.selectors import DomainFilter, domain_filter_parse, domain_get, domain_jobs, domain_page
 from domains.services import (
     domain_delete,
@@ -45,6 +46,7 @@ HOME_COLUMNS = (
     ("Host", "host"),
     ("vCPUs", "vcpus"),
     ("Memory", "memory_mib"),
+    ("Addresses", "address"),
     ("State", "state"),
 )
 
@@ -113,6 +115,7 @@ def domain_detail(request: HttpRequest, domain_id: int) -> HttpResponse:
             "domain": domain,
             "jobs": domain_jobs(user=request.user, domain=domain),
             "disks": disk_rows(request.user, domain),
+            "nics": nic_rows(request.user, domain),
         },
     )
 
@@ -163,6 +166,58 @@ def domain_disk_op_page(request: HttpRequest, domain_id: int, target: str, op: s
     else:
         messages.success(request, said)
     return redirect(f"{reverse('domain-detail', args=[domain.pk])}#disks")
+
+
+@login_required
+@require_POST
+def domain_nic_attach_page(request: HttpRequest, domain_id: int) -> HttpResponse:
+    """The page's "Add a network card" form: a job, or the refusal in a flash."""
+    domain = domain_get(user=request.user, domain_id=domain_id)
+    source, _, name = request.POST.get("connect", "").partition(":")
+    data = {"source": source, "name": name, "model": request.POST.get("model", "").strip() or None}
+    if mac := request.POST.get("mac", "").strip():
+        data["mac"] = mac
+    try:
+        job = domain_nic_attach(actor=request.user, domain=domain, data=data, origin=origin_of(request))
+    except DomusError as exc:
+        messages.error(request, _said(exc))
+    else:
+        messages.success(
+            request, f"Adding a card {job.params['nic']['mac']} on {source} {name} to {domain.name}…"
+        )
+    return redirect(f"{reverse('domain-detail', args=[domain.pk])}#nics")
+
+
+@login_required
+@require_POST
+def domain_nic_op_page(request: HttpRequest, domain_id: int, mac: str, op: str) -> HttpResponse:
+    """A card's row: detach, link (up or down), connect (another network or bridge), mac."""
+    domain = domain_get(user=request.user, domain_id=domain_id)
+    origin = origin_of(request)
+    try:
+        if op == "detach":
+            domain_nic_detach(actor=request.user, domain=domain, mac=mac, origin=origin)
+            said = f"Detaching the card {mac} from {domain.name}…"
+        elif op == "link":
+            link = "down" if request.POST.get("link") == "down" else "up"
+            domain_nic_change(actor=request.user, domain=domain, mac=mac, data={"link": link}, origin=origin)
+            said = f"Setting the link of {mac} {link}…"
+        elif op == "connect":
+            source, _, name = request.POST.get("connect", "").partition(":")
+            data = {"source": source, "name": name}
+            domain_nic_change(actor=request.user, domain=domain, mac=mac, data=data, origin=origin)
+            said = f"Moving the card {mac} to {source} {name}…"
+        elif op == "mac":
+            new = request.POST.get("new_mac", "").strip()
+            domain_nic_change(actor=request.user, domain=domain, mac=mac, data={"mac": new}, origin=origin)
+            said = f"Giving the card {mac} the MAC {new}…"
+        else:
+            raise Http404("No such network card action.")
+    except DomusError as exc:
+        messages.error(request, _said(exc))
+    else:
+        messages.success(request, said)
+    return redirect(f"{reverse('domain-detail', args=[domain.pk])}#nics")
 
 
 def _said(exc: DomusError) -> str:

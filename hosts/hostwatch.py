@@ -29,7 +29,16 @@ from django.utils import timezone
 from pydantic import TypeAdapter, ValidationError
 
 from agent.client import AgentClient, AgentError, AgentIdentityChanged, AgentNotFound
-from agent.protocol import AgentEvent, DomainEvent, DomainInfo, HeartbeatEvent, InventoryEvent, StatsEvent
+from agent.protocol import (
+    AddressesEvent,
+    AgentEvent,
+    DomainEvent,
+    DomainInfo,
+    HeartbeatEvent,
+    InventoryEvent,
+    StatsEvent,
+)
+from domains.addresses import addresses_forgotten, domain_addresses_observed
 from domains.models import Domain
 from domains.services import OBSERVED_FIELDS, domain_observe, domain_vanished, domains_discovered, observed
 from hosts.events import resources_changed
@@ -79,6 +88,13 @@ def _reconcile(host_id: int, event: InventoryEvent) -> None:
         domains_discovered(host=host, infos=new)
     for domain_id, _facts in known.values():
         domain_vanished(domain_id=domain_id)
+    addresses_forgotten(host=host)  # the running ones' addresses follow the inventory
+
+
+def _addresses_observed(host_id: int, event: AddressesEvent) -> None:
+    host = Host.objects.filter(pk=host_id).first()
+    if host is not None:
+        domain_addresses_observed(host=host, event=event)
 
 
 # Domain events after which the domain is read again from its agent.
@@ -259,5 +275,7 @@ class HostWatch:
             if resources is not None and resources_changed(self._resources.get(key.id) or {}, resources):
                 await db(host_resources_observed)(host_id=key.id, resources=resources)
                 self._resources[key.id] = resources
+        elif isinstance(event, AddressesEvent):
+            await db(_addresses_observed)(key.id, event)
         elif isinstance(event, HeartbeatEvent):
             self._seen.add(key.id)

@@ -142,6 +142,10 @@ def host_detail_page(request: HttpRequest, host_id: int) -> HttpResponse:
             "orphans_count": len(orphans(user=request.user, host=host, users=users)),
             "pool_types": pool_types(host),
             "networks": network_rows(request.user, host),
+            "bridges": [
+                {"name": name, "addresses": (host.resources.get("bridge_addresses") or {}).get(name, [])}
+                for name in host.resources.get("bridges") or []
+            ],
             "network_modes": network_modes(),
         },
     )

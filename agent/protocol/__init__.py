@@ -34,12 +34,15 @@ from agent.protocol.media import (
     UploadStatus,
 )
 from agent.protocol.networks import (
+    ADDRESS_SOURCES,
     IFACE_NAME,
     MAX_DHCP_HOSTS,
     NETWORK_ADDRESSED,
     NETWORK_MODES,
     NETWORK_NAME,
     NETWORK_NEEDS_IPV4,
+    AddressesEvent,
+    AddressSource,
     DhcpHost,
     DhcpSettings,
     NetworkAutostartRequest,
@@ -47,7 +50,11 @@ from agent.protocol.networks import (
     NetworkMode,
     NetworkResult,
     NetworkSpec,
+    NicAddress,
+    NicAddresses,
+    NicChangeRequest,
     NicInfo,
+    NicPending,
 )
 from agent.protocol.storage import (
     MAX_POOL_VOLUMES,
@@ -80,6 +87,7 @@ from agent.protocol.storage import (
 # What the parts define, offered here as before the split: import protocol names from
 # agent.protocol, never from its parts. (Its own definitions below are public as well.)
 __all__ = [
+    "ADDRESS_SOURCES",
     "DEFAULT_FETCH_MAX_BYTES",
     "FETCH_SCHEMES",
     "IFACE_NAME",
@@ -101,6 +109,8 @@ __all__ = [
     "VOLUME_PAGE_DEFAULT",
     "VOLUME_PAGE_MAX",
     "AbsPath",
+    "AddressSource",
+    "AddressesEvent",
     "DhcpHost",
     "DhcpSettings",
     "FetchRequest",
@@ -110,7 +120,11 @@ __all__ = [
     "NetworkMode",
     "NetworkResult",
     "NetworkSpec",
+    "NicAddress",
+    "NicAddresses",
+    "NicChangeRequest",
     "NicInfo",
+    "NicPending",
     "PoolAutostartRequest",
     "PoolDeleteRequest",
     "PoolInfo",
@@ -407,6 +421,8 @@ class HostResources(BaseModel):
     pool_types: list[str] = []  # the POOL_TYPES this host's libvirt can run
     networks: list[NetworkInfo] = []
     bridges: list[str] = []  # host bridges a NIC can join (not owned by a libvirt network)
+    # The host's own addresses on those bridges, with their prefixes (local agents only).
+    bridge_addresses: dict[str, list[str]] = {}
 
 
 class HostFacts(BaseModel):
@@ -526,6 +542,30 @@ class DiskChange(BaseModel):
     detail: str = ""
 
 
+class NicAttachRequest(_Strict):
+    """A network card to add to a domain (its MAC chosen by the console, so that a retry adds
+    the same card, not a second one)."""
+
+    nic: NicSpec
+
+    @model_validator(mode="after")
+    def _mac_given(self) -> NicAttachRequest:
+        if self.nic.mac is None:
+            raise ValueError("nic.mac: required (the console chooses it, so that a retry keeps it)")
+        return self
+
+
+class NicOutcome(BaseModel):
+    """A card attached, detached or changed: the domain after it, and when it takes effect (now:
+    the running guest has it too, or the domain is shut off; next boot: the running guest could
+    not take it, and `detail` says why)."""
+
+    domain: DomainInfo
+    mac: str
+    applied: Literal["now", "next boot"]
+    detail: str = ""
+
+
 class DeleteResult(BaseModel):
     uuid: uuid_mod.UUID
     deleted_volumes: list[str] = []
@@ -578,7 +618,7 @@ class StatsEvent(BaseModel):
 
 
 AgentEvent = Annotated[
-    InventoryEvent | DomainEvent | HeartbeatEvent | StatsEvent, Field(discriminator="type")
+    InventoryEvent | DomainEvent | HeartbeatEvent | StatsEvent | AddressesEvent, Field(discriminator="type")
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import uuid as uuid_mod
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -263,8 +264,13 @@ class NetworkResult(BaseModel):
     detail: str = ""
 
 
+NicPending = Literal["attach", "detach", "change"]
+
+
 class NicInfo(BaseModel):
-    """A network card of a domain (of the running guest when it runs)."""
+    """A network card of a domain: of the running guest when it runs, with `pending` set where
+    its definition for the next boot differs (attach: only there; detach: only in the running
+    guest; change: another network, bridge, model, MAC or link state there)."""
 
     mac: str
     source: Literal["network", "bridge", "other"]
@@ -272,3 +278,71 @@ class NicInfo(BaseModel):
     model: str | None = None  # virtio, e1000 ...
     target: str | None = None  # the host side's interface (vnet0) while the guest runs
     link: Literal["up", "down"] = "up"
+    pending: NicPending | None = None
+
+
+class NicChangeRequest(_Strict):
+    """What to change on a card (what is not given stays): its link state (live), the network
+    or host bridge it is on (live where libvirt can, else from the next boot), or its MAC (only
+    while the domain is shut off: a running guest's card keeps its address)."""
+
+    link: Literal["up", "down"] | None = None
+    source: Literal["network", "bridge"] | None = None
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] | None = None
+    mac: str | None = None
+
+    @field_validator("mac")
+    @classmethod
+    def _new_mac(cls, value: str | None) -> str | None:
+        return None if value is None else _mac(value)
+
+    @model_validator(mode="after")
+    def _something(self) -> NicChangeRequest:
+        if (self.source is None) != (self.name is None):
+            missing = "name" if self.name is None else "source"
+            raise ValidationError.from_exception_data(
+                "NicChangeRequest",
+                [
+                    _problem(
+                        missing, "nic_field_missing", "source and name go together: what the card joins", None
+                    )
+                ],
+            )
+        if self.link is None and self.source is None and self.mac is None:
+            raise ValidationError.from_exception_data(
+                "NicChangeRequest",
+                [_problem("link", "nic_nothing", "say what to change: link, source and name, or mac", None)],
+            )
+        return self
+
+
+AddressSource = Literal["agent", "lease", "arp"]
+# When two sources give a card's addresses, the first here is shown: the guest's own word, then
+# the network's DHCP server, then what the host's neighbour table saw.
+ADDRESS_SOURCES: tuple[str, ...] = ("agent", "lease", "arp")
+
+
+class NicAddress(BaseModel):
+    """One address of a domain's network card, and who said so."""
+
+    address: str  # 192.168.150.20, fd00:150::20
+    prefix: int | None = None  # 24, 64; None when the source does not say (ARP)
+    family: Literal["ipv4", "ipv6"]
+    source: AddressSource
+
+
+class NicAddresses(BaseModel):
+    """A network card (by MAC) and its addresses now."""
+
+    mac: str
+    addresses: list[NicAddress] = []
+
+
+class AddressesEvent(BaseModel):
+    """A domain's addresses changed (a lease came, was renewed elsewhere or ended; the guest
+    agent said; the neighbour table saw it): every card's addresses as known now. An empty
+    `nics` says the domain has none any more (it stopped, or its leases ended)."""
+
+    type: Literal["addresses"] = "addresses"
+    uuid: uuid_mod.UUID
+    nics: list[NicAddresses] = []

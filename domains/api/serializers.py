@@ -35,6 +35,7 @@ class DomainSerializer(serializers.ModelSerializer[Domain]):
             "autostart",
             "disks",
             "nics",
+            "addresses",
             "spec",
             "created_at",
             "updated_at",
@@ -243,6 +244,26 @@ class DiskAttachSerializer(serializers.Serializer[Any]):
         required=False, help_text="an existing volume's path (or an ISO for a cdrom)"
     )
     device = serializers.ChoiceField(choices=["disk", "cdrom"], required=False)
+
+
+class NicAttachSerializer(serializers.Serializer[Any]):
+    source = serializers.ChoiceField(  # type: ignore[assignment]  # a field named as Field's attribute
+        choices=["network", "bridge"], default="network"
+    )
+    name = serializers.CharField(help_text="the host's virtual network or bridge")
+    model = serializers.ChoiceField(
+        choices=["virtio", "e1000e", "e1000", "rtl8139", "netfront"], required=False
+    )
+    mac = serializers.CharField(required=False, help_text="52:54:00:12:34:56; a new one when left out")
+
+
+class NicChangeSerializer(serializers.Serializer[Any]):
+    link = serializers.ChoiceField(choices=["up", "down"], required=False)
+    source = serializers.ChoiceField(  # type: ignore[assignment]  # a field named as Field's attribute
+        choices=["network", "bridge"], required=False, help_text="with name"
+    )
+    name = serializers.CharField(required=False, help_text="another network or bridge to join")
+    mac = serializers.CharField(required=False, help_text="a new MAC (only while shut off)")
 
 
 class DiskOpSerializer(serializers.Serializer[Any]):

@@ -31,6 +31,8 @@ from domains.api.serializers import (
     DomainCreateSerializer,
     DomainSerializer,
     JobAcceptedSerializer,
+    NicAttachSerializer,
+    NicChangeSerializer,
     RenameSerializer,
     ResourcesSerializer,
     RetryCreateSerializer,
@@ -40,6 +42,7 @@ from domains.api.serializers import (
 from domains.consoles import console_ticket_issue
 from domains.disks import domain_disk_attach, domain_disk_detach, domain_disk_resize, domain_media_change
 from domains.models import Domain, Volume
+from domains.nics import domain_nic_attach, domain_nic_change, domain_nic_detach
 from domains.placement import host_place
 from domains.selectors import (
     ORDERING_CHOICES,
@@ -83,7 +86,9 @@ LIST_PARAMETERS = [
     OpenApiParameter("host", int, description="only domains on this host"),
     OpenApiParameter("team", int, description="only domains of this team"),
     OpenApiParameter("state", str, enum=[s.value for s in Domain.State]),
-    OpenApiParameter("q", str, description="only domains whose name contains this (any case)"),
+    OpenApiParameter(
+        "q", str, description="only domains whose name (any case) or one of whose addresses contains this"
+    ),
 ]
 
 
@@ -260,6 +265,40 @@ class DomainViewSet(viewsets.ReadOnlyModelViewSet[Domain]):
                 actor=request.user, domain=domain, target=target, size=data.get("size"), origin=origin
             )
         return _accepted(job)
+
+    @extend_schema(request=NicAttachSerializer, responses={202: JobAcceptedSerializer})
+    @action(detail=True, methods=["post"])
+    def nics(self, request: Request, pk: str | None = None) -> Response:
+        """Attach a network card on a virtual network or host bridge: hot-plugged into a running
+        guest where libvirt can, else from the next boot (the job's result and the domain's
+        `nics[].pending` say which)."""
+        domain = self.get_object()
+        return _accepted(
+            domain_nic_attach(actor=request.user, domain=domain, data=request.data, origin=origin_of(request))
+        )
+
+    @extend_schema(request=NicChangeSerializer, responses={202: JobAcceptedSerializer})
+    @action(detail=True, methods=["patch"], url_path=r"nics/(?P<mac>[0-9A-Fa-f:-]{17})")
+    def nic(self, request: Request, pk: str | None = None, mac: str = "") -> Response:
+        """Change a card: `link` up or down (live), `source` and `name` (another network or
+        bridge: live where libvirt can, else from the next boot), `mac` (only while shut off)."""
+        domain = self.get_object()
+        data = request.data if isinstance(request.data, dict) else None
+        return _accepted(
+            domain_nic_change(
+                actor=request.user, domain=domain, mac=mac, data=data, origin=origin_of(request)
+            )
+        )
+
+    @extend_schema(request=None, responses={202: JobAcceptedSerializer})
+    @action(detail=True, methods=["post"], url_path=r"nics/(?P<mac>[0-9A-Fa-f:-]{17})/detach")
+    def nic_detach(self, request: Request, pk: str | None = None, mac: str = "") -> Response:
+        """Take a card off the domain (from the running guest where it lets go, else from the
+        next boot)."""
+        domain = self.get_object()
+        return _accepted(
+            domain_nic_detach(actor=request.user, domain=domain, mac=mac, origin=origin_of(request))
+        )
 
     @extend_schema(request=RenameSerializer, responses={202: JobAcceptedSerializer})
     @action(detail=True, methods=["post"])

@@ -7,6 +7,7 @@ fixtures/capabilities/README.md); the QEMU and test-driver ones were captured on
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import uuid
@@ -26,6 +27,8 @@ from agent.capabilities import (
     NOTE_XEN_NO_PV,
     NOTE_XEN_NO_PVH,
     NOTE_XEN_NO_PVH_NO_HVM,
+    bridge_addresses,
+    parse_bridge_addresses,
     parse_host_capabilities,
     read_host_capabilities,
     read_host_resources,
@@ -359,6 +362,7 @@ def test_read_host_resources_on_the_test_driver(test_conn: libvirt.virConnect) -
         )
     ]
     assert resources.bridges == []  # its only interface, eth1, is plain ethernet
+    assert resources.bridge_addresses == {}  # its host is simulated: no kernel to ask
 
 
 def test_test_driver_bridges_come_from_its_interfaces(test_conn: libvirt.virConnect) -> None:
@@ -408,6 +412,53 @@ def test_sysfs_bridges(tmp_path: Path) -> None:
 
     assert sysfs_bridges(str(tmp_path)) == ["br0", "virbr0"]
     assert sysfs_bridges(str(tmp_path / "missing")) == []
+
+
+# `ip -j addr show type bridge` (iproute2 6.1) in a namespace with two bridges, one of them without
+# addresses, and the link-local address the kernel gives a bridge.
+IP_ADDR_JSON = json.dumps(
+    [
+        {
+            "ifindex": 2,
+            "ifname": "br9",
+            "flags": ["BROADCAST", "MULTICAST", "UP", "LOWER_UP"],
+            "operstate": "UNKNOWN",
+            "address": "6a:50:b1:40:18:66",
+            "addr_info": [
+                {
+                    "family": "inet",
+                    "local": "192.168.77.5",
+                    "prefixlen": 24,
+                    "scope": "global",
+                    "label": "br9",
+                },
+                {
+                    "family": "inet6",
+                    "local": "2001:db8::5",
+                    "prefixlen": 64,
+                    "scope": "global",
+                    "tentative": True,
+                },
+                {"family": "inet6", "local": "fe80::6850:b1ff:fe40:1866", "prefixlen": 64, "scope": "link"},
+            ],
+        },
+        {"ifindex": 3, "ifname": "br-empty", "flags": ["BROADCAST"], "addr_info": []},
+        {
+            "ifindex": 4,
+            "ifname": "virbr0",
+            "addr_info": [{"family": "inet", "local": "192.168.122.1", "prefixlen": 24, "scope": "global"}],
+        },
+    ]
+)
+
+
+def test_bridge_addresses_from_iproute2() -> None:
+    assert parse_bridge_addresses(IP_ADDR_JSON, ["br9", "br-empty", "br-gone"]) == {
+        "br9": ["192.168.77.5/24", "2001:db8::5/64"],  # no link-local one
+        "br-empty": [],  # listed bridges with none say so; a missing one is left out
+    }
+    assert parse_bridge_addresses("not json", ["br9"]) == {}
+    assert bridge_addresses([]) == {}  # nothing asked: iproute2 is not even run
 
 
 def _system_libvirt_available() -> bool:

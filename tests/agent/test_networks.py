@@ -206,12 +206,15 @@ class EventConn:
         self.deregistered.append(("network", callback_id))
 
 
+DOMAIN_CALLBACKS = ["domain"] * 5  # lifecycle, 3 device events, the guest agent's lifecycle
+
+
 @pytest.mark.parametrize(
     ("pools", "networks", "kinds", "warned"),
     [
-        (True, True, ["domain"] * 4 + ["pool"] * 2 + ["network"], []),
-        (False, True, ["domain"] * 4 + ["network"], ["no storage pool events"]),
-        (True, False, ["domain"] * 4 + ["pool"] * 2, ["no network events"]),
+        (True, True, [*DOMAIN_CALLBACKS, "pool", "pool", "network"], []),
+        (False, True, [*DOMAIN_CALLBACKS, "network"], ["no storage pool events"]),
+        (True, False, [*DOMAIN_CALLBACKS, "pool", "pool"], ["no network events"]),
     ],
 )
 def test_a_driver_without_network_or_pool_events_breaks_nothing(

@@ -105,6 +105,13 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedHost]:
 
 @pytest.fixture(scope="module")
 def box_agent(box: IsolatedHost) -> Iterator[BoxAgent]:
+    with run_box_agent(box) as agent:
+        yield agent
+
+
+@contextlib.contextmanager
+def run_box_agent(box: IsolatedHost) -> Iterator[BoxAgent]:
+    """The agent inside `box`, as on a real host, until the block ends."""
     state_dir = box.state_dir / "agent"
     url = f"https://{box.address}:{AGENT_PORT}"
     fingerprint, _code = agent_init(state_dir, url)

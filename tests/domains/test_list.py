@@ -12,8 +12,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
+from agent.protocol import NicAddress, NicAddresses
 from console.access.models import Membership, Team
 from console.access.services import api_token_issue
+from domains.addresses import recorded
 from domains.models import Domain
 from domains.selectors import ORDERING_CHOICES
 from hosts.models import Host
@@ -49,8 +51,17 @@ def fleet(db: None) -> dict[str, Any]:
             state=STATES[i % 4],
             vcpus=1 + i % 3,
             memory_mib=256 * (1 + i % 5),
+            # a third without an address; the rest in an order numeric sorting and text differ on
+            **(recorded([_card(f"10.0.{i % 3}.{i * 7 % 20}")]) if i % 3 else {}),
         )
     return {"hosts": hosts, "teams": teams}
+
+
+def _card(address: str) -> NicAddresses:
+    return NicAddresses(
+        mac="52:54:00:00:00:01",
+        addresses=[NicAddress(address=address, prefix=24, family="ipv4", source="lease")],
+    )
 
 
 def _client_for(user: Any) -> APIClient:
@@ -79,6 +90,11 @@ def _expected(ordering: str) -> list[int]:
         "memory_mib": lambda d: (d.memory_mib, d.name, d.pk),
         "vcpus": lambda d: (d.vcpus, d.name, d.pk),
         "created_at": lambda d: (d.created_at, d.pk),
+        "address": lambda d: (
+            tuple(int(p) for p in d.address_text.split(".")) if d.address_text else (),
+            d.name,
+            d.pk,
+        ),
     }
     rows = sorted(
         Domain.objects.select_related("host"),

@@ -9,6 +9,7 @@ made. Nothing here touches this machine's own libvirt networks.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,7 +84,17 @@ def pings(host: FleetHost, address: str) -> bool:
     return done.returncode == 0
 
 
-def test_a_nat_network_made_used_changed_and_removed(stack: Stack, netbox: FleetHost) -> None:
+def domain_nics(stack: Stack, domain_id: int) -> list[dict[str, Any]]:
+    return list(stack.api("GET", f"/api/v1/domains/{domain_id}/").json()["nics"])
+
+
+def addresses(stack: Stack, domain_id: int) -> dict[str, tuple[str, str]]:
+    """address -> (source, mac), as the console shows the domain's."""
+    domain = stack.api("GET", f"/api/v1/domains/{domain_id}/").json()
+    return {a["address"]: (a["source"], nic["mac"]) for nic in domain["addresses"] for a in nic["addresses"]}
+
+
+def test_a_nat_network_made_used_changed_and_removed(stack: Stack, netbox: FleetHost, browser: Any) -> None:
     hid = netbox.host_id
     # Made through the API: started, its bridge carrying the host's address inside the namespace.
     body = {"name": "lab", "mode": "nat", **LAB}
@@ -97,8 +108,8 @@ def test_a_nat_network_made_used_changed_and_removed(stack: Stack, netbox: Fleet
         LAB["dhcp_start"],
         True,
     )
-    addresses = netbox.box.run(["ip", "-br", "addr", "show", lab["bridge"]], capture_output=True, text=True)
-    assert "192.168.150.1/24" in addresses.stdout, addresses.stdout
+    on_bridge = netbox.box.run(["ip", "-br", "addr", "show", lab["bridge"]], capture_output=True, text=True)
+    assert "192.168.150.1/24" in on_bridge.stdout, on_bridge.stdout
     # The same name again is refused before any job.
     again = stack.api("POST", f"/api/v1/hosts/{hid}/networks/", json=body)
     assert again.status_code == 409 and "already has" in again.text
@@ -129,7 +140,52 @@ def test_a_nat_network_made_used_changed_and_removed(stack: Stack, netbox: Fleet
     assert [(n["source"], n["name"], n["model"]) for n in nics] == [("network", "lab", "virtio")], nics
     mac = nics[0]["mac"]
     leased = wait_for("a DHCP lease", lambda: leases(netbox, "lab").get(mac), timeout=90)
+    seen_at = time.monotonic()
     assert leased.startswith("192.168.150.") and 100 <= int(leased.rsplit(".", 1)[1]) <= 200, leased
+    # ... and the console shows it, from the agent's own event (nobody polls the domain), with
+    # where it came from; the list finds the guest by it.
+    shown = wait_for("the address in the API", lambda: addresses(stack, domain_id).get(leased), timeout=20)
+    print(f"lease in libvirt -> address in the API: {time.monotonic() - seen_at:.1f} s")
+    assert shown == ("lease", mac)
+    found = stack.api("GET", f"/api/v1/domains/?q={leased}").json()["results"]
+    assert [d["name"] for d in found] == [name]
+    page = browser.new_page()
+    sign_in(page, stack)
+    page.goto(f"{stack.url}/?q={leased}")
+    row = page.locator(f'tr[data-domain-row="{domain_id}"] [data-field="addresses"]')
+    assert leased in row.inner_text()
+    page.goto(f"{stack.url}/domains/{domain_id}/")
+    cell = page.locator(f'[data-nic-addresses="{domain_id}"][data-mac="{mac}"]')
+    assert leased in cell.inner_text() and "lease" in cell.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "domain-addresses.png"), full_page=True)
+
+    # A second card, added from the page to the running guest: hot-plugged (the guest asks for
+    # an address on it, which only a guest that has the card can), its link set down and up,
+    # then unplugged.
+    page.locator("details.nic-new summary").click()
+    page.locator("details.nic-new select[name=connect]").select_option("network:lab")
+    page.locator("details.nic-new button", has_text="Add card").click()
+    page.locator("tr[data-nic]").nth(1).wait_for(timeout=60_000)
+    cards = wait_for("two cards reported", lambda: (n := domain_nics(stack, domain_id)) and len(n) == 2 and n)
+    second = next(n["mac"] for n in cards if n["mac"] != mac)
+    assert next(n for n in cards if n["mac"] == second)["pending"] is None  # live, not "next boot"
+    assert second in netbox.box.virsh("domiflist", name)
+    second_ip = wait_for(
+        "a lease for the hot-plugged card", lambda: leases(netbox, "lab").get(second), timeout=90
+    )
+    assert wait_for("ping on the hot-plugged card", lambda: pings(netbox, second_ip), timeout=30)
+    row = page.locator(f'tr[data-nic="{second}"]')
+    row.locator("button", has_text="Link down").click()
+    wait_for("link down", lambda: "down" in netbox.box.virsh("domif-getlink", name, second))
+    page.locator(f'tr[data-nic="{second}"] button', has_text="Link up").wait_for(timeout=30_000)
+    run_job(stack, stack.api("PATCH", f"/api/v1/domains/{domain_id}/nics/{second}/", json={"link": "up"}))
+    assert "up" in netbox.box.virsh("domif-getlink", name, second)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.locator(f'tr[data-nic="{second}"] button', has_text="Detach").click()
+    page.locator(f'tr[data-nic="{second}"]').wait_for(state="detached", timeout=60_000)
+    wait_for("the card gone", lambda: second not in netbox.box.virsh("domiflist", name))
+    assert [n["mac"] for n in domain_nics(stack, domain_id)] == [mac]
+    page.screenshot(path=str(ARTIFACTS / "domain-nics.png"), full_page=True)
     assert wait_for("the guest answering ping", lambda: pings(netbox, leased), timeout=30)
     assert name in networks(stack, netbox)["lab"]["attached"]
 
@@ -156,6 +212,11 @@ def test_a_nat_network_made_used_changed_and_removed(stack: Stack, netbox: Fleet
         "the chosen address", lambda: leases(netbox, "lab").get(mac) == "192.168.150.20", timeout=90
     )
     assert wait_for("ping at the chosen address", lambda: pings(netbox, "192.168.150.20"), timeout=30)
+    # The page open on the domain follows: the old address went with the stop, the chosen one
+    # comes, live.
+    cell.locator("code", has_text="192.168.150.20").wait_for(timeout=30_000)
+    assert leased not in cell.inner_text()
+    page.close()
 
     # Once the guest is gone, the network stops and goes.
     run_job(stack, stack.api("POST", f"/api/v1/domains/{domain_id}/force-off/"))

@@ -13,7 +13,7 @@
 # Idempotent: each step is skipped when its outputs exist and its stamp is current.
 set -euo pipefail
 
-RECIPE=4       # bump when the initramfs recipe changes, to force a rebuild
+RECIPE=6       # bump when the initramfs recipe changes, to force a rebuild
 ISO_RECIPE=1   # bump when the ISO recipe (isolinux.cfg, xorriso options) changes
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${DOMUS_GUEST_DIR:-$REPO/.cache/guest}"
@@ -131,13 +131,28 @@ for m in $(cat /lib/modules/load-order); do insmod /lib/modules/$m; done
 i=0; while [ ! -e /dev/input/event0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 acpid -c /etc/acpi -a /etc/acpid.conf -l /tmp/acpid.log
 hostname domus-guest
-# Every NIC asks for an address by DHCP, quietly (the serial console stays the tests' own).
+# Every NIC asks for an address by DHCP, quietly (the serial console stays the tests' own): those
+# present at boot at once, those hot-plugged later within a second (a udhcpc of its own for each
+# eth* that has none running; its pid in /tmp/udhcpc-<nic>.pid). Ten discovers before udhcpc's
+# 20 s pause, not three: a new port of a bridge with STP forwards nothing for its first 4 s, and
+# libvirt's dnsmasq answers a discover only once its ping of the address it offers timed out,
+# so three were often not enough and a hot-plugged card waited 30 s for its lease.
 ifconfig lo 127.0.0.1 up
-for n in /sys/class/net/eth*; do
-  [ -e "$n" ] || continue
-  n=${n##*/}
-  udhcpc -i "$n" -s /etc/udhcpc.script -x hostname:domus-guest >"/tmp/udhcpc-$n.log" 2>&1 &
-done
+dhcp_every_nic() {
+  for n in /sys/class/net/eth*; do
+    [ -e "$n" ] || continue
+    n=${n##*/}
+    # Its udhcpc still running (not exited, not a zombie, not a pid reused by another command).
+    pid=$(cat "/tmp/udhcpc-$n.pid" 2>/dev/null)
+    case "$({ tr '\0' ' ' <"/proc/${pid:-0}/cmdline"; } 2>/dev/null)" in
+      *"udhcpc -f -t 10 -i $n "*) continue ;;
+    esac
+    udhcpc -f -t 10 -i "$n" -s /etc/udhcpc.script -x hostname:domus-guest >>"/tmp/udhcpc-$n.log" 2>&1 &
+    echo $! >"/tmp/udhcpc-$n.pid"
+  done
+}
+dhcp_every_nic
+(while sleep 1; do dhcp_every_nic; done) >/dev/null 2>&1 &
 echo "DOMUS-TEST-GUEST READY"
 export PS1='guest# '
 # A second shell on the VGA console, so that the graphical console has something to type into.

@@ -357,7 +357,7 @@ def test_the_domain_page_lists_its_network_cards(netted: Host, admin_client: Any
     domain = Domain.objects.create(name="web1", host=netted, state=Domain.State.RUNNING, nics=cards)
     page = admin_client.get(f"/domains/{domain.pk}/").content.decode()
     section = page[
-        page.index('<section id="nics">') : page.index("</section>", page.index('<section id="nics">'))
+        page.index('<section id="nics"') : page.index("</section>", page.index('<section id="nics"'))
     ]
     assert f'href="/hosts/{netted.pk}/networks/default/"' in section and MAC in section
     assert "host bridge <code>br0</code>" in section and '<span class="badge">down</span>' in section

@@ -45,7 +45,42 @@
   function belongsInList(d) {
     const f = list.dataset;
     return (!f.host || String(d.host) === f.host) && (!f.team || String(d.team) === f.team) &&
-      (!f.state || d.state === f.state) && (!f.q || String(d.name).toLowerCase().includes(f.q.toLowerCase()));
+      (!f.state || d.state === f.state) && (!f.q || String(d.name).toLowerCase().includes(f.q.toLowerCase()) ||
+        flatAddresses(d.addresses).some((a) => String(a.address).toLowerCase().includes(f.q.toLowerCase())));
+  }
+
+  // A domain's addresses in a cell: each with its source (and card) on hover, or a dash; a card's
+  // cell on the domain page (data-mac) says the source beside each, with the prefix.
+  // Events carry a domain's addresses flat ({address, source, mac}); the API's list (read again
+  // after a reconnect) per card ({mac, addresses: [...]}): both come here flat.
+  function flatAddresses(list) {
+    return (list || []).flatMap((x) => (x.addresses ? x.addresses.map((a) => ({ ...a, mac: x.mac })) : [x]));
+  }
+
+  function showAddresses(cell, addresses) {
+    const perCard = "mac" in cell.dataset;
+    if (!addresses.length && !perCard) {
+      const none = document.createElement("span");
+      none.className = "hint";
+      none.textContent = "—";
+      cell.replaceChildren(none);
+      return;
+    }
+    const parts = [];
+    addresses.forEach((a, i) => {
+      const code = document.createElement("code");
+      code.textContent = a.address + (perCard && a.prefix ? "/" + a.prefix : "");
+      code.title = a.source + (a.mac ? ", " + a.mac : "");
+      if (i) parts.push(" ");
+      parts.push(code);
+      if (perCard) {
+        const source = document.createElement("span");
+        source.className = "hint";
+        source.textContent = " " + a.source;
+        parts.push(source);
+      }
+    });
+    cell.replaceChildren(...parts);
   }
 
   function applyListed(d) {
@@ -57,6 +92,8 @@
       if (vcpus && d.vcpus !== undefined) vcpus.textContent = d.vcpus;
       const memory = row.querySelector('[data-field="memory_mib"]');
       if (memory && d.memory_mib !== undefined) memory.textContent = d.memory_mib + " MiB";
+      const addresses = row.querySelector('[data-field="addresses"]');
+      if (addresses && d.addresses) showAddresses(addresses, flatAddresses(d.addresses));
     } else if ((d.id > Number(list.dataset.newest) || list.dataset.state) && belongsInList(d)) {
       unseen.add(d.id);
       showNotice();
@@ -74,6 +111,10 @@
     document.querySelectorAll('[data-domain-state="' + d.id + '"]').forEach((el) => setState(el, d.state, d.state_label));
     if (list) applyListed(d);
     if (actions && actions.dataset.domain === String(d.id)) applyActions(d.state);
+    // The domain page's cards: each card's addresses as they are now.
+    document.querySelectorAll('[data-nic-addresses="' + d.id + '"]').forEach((cell) => {
+      if (d.addresses) showAddresses(cell, flatAddresses(d.addresses).filter((a) => a.mac === cell.dataset.mac));
+    });
     const failure = document.querySelector('[data-domain-failure="' + d.id + '"]');
     if (failure) {
       failure.hidden = d.state !== "failed";
