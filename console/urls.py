@@ -59,6 +59,11 @@ urlpatterns = [
     path("hosts/<int:host_id>/networks/", host_views.host_network_create_page, name="host-network-create"),
     path("hosts/<int:host_id>/networks/<str:network>/", host_views.host_network_page, name="host-network"),
     path(
+        "hosts/<int:host_id>/networks/<str:network>/teams/",
+        host_views.host_network_teams_page,
+        name="host-network-teams",
+    ),
+    path(
         "hosts/<int:host_id>/networks/<str:network>/<str:action>/",
         host_views.host_network_action_page,
         name="host-network-action",

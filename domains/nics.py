@@ -21,6 +21,7 @@ from console.jobs.models import Job
 from domains.disks import CHANGING, edit_allowed, enqueue_change
 from domains.models import Domain
 from domains.specs import _random_mac
+from hosts.networks import network_refusal
 from hosts.pools import invalid_input
 
 MODELS = ("virtio", "e1000e", "e1000", "rtl8139", "netfront")
@@ -42,8 +43,9 @@ def _card(domain: Domain, mac: Any) -> dict[str, Any]:
     raise NotFound(f"{domain.name} has no network card {wanted}.")
 
 
-def _joinable(domain: Domain, source: str, name: str, field: str) -> None:
-    """The network or bridge must be the host's; a running domain's network must run."""
+def _joinable(actor: Any, domain: Domain, source: str, name: str, field: str) -> None:
+    """The network or bridge must be the host's, and a network not kept for other teams; a
+    running domain's network must run."""
     resources = domain.host.resources
     networks = {n["name"]: n for n in resources.get("networks") or []}
     if source == "network":
@@ -54,6 +56,8 @@ def _joinable(domain: Domain, source: str, name: str, field: str) -> None:
                 "Invalid network.",
                 fields={field: [f"{domain.host.name} has no virtual network {name!r} (networks: {known})"]},
             )
+        if why := network_refusal(actor=actor, host=domain.host, team=domain.team, name=name):
+            raise InvalidInput("Invalid network.", fields={field: [why]})
         if domain.state in RUNNING and not network.get("active"):
             raise InvalidInput(
                 "Invalid network.",
@@ -116,7 +120,7 @@ def domain_nic_attach(*, actor: Any, domain: Domain, data: Any, origin: Any = No
     except ValidationError as exc:
         raise invalid_input(exc, "network card") from exc
     card = request.nic
-    _joinable(domain, card.source, card.name, "name")
+    _joinable(actor, domain, card.source, card.name, "name")
     assert card.mac is not None
     _mac_free(domain, card.mac, card.source, card.name, "mac")
     params = request.model_dump(mode="json", exclude_none=True)
@@ -144,7 +148,7 @@ def domain_nic_change(*, actor: Any, domain: Domain, mac: Any, data: Any, origin
         raise invalid_input(exc, "change") from exc
     source, name = change.source or nic.get("source"), change.name or nic.get("name")
     if change.source is not None and change.name is not None:
-        _joinable(domain, change.source, change.name, "name")
+        _joinable(actor, domain, change.source, change.name, "name")
     if change.mac is not None and change.mac != nic["mac"]:
         if domain.state != Domain.State.SHUTOFF:
             raise Conflict(f"{domain.name} is running: a card's MAC changes only while it is shut off.")

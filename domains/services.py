@@ -19,6 +19,7 @@ from domains.events import domain_deleted_event, domain_event
 from domains.models import Domain, Volume
 from domains.specs import build_spec, host_facts, parse_size_mib
 from hosts.models import Host
+from hosts.networks import nic_refusals
 
 POWER_ACTIONS = {
     "start": "domain.start",
@@ -99,6 +100,8 @@ def domain_create(
     spec = build_spec(data, host)
     if refused := volumes.check_spec(actor=actor, host=host, team=team, spec=spec):
         raise InvalidInput("Volumes you may not use.", fields=refused)
+    if refused := nic_refusals(actor=actor, host=host, team=team, nics=spec.nics):
+        raise InvalidInput("Networks you may not use.", fields=refused)
     if Domain.objects.filter(host=host, name=spec.name).exists():
         raise InvalidInput(
             "Name already used.",
@@ -174,6 +177,8 @@ def domain_retry_create(
         )
         if refused:
             raise InvalidInput("Volumes you may not use.", fields=refused)
+        if refused := nic_refusals(actor=actor, host=domain.host, team=domain.team, nics=spec.nics):
+            raise InvalidInput("Networks you may not use.", fields=refused)
     domain.state = Domain.State.NEW
     domain.failure = ""
     domain.save(update_fields=["state", "failure", "updated_at"])

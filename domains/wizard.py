@@ -28,6 +28,7 @@ from domains.services import creating_team_guess, domain_create
 from domains.specs import build_spec, host_facts, parse_size_mib, vcpu_limit
 from domains.volumes import check_spec, visible_resources, writers_on
 from hosts.models import Host
+from hosts.networks import networks_kept
 from hosts.selectors import host_list
 from hosts.uploads import UPLOAD_POOL_TYPES, uploaded_checksums
 
@@ -53,7 +54,9 @@ def _step_of(field: str) -> int:
     return REVIEW_STEP
 
 
-def _host_option(host: Host, user: Any, checksums: dict[str, str]) -> dict[str, Any]:
+def _host_option(
+    host: Host, user: Any, checksums: dict[str, str], kept: dict[str, list[int]]
+) -> dict[str, Any]:
     """What the wizard needs to know about a host to offer only what it can do (and only the
     volumes `user`'s teams may use)."""
     facts = host_facts(host)
@@ -89,7 +92,8 @@ def _host_option(host: Host, user: Any, checksums: dict[str, str]) -> dict[str, 
         "pools": pools,
         "may_upload": has_perm(user, "media.upload", host),
         "upload_pools": list(UPLOAD_POOL_TYPES),
-        "networks": resources.get("networks", []),
+        # Each with the teams it is kept for ([]: every team), for the page to offer by team.
+        "networks": [{**n, "teams": kept.get(n.get("name"), [])} for n in resources.get("networks", [])],
         "bridges": resources.get("bridges", []),
         "may_manage_networks": has_perm(user, "host.manage", host),
     }
@@ -119,12 +123,15 @@ def domain_new(request: HttpRequest) -> HttpResponse:
         for v in os_variants()
     ]
     checksums = uploaded_checksums(hosts)
+    kept = networks_kept(hosts)
     context = {
         "hosts": hosts,
         "teams": teams,
         "site_wide": has_site_perm(request.user, "domain.create"),
         "wizard": {
-            "hosts": [_host_option(h, request.user, checksums.get(h.pk, {})) for h in hosts],
+            "hosts": [
+                _host_option(h, request.user, checksums.get(h.pk, {}), kept.get(h.pk, {})) for h in hosts
+            ],
             "os": catalog,
             "families": os_families(),
             # Which step owns each field, for the errors the server returns (STEP_FIELDS).

@@ -124,3 +124,22 @@ class Upload(models.Model):
     @property
     def done(self) -> bool:
         return self.state not in (self.State.UPLOADING, self.State.FETCHING)
+
+
+class NetworkAccess(models.Model):
+    """Which teams may put network cards on one of a host's virtual networks: a network with no
+    row here, or with no teams in it, is open to every team that may use the host. Kept by the
+    network's name (the network itself is libvirt's; this is Domus's rule about it). A host's
+    managers may always use it."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="network_access")
+    network = models.CharField(max_length=64)
+    teams = models.ManyToManyField("access.Team", blank=True, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["host", "network"], name="network_access_unique_per_host")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.network} on {self.host_id}"

@@ -18,12 +18,14 @@ from django.db import transaction
 from pydantic import ValidationError
 
 from agent.protocol import NETWORK_MODES, DhcpSettings, NetworkSpec
+from console.access.models import Team
+from console.access.policy import has_perm
 from console.audit.services import Origin, audit_record
 from console.errors import Conflict, InvalidInput, NotFound
 from console.jobs.models import Job
 from console.jobs.services import job_enqueue
 from domains.models import Domain
-from hosts.models import Host
+from hosts.models import Host, NetworkAccess
 from hosts.pools import ACTIVE_STATES, invalid_input, named_domains, require_pool_manage, visible_names
 
 ACTIONS = ("start", "stop", "autostart", "delete")
@@ -230,6 +232,10 @@ def network_rows(actor: Any, host: Host) -> list[dict[str, Any]]:
     """The host's networks for a page or the API: each as reported, with the domains attached
     that the viewer may see, and how many others."""
     uses = network_uses(host)
+    kept = network_teams(host)
+    names = dict(
+        Team.objects.filter(pk__in={t for ids in kept.values() for t in ids}).values_list("pk", "name")
+    )
     rows = []
     for network in networks_of(host):
         attached = uses.get(network["name"], NetworkUse([])).domains
@@ -253,6 +259,7 @@ def network_rows(actor: Any, host: Host) -> list[dict[str, Any]]:
                 "attached": shown,
                 "attached_others": others,
                 "running_attached": len([d for d in attached if d.state in ACTIVE_STATES]),
+                "teams": [{"id": t, "name": names.get(t, "")} for t in kept.get(network["name"], [])],
             }
         )
     return rows
@@ -260,3 +267,75 @@ def network_rows(actor: Any, host: Host) -> list[dict[str, Any]]:
 
 def network_modes() -> list[tuple[str, str]]:
     return [(mode, MODE_LABELS[mode]) for mode in NETWORK_MODES]
+
+
+# -- which teams may use a network ---------------------------------------------------------------
+def network_teams(host: Host) -> dict[str, list[int]]:
+    """The host's restricted networks: name -> the ids of the teams that may use it."""
+    return networks_kept([host]).get(host.pk, {})
+
+
+def networks_kept(hosts: Any) -> dict[int, dict[str, list[int]]]:
+    """For many hosts at once (two queries): host id -> its restricted networks' team ids."""
+    kept: dict[int, dict[str, list[int]]] = {}
+    rows = NetworkAccess.objects.filter(host__in=hosts).prefetch_related("teams")
+    for access in rows:
+        if ids := sorted(team.pk for team in access.teams.all()):
+            kept.setdefault(access.host_id, {})[access.network] = ids
+    return kept
+
+
+def network_refusal(
+    *, actor: Any, host: Host, team: Any, name: str, kept: dict[str, list[int]] | None = None
+) -> str | None:
+    """Why `actor` may not put a card of `team`'s domain on the host's network `name` (None: it
+    may). A network kept for some teams is theirs, and its host's managers'."""
+    allowed = (network_teams(host) if kept is None else kept).get(name)
+    if not allowed or (team is not None and team.pk in allowed):
+        return None
+    if actor is None or has_perm(actor, "host.manage", host):
+        return None
+    whose = "a domain of no team" if team is None else f"team {team.name}"
+    return f"virtual network {name!r} on {host.name} is kept for other teams: {whose} may not use it"
+
+
+def nic_refusals(*, actor: Any, host: Host, team: Any, nics: list[Any]) -> dict[str, list[str]]:
+    """Per card field (`nics.<i>.name`), why a domain's cards may not go where they ask."""
+    kept = network_teams(host)
+    problems: dict[str, list[str]] = {}
+    for index, nic in enumerate(nics):
+        if nic.source == "network" and (
+            why := network_refusal(actor=actor, host=host, team=team, name=nic.name, kept=kept)
+        ):
+            problems[f"nics.{index}.name"] = [why]
+    return problems
+
+
+@transaction.atomic
+def network_teams_set(
+    *, actor: Any, host: Host, name: str, team_ids: Any, origin: Origin | None = None
+) -> list[int]:
+    """Keep a network for these teams (an empty list: open to every team that may use the host)."""
+    require_network_manage(actor, host)
+    network_of(host, name)
+    if not isinstance(team_ids, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) for t in team_ids
+    ):
+        raise InvalidInput("Invalid teams.", fields={"teams": ["must be a list of team ids"]})
+    teams = list(Team.objects.filter(pk__in=team_ids))
+    if unknown := sorted(set(team_ids) - {t.pk for t in teams}):
+        raise InvalidInput(
+            "Invalid teams.", fields={"teams": [f"no team with id {', '.join(map(str, unknown))}"]}
+        )
+    access, _ = NetworkAccess.objects.get_or_create(host=host, network=name)
+    before = sorted(access.teams.values_list("name", flat=True))
+    access.teams.set(teams)
+    after = sorted(t.name for t in teams)
+    audit_record(
+        action="network.teams",
+        actor=actor,
+        origin=origin,
+        obj=host,
+        changes={"network": name, "before": before, "after": after},
+    )
+    return sorted(t.pk for t in teams)

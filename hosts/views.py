@@ -33,6 +33,7 @@ from hosts.networks import (
     network_dhcp_update,
     network_modes,
     network_rows,
+    network_teams_set,
 )
 from hosts.pool_volumes import orphans, orphans_delete, volume_action, volume_create, volume_rows
 from hosts.pools import Users, pool_action, pool_create, pool_rows, pool_types
@@ -296,6 +297,26 @@ def host_network_action_page(request: HttpRequest, host_id: int, network: str, a
 
 
 @login_required
+@require_POST
+def host_network_teams_page(request: HttpRequest, host_id: int, network: str) -> HttpResponse:
+    """The network page's "Keep it for" form."""
+    host = _visible(request, host_id)
+    try:
+        ids = _team_ids(request.POST.getlist("teams"), field="teams")
+        kept = network_teams_set(
+            actor=request.user, host=host, name=network, team_ids=ids, origin=origin_of(request)
+        )
+    except DomusError as exc:
+        _refused(request, exc)
+    else:
+        messages.success(
+            request,
+            f"{network} is kept for {len(kept)} team(s)." if kept else f"{network} is open to every team.",
+        )
+    return redirect("host-network", host.pk, network)
+
+
+@login_required
 def host_network_page(request: HttpRequest, host_id: int, network: str) -> HttpResponse:
     """One network: its addresses, DHCP range and static hosts (editable), domains attached."""
     host = _visible(request, host_id)
@@ -334,6 +355,8 @@ def host_network_page(request: HttpRequest, host_id: int, network: str) -> HttpR
             "hosts_text": hosts_text,
             "may_manage": may_manage,
             "jobs": job_list(user=request.user).filter(host=host, target_name=f"network {network}")[:10],
+            "teams": list(Team.objects.all()) if may_manage else [],
+            "kept_ids": [team["id"] for team in row["teams"]],
         },
     )
 

@@ -147,6 +147,17 @@ class DhcpHostSerializer(serializers.Serializer[Any]):
     name = serializers.CharField(required=False, allow_null=True, help_text="a host name for DNS")
 
 
+class NetworkTeamSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+
+
+class NetworkTeamsSerializer(serializers.Serializer[Any]):
+    teams = serializers.ListField(
+        child=serializers.IntegerField(), help_text="the teams that may use it; [] for every team"
+    )
+
+
 class NetworkSerializer(serializers.Serializer[Any]):
     """A virtual network as the host's agent last reported it, and the domains attached."""
 
@@ -168,6 +179,7 @@ class NetworkSerializer(serializers.Serializer[Any]):
     )
     attached_others = serializers.IntegerField(help_text="how many more, of teams the caller cannot see")
     running_attached = serializers.IntegerField(help_text="how many attached domains run")
+    teams = NetworkTeamSerializer(many=True, help_text="kept for these teams; [] open to every team")
 
 
 class NetworkDhcpSerializer(serializers.Serializer[Any]):

@@ -17,6 +17,7 @@ from hosts.api.serializers import (
     NetworkCreateSerializer,
     NetworkDhcpSerializer,
     NetworkSerializer,
+    NetworkTeamsSerializer,
     OrphansDeleteSerializer,
     OrphanVolumeSerializer,
     PoolAutostartSerializer,
@@ -28,7 +29,13 @@ from hosts.api.serializers import (
 )
 from hosts.enrolment import host_enrol, host_remove, host_rotate_secret
 from hosts.models import Host
-from hosts.networks import network_action, network_create, network_dhcp_update, network_rows
+from hosts.networks import (
+    network_action,
+    network_create,
+    network_dhcp_update,
+    network_rows,
+    network_teams_set,
+)
 from hosts.pool_volumes import orphans, orphans_delete, volume_action, volume_create, volume_rows
 from hosts.pools import pool_action, pool_create, pool_rows
 from hosts.selectors import host_list
@@ -221,6 +228,18 @@ class HostViewSet(mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.Re
             origin=origin_of(request),
         )
         return Response({"job": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=NetworkTeamsSerializer, responses={200: NetworkTeamsSerializer})
+    @action(detail=True, methods=["put"], url_path=r"networks/(?P<network>[A-Za-z0-9_.-]{1,64})/teams")
+    def network_teams(self, request: Request, pk: str | None = None, network: str = "") -> Response:
+        """Keep the network for these teams (`{"teams": [3, 5]}`): only their domains (and the
+        host's managers) may put cards on it; `[]` opens it to every team that may use the host."""
+        host = self.get_object()
+        teams = request.data.get("teams") if isinstance(request.data, dict) else None
+        kept = network_teams_set(
+            actor=request.user, host=host, name=network, team_ids=teams, origin=origin_of(request)
+        )
+        return Response({"teams": kept})
 
     @extend_schema(request=NetworkDhcpSerializer, responses={202: dict})
     @action(detail=True, methods=["put"], url_path=r"networks/(?P<network>[A-Za-z0-9_.-]{1,64})/dhcp")

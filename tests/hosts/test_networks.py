@@ -318,6 +318,7 @@ def test_the_wizard_says_who_may_start_a_network(
     seen = wizard_host(admin_client)
     assert seen["may_manage_networks"] is True
     assert {n["name"]: n["active"] for n in seen["networks"]} == {"default": True, "spare": False}
+    assert [n["teams"] for n in seen["networks"]] == [[], []]  # kept for no team: offered to all
     user = django_user_model.objects.create_user("otto", password="x-pass-1234")
     grant(user, "Operator")
     client = Client()
@@ -361,3 +362,65 @@ def test_the_domain_page_lists_its_network_cards(netted: Host, admin_client: Any
     ]
     assert f'href="/hosts/{netted.pk}/networks/default/"' in section and MAC in section
     assert "host bridge <code>br0</code>" in section and '<span class="badge">down</span>' in section
+
+
+def test_a_network_kept_for_a_team(host: Host, owner_api: APIClient, django_user_model: Any) -> None:
+    """Kept for blue, the network takes cards of blue's domains (and of anyone who manages the
+    host) only: a red member's create and card are refused before any job, naming it; opened
+    again, red may use it."""
+    from console.access.models import Membership, Team
+    from tests.conftest import builtin_role
+    from tests.domains.test_api import body
+
+    give_networks(host, network("default"), network("lab", ipv4="10.9.0.1/24"))
+    host.facts = {**host.facts, "default_pool_path": "/var/lib/libvirt/images"}
+    host.save()
+    red, blue = Team.objects.create(name="red"), Team.objects.create(name="blue")
+    member = django_user_model.objects.create_user("rita", password="x-pass-1234")
+    Membership.objects.create(user=member, team=red, role=builtin_role("Owner"))
+    rita = client_for(member)
+    base = f"/api/v1/hosts/{host.pk}/networks/lab"
+    assert rita.put(f"{base}/teams/", {"teams": [red.pk]}, format="json").status_code in (403, 404)
+    kept = owner_api.put(f"{base}/teams/", {"teams": [blue.pk]}, format="json")
+    assert kept.status_code == 200 and kept.json() == {"teams": [blue.pk]}
+    assert AuditEvent.objects.get(action="network.teams").changes == {
+        "network": "lab",
+        "before": [],
+        "after": ["blue"],
+    }
+    assert owner_api.put(f"{base}/teams/", {"teams": [999]}, format="json").status_code == 400
+    listed = {n["name"]: n for n in owner_api.get(f"/api/v1/hosts/{host.pk}/networks/").json()}
+    assert listed["lab"]["teams"] == [{"id": blue.pk, "name": "blue"}] and listed["default"]["teams"] == []
+
+    nics = [{"source": "network", "name": "lab"}]
+    refused = rita.post("/api/v1/domains/", {**body(host), "team": red.pk, "nics": nics}, format="json")
+    assert refused.status_code == 400, refused.content
+    assert "'lab' on h1 is kept for other teams: team red may not use it" in str(
+        refused.json()["fields"]["nics.0.name"]
+    )
+    web = Domain.objects.create(name="web9", host=host, team=red, state=Domain.State.SHUTOFF)
+    card = rita.post(f"/api/v1/domains/{web.pk}/nics/", {"name": "lab"}, format="json")
+    assert card.status_code == 400 and "kept for other teams" in str(card.json()["fields"]["name"])
+    assert rita.post(f"/api/v1/domains/{web.pk}/nics/", {"name": "default"}, format="json").status_code == 202
+    assert (
+        owner_api.post(f"/api/v1/domains/{web.pk}/nics/", {"name": "lab"}, format="json").status_code == 202
+    )
+
+    assert owner_api.put(f"{base}/teams/", {"teams": []}, format="json").json() == {"teams": []}
+    assert rita.post(f"/api/v1/domains/{web.pk}/nics/", {"name": "lab"}, format="json").status_code == 202
+    created = rita.post("/api/v1/domains/", {**body(host), "team": red.pk, "nics": nics}, format="json")
+    assert created.status_code == 202, created.content
+
+
+def test_the_network_page_keeps_it_for_teams(netted: Host, admin_client: Any) -> None:
+    from console.access.models import Team
+
+    blue = Team.objects.create(name="blue")
+    page = admin_client.get(f"/hosts/{netted.pk}/networks/default/").content.decode()
+    assert "Open to every team" in page and f'<option value="{blue.pk}">blue</option>' in page
+    response = admin_client.post(
+        f"/hosts/{netted.pk}/networks/default/teams/", {"teams": [str(blue.pk)]}, follow=True
+    )
+    text = response.content.decode()
+    assert "default is kept for 1 team(s)." in text and "<strong>blue</strong>" in text
+    assert f'<option value="{blue.pk}" selected>blue</option>' in text

@@ -274,7 +274,7 @@
     ]);
     nicSources(row, h);
     // The first active network is the default; an inactive one stays offered, with "Start it".
-    const firstActive = h.networks.find((n) => n.active);
+    const firstActive = usableNetworks(h).find((n) => n.active);
     if (firstActive) $("[name=n_source]", row).value = `network:${firstActive.name}`;
     $("[name=n_source]", row).addEventListener("change", () => nicInactive(row));
     $("[data-start-network]", row).addEventListener("click", () => startNetwork(row));
@@ -284,9 +284,15 @@
     $("#nics").append(row);
     $("#no-nic").hidden = true;
   }
+  // The networks the chosen team may use: those kept for no team or for it (a host's managers,
+  // any); the server checks the same at Create.
+  function usableNetworks(h) {
+    const team = Number((form.elements.team && form.elements.team.value) || 0);
+    return h.networks.filter((n) => h.may_manage_networks || !(n.teams || []).length || n.teams.includes(team));
+  }
   function nicSources(row, h) {
     const sources = [
-      ...h.networks.map((n) => [`network:${n.name}`, `Virtual network ${n.name} (${n.forward || "isolated"}${n.active ? "" : ", inactive"})`]),
+      ...usableNetworks(h).map((n) => [`network:${n.name}`, `Virtual network ${n.name} (${n.forward || "isolated"}${n.active ? "" : ", inactive"})`]),
       ...h.bridges.map((b) => [`bridge:${b}`, `Bridge ${b} (to the physical network)`]),
     ];
     options($("[name=n_source]", row), sources.length ? sources : [["", "— this host has no network or bridge —"]], true);
@@ -493,7 +499,10 @@
   form.addEventListener("change", (e) => {
     if (e.target.name === "boot_kind") renderBoot();
     if (e.target.name === "iso_pick") isoAbout();
-    if (e.target.name === "team") renderUpload();
+    if (e.target.name === "team") {
+      renderUpload();
+      for (const row of $$(".nic-row")) { nicSources(row, host()); nicInactive(row); }
+    }
     if (e.target.name === "mode") renderBoot();
   });
 
