@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +43,8 @@ Applied = Literal["now", "next boot"]
 _LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 _CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
 _FORCE = libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE
+_TRAY_ATTEMPTS = 5
+_TRAY_PAUSE_S = 0.5
 _QCOW2_MAGIC = b"QFI\xfb"
 # Buses QEMU (and so libvirt) cannot hot-plug a device on: its IDE and AHCI (SATA) controllers.
 _NO_HOTPLUG = frozenset({"ide", "sata"})
@@ -312,13 +315,20 @@ def change_media(
         # Forced, as a person pressing eject means it: a guest whose kernel has the drive open
         # (it locks the tray while it probes or reads the disc) would otherwise refuse, at
         # random. A CD is read-only: the guest at worst sees its disc go mid-read.
+        # A guest probing its drive (as Linux does while it boots and loads sr_mod) closes the
+        # tray between libvirt's eject and its insert now and then: tried again, briefly.
         flags = _LIVE | _FORCE | (_CONFIG if planned is not None else 0)
-        try:
-            dom.updateDeviceFlags(media_xml(live, path), flags)
-        except libvirt.libvirtError as err:
-            if is_connection_lost(err) or err.get_error_code() in _NOT_THE_GUEST:
-                raise
-            raise _refused(target, err) from err
+        for attempt in range(1, _TRAY_ATTEMPTS + 1):
+            try:
+                dom.updateDeviceFlags(media_xml(live, path), flags)
+                break
+            except libvirt.libvirtError as err:
+                if is_connection_lost(err) or err.get_error_code() in _NOT_THE_GUEST:
+                    raise
+                if attempt == _TRAY_ATTEMPTS or "tray" not in (err.get_error_message() or "").lower():
+                    raise _refused(target, err) from err
+                log.info("disc in %s of %s: %s; trying again", target, defs.name, err.get_error_message())
+                time.sleep(_TRAY_PAUSE_S)
     else:
         assert planned is not None
         dom.updateDeviceFlags(media_xml(planned, path), _CONFIG)

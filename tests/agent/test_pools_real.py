@@ -467,8 +467,9 @@ async def test_a_new_connection_hears_pool_events_and_the_old_one_is_let_go(
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    # Domain lifecycle and 3 device events; pool lifecycle and refresh; network lifecycle.
-    registered = ["domain"] * 4 + ["pool"] * 2 + ["network"]
+    # Domain lifecycle, 3 device events and the guest agent's; pool lifecycle and refresh;
+    # network lifecycle.
+    registered = ["domain"] * 5 + ["pool"] * 2 + ["network"]
     assert result == {
         "registered_before": registered,
         "old_domain_callbacks": 0,
