@@ -24,7 +24,6 @@ from agent.protocol import (
     DhcpHost,
     DhcpSettings,
     DomainSpec,
-    HeartbeatEvent,
     InventoryEvent,
     KernelBoot,
     NetworkInfo,
@@ -35,6 +34,7 @@ from agent.protocol import (
     StatsEvent,
 )
 from tests.agent.conftest import RunningAgent
+from tests.agent.test_pools_api import _stats_until
 
 pytestmark = pytest.mark.asyncio
 EVENT = TypeAdapter(AgentEvent)
@@ -430,17 +430,6 @@ async def test_each_settings_change_is_its_own_request_under_one_job(test_agent:
 
 
 # -- fresh resources after each operation ----------------------------------------------------------
-async def _stats_until(ws: aiohttp.ClientWebSocketResponse, wanted: Any) -> StatsEvent:
-    """The first StatsEvent for which `wanted(resources)` holds (each read bounded by 10 s)."""
-    while True:
-        msg = await asyncio.wait_for(ws.receive(), timeout=10)
-        assert msg.type == aiohttp.WSMsgType.TEXT, msg
-        event = EVENT.validate_python(json.loads(msg.data))
-        if isinstance(event, StatsEvent) and event.resources is not None and wanted(event.resources):
-            return event
-        assert isinstance(event, (StatsEvent, HeartbeatEvent)) or event.type == "domain", event
-
-
 def _network_in(name: str, resources: Any) -> NetworkInfo | None:
     return next((n for n in resources.networks if n.name == name), None)
 

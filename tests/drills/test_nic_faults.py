@@ -9,16 +9,13 @@ nothing here changes this machine's networking."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
-from typing import Any
 
 import pytest
 
-from tests.drills.conftest import RECOVERY_SECONDS, DrillStack, wait_for
+from tests.drills.conftest import DrillStack, wait_for
 from tests.drills.test_make_run import record
+from tests.drills.test_storage_faults import killed_mid_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.drill]
 
@@ -30,31 +27,6 @@ def macs_defined(name: str) -> list[str]:
         ["virsh", "-c", "qemu:///system", "dumpxml", "--inactive", name], capture_output=True, text=True
     ).stdout
     return [line.split("'")[1] for line in xml.splitlines() if "<mac address=" in line]
-
-
-def killed_mid_job(stack: DrillStack, part: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    """Ask while the agent is stopped (so the job is surely inside its agent call), kill `part`,
-    let the agent go on; the job as it ended, and how long recovery took."""
-    agent = stack.pid("agent")
-    os.kill(agent, signal.SIGSTOP)
-    try:
-        response = stack.api(method, path, json=body)
-        assert response.status_code == 202, response.text
-        job_id = response.json()["job"]["id"]
-        wait_for(
-            lambda: stack.api("GET", f"/api/v1/jobs/{job_id}/").json()["status"] == "running", "job running"
-        )
-        time.sleep(0.5)  # its request is on its way to the agent
-        killed_at = time.monotonic()
-        stack.kill(part)
-    finally:
-        os.kill(agent, signal.SIGCONT)
-    recovery = stack.wait_healthy(timeout=60, since=killed_at)
-    ended = stack.wait_job(job_id)
-    assert recovery < RECOVERY_SECONDS, f"{part}: healthy again after {recovery:.1f} s"
-    assert stack.audit_finished(job_id) == 1
-    wait_for(lambda: stack.state()["parts"][part]["state"] == "running", f"{part} running again")
-    return {**ended, "recovery": recovery, "finished_after": time.monotonic() - killed_at}
 
 
 @pytest.mark.parametrize("part", ["worker", "agent"])
